@@ -1,0 +1,74 @@
+//! What a verified token tells wsgate, and the verifier interface the
+//! session uses for `refresh_token`. Key handling lives in the server crate.
+
+use std::sync::Arc;
+
+/// The claims wsgate uses from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub`: the user id.
+    pub user: Arc<str>,
+    /// `role` and/or `roles`.
+    pub roles: Vec<String>,
+    /// `channels`: extra channel patterns the user may subscribe to.
+    pub channels: Vec<String>,
+    /// `name`, for display.
+    pub name: Option<String>,
+    /// `exp` as Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why a token was refused. The message never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token was presented")]
+    Missing,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm is not allowed")]
+    DisallowedAlgorithm,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token is missing a required claim")]
+    MissingClaim,
+    #[error("no key is available to verify the token")]
+    NoKey,
+}
+
+impl AuthError {
+    /// A bounded label for metrics and audit logs.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::DisallowedAlgorithm => "token_algorithm",
+            AuthError::BadSignature => "token_signature",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::WrongIssuer => "token_issuer",
+            AuthError::WrongAudience => "token_audience",
+            AuthError::MissingClaim => "token_claims",
+            AuthError::NoKey => "token_no_key",
+        }
+    }
+}
+
+/// Verifies tokens. Implemented by the server's JWT verifier; tests can
+/// provide their own.
+pub trait TokenVerifier: Send + Sync + 'static {
+    fn verify(&self, token: &str) -> Result<Identity, AuthError>;
+}

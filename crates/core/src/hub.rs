@@ -1,0 +1,245 @@
+//! The registry of open connections on this node: enforces the global and
+//! per-user connection caps and lets the server API and shutdown reach
+//! connections.
+//!
+//! A slot is reserved during the handshake ([`Hub::admit`]), before the
+//! upgrade, so the caps are decided with the HTTP status the SPEC asks for.
+//! The returned [`Admission`] travels with the connection task and frees the
+//! slot when dropped, whichever way the connection ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wsgate_protocol::CloseCode;
+
+use crate::outbound::Outbound;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the user already has the maximum number of connections open")]
+    UserLimit,
+    #[error("the server has reached its connection limit")]
+    ServerFull,
+}
+
+struct Slot {
+    seq: u64,
+    connection_id: Arc<str>,
+    /// Set once the upgrade completed and the connection has a queue.
+    outbound: Option<Arc<Outbound>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    users: HashMap<Arc<str>, Vec<Slot>>,
+    total: usize,
+}
+
+pub struct Hub {
+    // One lock: it is taken once per connect/disconnect and per server API
+    // call, never per message, so contention is not a concern here.
+    registry: Mutex<Registry>,
+    next_seq: AtomicU64,
+    max_connections: usize,
+    max_per_user: usize,
+}
+
+/// Snapshot for `/ws/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HubStats {
+    pub connections: usize,
+    pub users: usize,
+}
+
+impl Hub {
+    pub fn new(max_connections: usize, max_per_user: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            registry: Mutex::new(Registry::default()),
+            next_seq: AtomicU64::new(1),
+            max_connections,
+            max_per_user,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // Critical sections only move slots; a poisoned lock is consistent.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves a connection slot for `user`.
+    pub fn admit(self: &Arc<Self>, user: &Arc<str>) -> Result<Admission, AdmitError> {
+        let mut reg = self.lock();
+        if reg.total >= self.max_connections {
+            return Err(AdmitError::ServerFull);
+        }
+        let slots = reg.users.entry(user.clone()).or_default();
+        if slots.len() >= self.max_per_user {
+            if slots.is_empty() {
+                reg.users.remove(user);
+            }
+            return Err(AdmitError::UserLimit);
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let connection_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        slots.push(Slot {
+            seq,
+            connection_id: connection_id.clone(),
+            outbound: None,
+        });
+        reg.total += 1;
+        Ok(Admission {
+            hub: self.clone(),
+            user: user.clone(),
+            seq,
+            connection_id,
+        })
+    }
+
+    /// Asks every connection of `user` to close with `code`; returns how many.
+    pub fn close_user(&self, user: &str, code: CloseCode) -> usize {
+        let reg = self.lock();
+        let Some(slots) = reg.users.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for outbound in slots.iter().filter_map(|s| s.outbound.as_ref()) {
+            outbound.close(code);
+            n += 1;
+        }
+        n
+    }
+
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn close_all(&self, code: CloseCode) -> usize {
+        let reg = self.lock();
+        let mut n = 0;
+        for outbound in reg.users.values().flatten().filter_map(|s| s.outbound.as_ref()) {
+            outbound.close(code);
+            n += 1;
+        }
+        n
+    }
+
+    /// Connection ids of `user`, oldest first.
+    pub fn user_connections(&self, user: &str) -> Vec<Arc<str>> {
+        let reg = self.lock();
+        reg.users
+            .get(user)
+            .map(|slots| slots.iter().map(|s| s.connection_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let reg = self.lock();
+        HubStats {
+            connections: reg.total,
+            users: reg.users.len(),
+        }
+    }
+
+    fn release(&self, user: &Arc<str>, seq: u64) {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        if let Some(slots) = reg.users.get_mut(user) {
+            if let Some(i) = slots.iter().position(|s| s.seq == seq) {
+                slots.swap_remove(i);
+                reg.total -= 1;
+            }
+            if slots.is_empty() {
+                reg.users.remove(user);
+            }
+        }
+    }
+
+    fn attach(&self, user: &Arc<str>, seq: u64, outbound: Arc<Outbound>) {
+        let mut reg = self.lock();
+        if let Some(slot) = reg
+            .users
+            .get_mut(user)
+            .and_then(|slots| slots.iter_mut().find(|s| s.seq == seq))
+        {
+            slot.outbound = Some(outbound);
+        }
+    }
+}
+
+/// A reserved connection slot; dropping it frees the slot.
+pub struct Admission {
+    hub: Arc<Hub>,
+    user: Arc<str>,
+    seq: u64,
+    connection_id: Arc<str>,
+}
+
+impl Admission {
+    pub fn connection_id(&self) -> &Arc<str> {
+        &self.connection_id
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+
+    /// Makes the connection reachable by [`Hub::close_user`] and
+    /// [`Hub::close_all`].
+    pub fn attach(&self, outbound: Arc<Outbound>) {
+        self.hub.attach(&self.user, self.seq, outbound);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.release(&self.user, self.seq);
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("user", &self.user)
+            .field("connection_id", &self.connection_id)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_user_and_global_caps() {
+        let hub = Hub::new(3, 2);
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        let a1 = hub.admit(&a).unwrap();
+        let _a2 = hub.admit(&a).unwrap();
+        assert_eq!(hub.admit(&a).unwrap_err(), AdmitError::UserLimit);
+        let _b1 = hub.admit(&b).unwrap();
+        assert_eq!(hub.admit(&b).unwrap_err(), AdmitError::ServerFull);
+        drop(a1);
+        assert_eq!(hub.stats().connections, 2);
+        let _a3 = hub.admit(&a).unwrap();
+    }
+
+    #[test]
+    fn close_user_reaches_only_that_user() {
+        let hub = Hub::new(10, 3);
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        let qa = Arc::new(Outbound::new(100));
+        let qb = Arc::new(Outbound::new(100));
+        let ad = hub.admit(&a).unwrap();
+        ad.attach(qa.clone());
+        let bd = hub.admit(&b).unwrap();
+        bd.attach(qb.clone());
+        assert_eq!(hub.close_user("a", CloseCode::Disconnected), 1);
+        let mut v = Vec::new();
+        assert_eq!(qa.drain(&mut v), Some(CloseCode::Disconnected));
+        assert_eq!(qb.drain(&mut v), None);
+        drop(ad);
+        assert_eq!(hub.close_user("a", CloseCode::Disconnected), 0);
+        assert_eq!(hub.stats(), HubStats { connections: 1, users: 1 });
+    }
+}

@@ -1,0 +1,18 @@
+//! wsgate's transport-neutral core.
+//!
+//! A [`session::Session`] is the per-connection protocol state machine: it is
+//! fed decoded frames and writes replies into an [`outbound::Outbound`] queue.
+//! It never sees a socket, so the WebSocket transport (in the server crate),
+//! tests and future transports all drive it the same way. The [`hub::Hub`]
+//! knows every open connection, enforces the connection caps and lets the
+//! server API reach a user's connections.
+
+pub mod auth;
+pub mod handler;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod outbound;
+pub mod session;
+
+pub use wsgate_protocol as protocol;

@@ -1,0 +1,94 @@
+//! Every limit wsgate enforces, with its default and the reason for it.
+
+use serde::{Deserialize, Serialize};
+
+/// `[limits]` in the configuration. Each field's environment variable is
+/// `WSGATE_LIMITS__<FIELD>` in upper case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open connections on this node (default 10000); beyond it the
+    /// handshake gets 503 so a load balancer tries another node.
+    pub max_connections: usize,
+    /// Open connections per user `sub` (default 3): one user cannot take a
+    /// node's capacity. 429 beyond it.
+    pub max_connections_per_user: usize,
+    /// Handshakes per minute from one IP address (default 60): cheap defence
+    /// against reconnect storms and token guessing. 429 beyond it.
+    pub handshakes_per_minute_per_ip: u32,
+    /// Largest frame a client may send, after decompression (default 8192).
+    /// Commands are small; a bigger frame is an attack or a bug. Close 1009.
+    pub max_message_bytes: usize,
+    /// Sustained client messages per minute (default 30)...
+    pub messages_per_minute: u32,
+    /// ...with bursts of up to this many (default 10).
+    pub message_burst: u32,
+    /// Seconds between server pings (default 30), below common proxy idle
+    /// timeouts of 60 s.
+    pub heartbeat_secs: u64,
+    /// Seconds without any frame from the client before close 4002
+    /// (default 75: two missed pings and some slack).
+    pub heartbeat_timeout_secs: u64,
+    /// Bytes queued towards one client before it is closed with 4009
+    /// (default 1 MiB): a slow reader must never slow publishers or grow
+    /// the server's memory without bound.
+    pub outbound_queue_bytes: usize,
+    /// Channels one connection may subscribe to (default 128).
+    pub max_subscriptions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_user: 3,
+            handshakes_per_minute_per_ip: 60,
+            max_message_bytes: 8192,
+            messages_per_minute: 30,
+            message_burst: 10,
+            heartbeat_secs: 30,
+            heartbeat_timeout_secs: 75,
+            outbound_queue_bytes: 1 << 20,
+            max_subscriptions: 128,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks relations between fields; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        let positive = [
+            ("limits.max_connections", self.max_connections as u64),
+            (
+                "limits.max_connections_per_user",
+                self.max_connections_per_user as u64,
+            ),
+            (
+                "limits.handshakes_per_minute_per_ip",
+                self.handshakes_per_minute_per_ip as u64,
+            ),
+            ("limits.max_message_bytes", self.max_message_bytes as u64),
+            ("limits.messages_per_minute", self.messages_per_minute as u64),
+            ("limits.message_burst", self.message_burst as u64),
+            ("limits.heartbeat_secs", self.heartbeat_secs),
+            ("limits.heartbeat_timeout_secs", self.heartbeat_timeout_secs),
+            ("limits.outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("limits.max_subscriptions", self.max_subscriptions as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0"));
+            }
+        }
+        if self.heartbeat_timeout_secs <= self.heartbeat_secs {
+            return Err((
+                "limits.heartbeat_timeout_secs",
+                "must be greater than limits.heartbeat_secs",
+            ));
+        }
+        if self.max_message_bytes > 64 << 20 {
+            return Err(("limits.max_message_bytes", "must be at most 64 MiB"));
+        }
+        Ok(())
+    }
+}

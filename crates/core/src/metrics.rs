@@ -1,0 +1,188 @@
+//! Typed Prometheus metrics, registered once per server instance (no global
+//! registry). Every label is from a bounded set: never user ids, channel
+//! names or tokens.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labeled = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// Message types the protocol knows; anything else is counted as `unknown`
+/// so a client cannot create label values.
+const KNOWN_TYPES: &[&str] = &[
+    "ping",
+    "pong",
+    "connected",
+    "error",
+    "refresh_token",
+    "token_refreshed",
+    "token_expiring",
+    "subscribe",
+    "subscribed",
+    "unsubscribe",
+    "unsubscribed",
+    "publish",
+    "published",
+    "presence",
+    "history",
+    "message",
+    "join",
+    "leave",
+    "create_thread",
+    "list_threads",
+    "switch_thread",
+    "get_thread_history",
+    "rename_thread",
+    "delete_thread",
+    "user_message",
+    "start_agent",
+    "stop_agent",
+    "echo",
+];
+
+/// Maps a client-controlled type name onto a bounded label value.
+pub fn type_label(kind: &str) -> &'static str {
+    KNOWN_TYPES
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub connections_active: Gauge,
+    /// `wsgate_connections_total{result="accepted"|"rejected"}`.
+    pub connections: Labeled,
+    /// `wsgate_handshake_rejections_total{reason}`.
+    pub handshake_rejections: Labeled,
+    /// `wsgate_messages_in_total{type}`.
+    pub messages_in: Labeled,
+    /// `wsgate_messages_out_total{type}`.
+    pub messages_out: Labeled,
+    /// `wsgate_errors_total{code}`: `error` frames sent.
+    pub errors: Labeled,
+    /// `wsgate_security_violations_total{kind}`.
+    pub security_violations: Labeled,
+    /// `wsgate_disconnects_total{code}`: closes by close code.
+    pub disconnects: Labeled,
+    pub connection_duration: Histogram,
+    pub publish_write_latency: Histogram,
+    pub broker_errors: Counter,
+    pub storage_errors: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `wsgate_` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            connections_active: Gauge::default(),
+            connections: Labeled::default(),
+            handshake_rejections: Labeled::default(),
+            messages_in: Labeled::default(),
+            messages_out: Labeled::default(),
+            errors: Labeled::default(),
+            security_violations: Labeled::default(),
+            disconnects: Labeled::default(),
+            // 10 ms .. ~11 h
+            connection_duration: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
+            // 50 µs .. ~1.6 s
+            publish_write_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            broker_errors: Counter::default(),
+            storage_errors: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("wsgate");
+        r.register(
+            "connections_active",
+            "Open WebSocket connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "WebSocket handshakes by result",
+            m.connections.clone(),
+        );
+        r.register(
+            "handshake_rejections",
+            "Refused handshakes by reason",
+            m.handshake_rejections.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Frames received by type",
+            m.messages_in.clone(),
+        );
+        r.register("messages_out", "Frames sent by type", m.messages_out.clone());
+        r.register("errors", "Error frames sent by code", m.errors.clone());
+        r.register(
+            "security_violations",
+            "Security violations by kind",
+            m.security_violations.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Connections closed by close code",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "connection_duration_seconds",
+            "How long connections stayed open",
+            m.connection_duration.clone(),
+        );
+        r.register(
+            "publish_write_latency_seconds",
+            "Time from publish to the write of the frame to a subscriber",
+            m.publish_write_latency.clone(),
+        );
+        r.register(
+            "broker_errors",
+            "Errors talking to the broker",
+            m.broker_errors.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Errors talking to storage",
+            m.storage_errors.clone(),
+        );
+        m
+    }
+
+    pub fn count(family: &Labeled, label: &'static str, value: &'static str) {
+        family.get_or_create(&[(label, value)]).inc();
+    }
+
+    pub fn message_in(&self, kind: &str) {
+        Self::count(&self.messages_in, "type", type_label(kind));
+    }
+
+    pub fn message_out(&self, kind: &str) {
+        Self::count(&self.messages_out, "type", type_label(kind));
+    }
+
+    pub fn error(&self, code: &'static str) {
+        Self::count(&self.errors, "code", code);
+    }
+
+    pub fn violation(&self, kind: &'static str) {
+        Self::count(&self.security_violations, "kind", kind);
+    }
+
+    pub fn rejection(&self, reason: &'static str) {
+        Self::count(&self.handshake_rejections, "reason", reason);
+        Self::count(&self.connections, "result", "rejected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_types_share_one_label() {
+        assert_eq!(type_label("ping"), "ping");
+        assert_eq!(type_label("drop table"), "unknown");
+    }
+}

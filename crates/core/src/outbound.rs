@@ -1,0 +1,190 @@
+//! The bounded outbound queue of one connection.
+//!
+//! Producers (the session's replies, later channel fan-out) push encoded
+//! frames without ever waiting. When the queued bytes would exceed the limit,
+//! the frame is dropped and the connection is marked for close 4009: a slow
+//! reader is disconnected instead of slowing publishers or growing memory,
+//! and it recovers missed publications on reconnect. The transport drains the
+//! queue and writes everything that is queued with one flush.
+//!
+//! An idle queue holds no buffer: `VecDeque::new` does not allocate.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use wsgate_protocol::CloseCode;
+
+/// One frame to send, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    /// A text frame; the bytes are valid UTF-8 (they come from a JSON
+    /// encoder or from a text frame the client sent).
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    pub fn len(&self) -> usize {
+        match self {
+            OutFrame::Text(b) | OutFrame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The queue was full: the frame was dropped and close 4009 requested.
+    Overflow,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<OutFrame>,
+    bytes: usize,
+    close: Option<CloseCode>,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    // A std Mutex: every critical section is a few pointer moves and never
+    // awaits, so an async mutex would only add cost.
+    state: Mutex<State>,
+    ready: Notify,
+    limit: usize,
+}
+
+impl Outbound {
+    pub fn new(limit_bytes: usize) -> Self {
+        Outbound {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            limit: limit_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the queue consistent (pushes
+        // and drains are single moves), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, frame: OutFrame) -> Pushed {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Pushed::Closed;
+        }
+        if state.bytes + frame.len() > self.limit {
+            state.close = Some(CloseCode::SlowConsumer);
+            state.frames.clear();
+            state.bytes = 0;
+            drop(state);
+            self.ready.notify_one();
+            return Pushed::Overflow;
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        let first = state.frames.len() == 1;
+        drop(state);
+        // Only the first frame of a batch needs to wake the writer; later
+        // ones are picked up by the same drain.
+        if first {
+            self.ready.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the connection to close with `code`. The first request wins;
+    /// frames already queued are still written before the close frame.
+    pub fn close(&self, code: CloseCode) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(code);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Moves every queued frame into `into` and returns the close request,
+    /// if any. The queue's allocation is released when it held a burst, so
+    /// an idle connection keeps no buffer.
+    pub fn drain(&self, into: &mut Vec<OutFrame>) -> Option<CloseCode> {
+        let mut state = self.lock();
+        into.extend(state.frames.drain(..));
+        state.bytes = 0;
+        if state.frames.capacity() > 16 {
+            state.frames = VecDeque::new();
+        }
+        state.close
+    }
+
+    /// Completes when frames or a close request may be waiting.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> OutFrame {
+        OutFrame::Text(Bytes::from(vec![b'a'; n]))
+    }
+
+    #[test]
+    fn overflow_drops_and_requests_slow_consumer_close() {
+        let q = Outbound::new(100);
+        assert_eq!(q.push(text(60)), Pushed::Queued);
+        assert_eq!(q.push(text(60)), Pushed::Overflow);
+        assert_eq!(q.push(text(1)), Pushed::Closed);
+        let mut out = Vec::new();
+        assert_eq!(q.drain(&mut out), Some(CloseCode::SlowConsumer));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn drain_frees_the_budget() {
+        let q = Outbound::new(100);
+        for _ in 0..2 {
+            assert_eq!(q.push(text(60)), Pushed::Queued);
+            let mut out = Vec::new();
+            assert_eq!(q.drain(&mut out), None);
+            assert_eq!(out.len(), 1);
+            assert_eq!(q.queued_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn first_close_wins_and_queued_frames_survive() {
+        let q = Outbound::new(100);
+        q.push(text(5));
+        q.close(CloseCode::Disconnected);
+        q.close(CloseCode::GoingAway);
+        let mut out = Vec::new();
+        assert_eq!(q.drain(&mut out), Some(CloseCode::Disconnected));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn push_wakes_the_writer() {
+        let q = std::sync::Arc::new(Outbound::new(100));
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.ready().await });
+        q.push(text(1));
+        waiter.await.unwrap();
+    }
+}

@@ -1,0 +1,229 @@
+//! The `/ws` protocol state machine of one connection.
+//!
+//! Fed decoded client frames by the transport, it answers through the
+//! connection's outbound queue and returns a close code when the connection
+//! must end. Time enters only through [`tokio::time::Instant`] and the token's
+//! `exp`, so tests drive it with paused time.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use wsgate_protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
+
+use crate::auth::{Identity, TokenVerifier};
+use crate::handler::{ConnectionHandler, Incoming};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::outbound::{OutFrame, Outbound};
+
+/// How long before `exp` the client is warned with `token_expiring`.
+pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
+/// Rate-limited messages in a row that end the connection with 1008.
+pub const MAX_DROPPED_IN_A_ROW: u32 = 10;
+
+/// Everything a session needs from its surroundings.
+pub struct SessionContext {
+    pub connection_id: Arc<str>,
+    pub identity: Identity,
+    pub encoding: Encoding,
+    pub limits: Limits,
+    pub outbound: Arc<Outbound>,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Session {
+    ctx: SessionContext,
+    limiter: DefaultDirectRateLimiter,
+    dropped_in_a_row: u32,
+    /// When `token_expiring` is due; `None` once sent.
+    warn_at: Option<Instant>,
+    expire_at: Instant,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Converts a Unix `exp` into the instants of the warning and the close.
+fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
+    let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
+    let now = Instant::now();
+    (Some(now + left.saturating_sub(TOKEN_WARNING)), now + left)
+}
+
+impl Session {
+    /// Creates the session and queues the `connected` frame.
+    pub fn start(ctx: SessionContext) -> Self {
+        let per_minute = NonZeroU32::new(ctx.limits.messages_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(ctx.limits.message_burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst));
+        let (warn_at, expire_at) = expiry_instants(ctx.identity.expires_at);
+        let session = Session {
+            limiter,
+            dropped_in_a_row: 0,
+            warn_at,
+            expire_at,
+            ctx,
+        };
+        session.send(
+            "connected",
+            None,
+            json!({
+                "connection_id": &*session.ctx.connection_id,
+                "user": &*session.ctx.identity.user,
+                "protocol": session.ctx.encoding.protocol_name(),
+                "heartbeat_secs": session.ctx.limits.heartbeat_secs,
+                "max_message_bytes": session.ctx.limits.max_message_bytes,
+                "messages_per_minute": session.ctx.limits.messages_per_minute,
+                "expires_at": session.ctx.identity.expires_at,
+            }),
+        );
+        session
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.ctx.identity
+    }
+
+    fn send(&self, kind: &str, id: Option<&str>, payload: impl Serialize) {
+        let bytes = ServerFrame::new(kind, id, payload).encode(self.ctx.encoding);
+        let frame = match self.ctx.encoding {
+            Encoding::Json => OutFrame::Text(bytes),
+            Encoding::Msgpack => OutFrame::Binary(bytes),
+        };
+        self.ctx.metrics.message_out(kind);
+        // On overflow the queue itself requests close 4009.
+        self.ctx.outbound.push(frame);
+    }
+
+    fn send_error(&self, id: Option<&str>, code: ErrorCode, message: &str, extra: Option<(&str, Value)>) {
+        let mut payload = json!({ "code": code, "message": message });
+        if let Some((key, value)) = extra {
+            payload[key] = value;
+        }
+        self.ctx.metrics.error(code.as_str());
+        self.send("error", id, payload);
+    }
+
+    fn dispatch(&mut self, frame: ClientFrame) {
+        self.ctx.metrics.message_in(&frame.kind);
+        let id = match &frame.id {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                self.send_error(None, ErrorCode::InvalidMessage, "\"id\" must be a string", None);
+                return;
+            }
+        };
+        let Some(payload) = frame.payload_object() else {
+            self.send_error(id, ErrorCode::InvalidMessage, "\"payload\" must be an object", None);
+            return;
+        };
+        match frame.kind.as_str() {
+            "ping" => self.send("pong", id, json!({})),
+            "refresh_token" => {
+                let token = payload.get("token").and_then(Value::as_str).map(str::to_owned);
+                self.refresh_token(id, token.as_deref());
+            }
+            _ => self.send_error(id, ErrorCode::UnknownType, "unknown message type", None),
+        }
+    }
+
+    fn refresh_token(&mut self, id: Option<&str>, token: Option<&str>) {
+        let Some(token) = token else {
+            self.send_error(id, ErrorCode::BadRequest, "payload.token (string) is required", None);
+            return;
+        };
+        match self.ctx.verifier.verify(token) {
+            Err(e) => {
+                self.ctx.metrics.violation("refresh_invalid_token");
+                self.send_error(id, ErrorCode::BadRequest, &e.to_string(), None);
+            }
+            Ok(identity) if identity.user != self.ctx.identity.user => {
+                self.ctx.metrics.violation("refresh_other_user");
+                self.send_error(id, ErrorCode::Forbidden, "token is for another user", None);
+            }
+            Ok(identity) => {
+                let (warn_at, expire_at) = expiry_instants(identity.expires_at);
+                self.warn_at = warn_at;
+                self.expire_at = expire_at;
+                self.ctx.identity = identity;
+                self.send(
+                    "token_refreshed",
+                    id,
+                    json!({ "expires_at": self.ctx.identity.expires_at }),
+                );
+            }
+        }
+    }
+}
+
+impl ConnectionHandler for Session {
+    fn on_message(&mut self, msg: Incoming) -> Result<(), CloseCode> {
+        if let Err(not_until) = self.limiter.check() {
+            self.dropped_in_a_row += 1;
+            self.ctx.metrics.violation("rate_limited");
+            if self.dropped_in_a_row >= MAX_DROPPED_IN_A_ROW {
+                return Err(CloseCode::Policy);
+            }
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let retry_after_ms = wait.as_millis().max(1) as u64;
+            self.send_error(
+                None,
+                ErrorCode::RateLimited,
+                "too many messages; this one was dropped",
+                Some(("retry_after_ms", json!(retry_after_ms))),
+            );
+            return Ok(());
+        }
+        self.dropped_in_a_row = 0;
+        let (bytes, binary) = match &msg {
+            Incoming::Text(b) => (b, false),
+            Incoming::Binary(b) => (b, true),
+        };
+        if binary != self.ctx.encoding.is_binary() {
+            self.ctx.metrics.violation("wrong_frame_kind");
+            return Err(CloseCode::InvalidMessage);
+        }
+        match ClientFrame::decode(self.ctx.encoding, bytes) {
+            Ok(frame) => {
+                self.dispatch(frame);
+                Ok(())
+            }
+            Err(_) => {
+                self.ctx.metrics.violation("invalid_frame");
+                Err(CloseCode::InvalidMessage)
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.warn_at.unwrap_or(self.expire_at))
+    }
+
+    fn on_deadline(&mut self, now: Instant) -> Result<(), CloseCode> {
+        if now >= self.expire_at {
+            return Err(CloseCode::TokenExpired);
+        }
+        if self.warn_at.is_some_and(|at| now >= at) {
+            self.warn_at = None;
+            self.send(
+                "token_expiring",
+                None,
+                json!({ "expires_at": self.ctx.identity.expires_at }),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Token verification: an explicit algorithm allow-list and keys from an
+//! HMAC secret, a PEM public key, or a JWKS URL.
+
+mod jwks;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use wsgate_core::auth::{AuthError, Identity, TokenVerifier};
+
+pub use jwks::JwksCache;
+
+use crate::config::AuthConfig;
+
+/// Why the verifier could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read auth.public_key_pem {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth.public_key_pem is not an RSA, EC (P-256) or Ed25519 public key in PEM")]
+    Pem,
+    #[error("auth.algorithms allows {0} but no key for it is configured (auth.hmac_secret, auth.public_key_pem or auth.jwks_url)")]
+    NoKeyFor(String),
+}
+
+/// The claims read from a token; unknown claims are ignored.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+pub struct JwtVerifier {
+    algorithms: Vec<Algorithm>,
+    hmac: Option<DecodingKey>,
+    /// The PEM key with the one algorithm family it may verify.
+    public: Option<(AlgorithmFamily, DecodingKey)>,
+    jwks: Option<Arc<JwksCache>>,
+    validation: Validation,
+}
+
+impl JwtVerifier {
+    /// Builds the verifier. With a JWKS URL, `jwks` is the cache that the
+    /// server keeps refreshed.
+    pub fn new(config: &AuthConfig, jwks: Option<Arc<JwksCache>>) -> Result<Self, KeyError> {
+        let algorithms: Vec<Algorithm> = config
+            .algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(a))
+            .collect();
+        let hmac = config
+            .hmac_secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
+        let public = match &config.public_key_pem {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some(parse_public_pem(&pem)?)
+            }
+        };
+        for alg in &algorithms {
+            let has_key = match alg.family() {
+                AlgorithmFamily::Hmac => hmac.is_some(),
+                family => public.as_ref().is_some_and(|(f, _)| *f == family) || jwks.is_some(),
+            };
+            if !has_key {
+                return Err(KeyError::NoKeyFor(format!("{alg:?}")));
+            }
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = algorithms.clone();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = config.leeway_secs;
+        // jsonwebtoken rejects any `exp` not strictly in the future once
+        // leeway is 0; that is the contract.
+        validation.reject_tokens_expiring_in_less_than = 0;
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(JwtVerifier {
+            algorithms,
+            hmac,
+            public,
+            jwks,
+            validation,
+        })
+    }
+
+    fn key_for(&self, header: &Header) -> Result<DecodingKey, AuthError> {
+        match header.alg.family() {
+            // An HMAC token is only ever checked with the HMAC secret, never
+            // with a public key's bytes.
+            AlgorithmFamily::Hmac => self.hmac.clone().ok_or(AuthError::NoKey),
+            family => {
+                if let (Some(jwks), Some(kid)) = (&self.jwks, &header.kid) {
+                    if let Some(key) = jwks.key(kid, header.alg) {
+                        return Ok(key);
+                    }
+                }
+                match &self.public {
+                    Some((f, key)) if *f == family => Ok(key.clone()),
+                    _ => Err(AuthError::NoKey),
+                }
+            }
+        }
+    }
+}
+
+fn parse_public_pem(pem: &[u8]) -> Result<(AlgorithmFamily, DecodingKey), KeyError> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((AlgorithmFamily::Rsa, k));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Ok((AlgorithmFamily::Ec, k));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok((AlgorithmFamily::Ed, k));
+    }
+    Err(KeyError::Pem)
+}
+
+/// Reads `alg` from a header that jsonwebtoken refused, to tell a disallowed
+/// algorithm (`none`, `HS1`…) from garbage.
+fn raw_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(str::to_owned)
+}
+
+/// Longest token accepted; anything longer is not a token we issued.
+const MAX_TOKEN_BYTES: usize = 8192;
+
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(_) => {
+                return Err(match raw_alg(token) {
+                    Some(_) => AuthError::DisallowedAlgorithm,
+                    None => AuthError::Malformed,
+                })
+            }
+        };
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::DisallowedAlgorithm);
+        }
+        let key = self.key_for(&header)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthError::DisallowedAlgorithm,
+                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+                _ => AuthError::Malformed,
+            })?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > 255 {
+            return Err(AuthError::MissingClaim);
+        }
+        let mut roles = c.roles;
+        if let Some(role) = c.role {
+            roles.push(role);
+        }
+        Ok(Identity {
+            user: c.sub.into(),
+            roles,
+            channels: c.channels,
+            name: c.name,
+            expires_at: c.exp,
+        })
+    }
+}
+
+/// Signs an HS256 token (the `token` command and `--dev`).
+pub fn sign_hs256(secret: &str, claims: &Claims) -> String {
+    // Encoding a derived struct with an HMAC key cannot fail.
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// The set of `alg` names in the allow-list, for `/ws/config`.
+pub fn allowed_names(config: &AuthConfig) -> HashSet<String> {
+    config.algorithms.iter().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> JwtVerifier {
+        let config = AuthConfig {
+            hmac_secret: Some(Secret::new(SECRET)),
+            ..AuthConfig::default()
+        };
+        JwtVerifier::new(&config, None).unwrap()
+    }
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            role: Some("admin".into()),
+            roles: vec!["ops".into()],
+            channels: vec![],
+            name: None,
+        }
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[test]
+    fn accepts_a_good_token() {
+        let id = verifier()
+            .verify(&sign_hs256(SECRET, &claims(now() + 60)))
+            .unwrap();
+        assert_eq!(&*id.user, "alice");
+        assert!(id.has_role("admin") && id.has_role("ops"));
+    }
+
+    #[test]
+    fn refuses_expired_wrong_key_and_none() {
+        let v = verifier();
+        assert_eq!(
+            v.verify(&sign_hs256(SECRET, &claims(now() - 1))),
+            Err(AuthError::Expired)
+        );
+        let other = sign_hs256("ffffffffffffffffffffffffffffffff", &claims(now() + 60));
+        assert_eq!(v.verify(&other), Err(AuthError::BadSignature));
+        // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} .
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert_eq!(v.verify(none), Err(AuthError::DisallowedAlgorithm));
+        assert_eq!(v.verify("garbage"), Err(AuthError::Malformed));
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn missing_key_for_an_allowed_algorithm_is_a_config_error() {
+        let config = AuthConfig {
+            algorithms: vec!["RS256".into()],
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            JwtVerifier::new(&config, None),
+            Err(KeyError::NoKeyFor(_))
+        ));
+    }
+}

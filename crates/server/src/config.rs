@@ -1,0 +1,525 @@
+//! The configuration: defaults, then the TOML file, then `WSGATE_`
+//! environment variables (`__` nests), then CLI flags; later wins.
+//! Unknown keys and invalid values are errors that name the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use wsgate_core::limits::Limits;
+
+/// A secret string: never printed, never serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`. The level comes from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `WSGATE_LOG__FORMAT`: `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+/// `[auth]`: how handshake tokens are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `WSGATE_AUTH__HMAC_SECRET`: key of HS256/384/512, as UTF-8 bytes.
+    pub hmac_secret: Option<Secret>,
+    /// `WSGATE_AUTH__PUBLIC_KEY_PEM`: path of an RSA, EC (P-256) or Ed25519
+    /// public key in PEM.
+    pub public_key_pem: Option<PathBuf>,
+    /// `WSGATE_AUTH__JWKS_URL`: a JWKS document; keys cached by `kid`.
+    pub jwks_url: Option<String>,
+    /// `WSGATE_AUTH__JWKS_REFRESH_SECS`: background refresh period (300).
+    pub jwks_refresh_secs: u64,
+    /// `WSGATE_AUTH__ALGORITHMS`: the allow-list (default `["HS256"]`).
+    pub algorithms: Vec<String>,
+    /// `WSGATE_AUTH__ISSUER`: `iss` must equal this when set.
+    pub issuer: Option<String>,
+    /// `WSGATE_AUTH__AUDIENCE`: `aud` must contain this when set.
+    pub audience: Option<String>,
+    /// `WSGATE_AUTH__LEEWAY_SECS`: clock skew allowed on exp/nbf (0).
+    pub leeway_secs: u64,
+    /// `WSGATE_AUTH__ALLOW_QUERY_TOKEN`: accept `?token=` (false: URLs end
+    /// up in proxy logs and browser history).
+    pub allow_query_token: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secret: None,
+            public_key_pem: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            algorithms: vec!["HS256".into()],
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+            allow_query_token: false,
+        }
+    }
+}
+
+/// `[origins]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginsConfig {
+    /// `WSGATE_ORIGINS__ALLOWED`: `scheme://host[:port]` entries or `*`.
+    /// The request's own host is always allowed.
+    pub allowed: Vec<String>,
+}
+
+/// `[transport]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// `WSGATE_TRANSPORT__COMPRESSION`: permessage-deflate (false).
+    pub compression: bool,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `WSGATE_API__KEYS`: keys accepted in `X-API-Key` (none by default:
+    /// the server API is closed until keys are configured).
+    pub keys: Vec<Secret>,
+}
+
+/// One `[[channels.namespaces]]` entry (used by channels; see
+/// docs/channels.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub name: String,
+    pub subscribe: String,
+    pub publish: String,
+    pub history_size: usize,
+    pub history_ttl_secs: u64,
+    pub presence: bool,
+    pub join_leave: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            name: String::new(),
+            subscribe: "any".into(),
+            publish: "server".into(),
+            history_size: 0,
+            history_ttl_secs: 0,
+            presence: false,
+            join_leave: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `WSGATE_STORAGE__URL`: `sqlite://…` or `postgres://…`.
+    pub url: Secret,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: Secret::new("sqlite://wsgate-data/wsgate.db"),
+        }
+    }
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `WSGATE_BROKER__URL`: `memory` or `redis://…`.
+    pub url: Secret,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: Secret::new("memory"),
+        }
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub kind: String,
+    pub url: String,
+    pub model: String,
+    pub api_key: Option<Secret>,
+    pub timeout_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            kind: "echo".into(),
+            url: "http://127.0.0.1:9000/run".into(),
+            model: String::new(),
+            api_key: None,
+            timeout_secs: 120,
+        }
+    }
+}
+
+/// The whole configuration. See docs/configuration.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `WSGATE_LISTEN` (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `WSGATE_SHUTDOWN_GRACE_SECS` (10).
+    pub shutdown_grace_secs: u64,
+    /// `WSGATE_METRICS_INTERVAL_SECS` (10).
+    pub metrics_interval_secs: u64,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub origins: OriginsConfig,
+    pub limits: Limits,
+    pub transport: TransportConfig,
+    pub api: ApiConfig,
+    pub channels: ChannelsConfig,
+    pub storage: StorageConfig,
+    pub broker: BrokerConfig,
+    pub agent: AgentConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 10,
+            metrics_interval_secs: 10,
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            origins: OriginsConfig::default(),
+            limits: Limits::default(),
+            transport: TransportConfig::default(),
+            api: ApiConfig::default(),
+            channels: ChannelsConfig::default(),
+            storage: StorageConfig::default(),
+            broker: BrokerConfig::default(),
+            agent: AgentConfig::default(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+pub const ALGORITHMS: &[&str] = &["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"];
+
+/// Builds the figment: defaults, file, environment. CLI flags are merged by
+/// the caller on top.
+pub fn figment(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
+    // Defaults come from the structs' `#[serde(default)]`, not from a
+    // serialized `Config`: serializing would redact the default secrets.
+    let mut fig = Figment::new();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    Ok(fig.merge(env))
+}
+
+/// The environment provider: `WSGATE_AUTH__HMAC_SECRET` → `auth.hmac_secret`.
+pub fn env_provider() -> Env {
+    Env::prefixed("WSGATE_").split("__")
+}
+
+impl Config {
+    /// Extracts and validates a configuration from a figment.
+    pub fn from_figment(fig: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| {
+            // figment reports every error with the key path it concerns.
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Parse(msgs.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(&figment(file, env_provider())?)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if self.shutdown_grace_secs > 3600 {
+            return Err(invalid("shutdown_grace_secs", "must be at most 3600"));
+        }
+        if self.metrics_interval_secs == 0 {
+            return Err(invalid("metrics_interval_secs", "must be greater than 0"));
+        }
+        let auth = &self.auth;
+        if auth.algorithms.is_empty() {
+            return Err(invalid("auth.algorithms", "must list at least one algorithm"));
+        }
+        for alg in &auth.algorithms {
+            if !ALGORITHMS.contains(&alg.as_str()) {
+                return Err(invalid(
+                    "auth.algorithms",
+                    format!("unsupported algorithm {alg:?}; use any of {ALGORITHMS:?}"),
+                ));
+            }
+        }
+        if let Some(secret) = &auth.hmac_secret {
+            if secret.expose().len() < 32 {
+                return Err(invalid(
+                    "auth.hmac_secret",
+                    "must be at least 32 bytes (256 bits) long",
+                ));
+            }
+        }
+        if let Some(url) = &auth.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid("auth.jwks_url", "must be an http(s) URL"));
+            }
+        }
+        if auth.jwks_refresh_secs == 0 {
+            return Err(invalid("auth.jwks_refresh_secs", "must be greater than 0"));
+        }
+        for origin in &self.origins.allowed {
+            if origin != "*" && !valid_origin(origin) {
+                return Err(invalid(
+                    "origins.allowed",
+                    format!("{origin:?} is not \"*\" or scheme://host[:port]"),
+                ));
+            }
+        }
+        if self.transport.compression {
+            return Err(invalid(
+                "transport.compression",
+                "permessage-deflate is not supported yet; leave it false",
+            ));
+        }
+        for key in &self.api.keys {
+            if key.expose().len() < 16 {
+                return Err(invalid("api.keys", "every key must be at least 16 bytes long"));
+            }
+        }
+        let url = self.broker.url.expose();
+        if url != "memory" && !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(invalid("broker.url", "must be \"memory\" or redis://…"));
+        }
+        let url = self.storage.url.expose();
+        if !url.starts_with("sqlite:") && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(invalid("storage.url", "must be sqlite://… or postgres://…"));
+        }
+        if !["echo", "http", "openai"].contains(&self.agent.kind.as_str()) {
+            return Err(invalid("agent.kind", "must be \"echo\", \"http\" or \"openai\""));
+        }
+        for ns in &self.channels.namespaces {
+            let sub_ok = ["any", "owner", "claim"].contains(&ns.subscribe.as_str())
+                || ns.subscribe.strip_prefix("role:").is_some_and(|r| !r.is_empty());
+            if !sub_ok {
+                return Err(invalid(
+                    "channels.namespaces.subscribe",
+                    format!("{:?} is not any, owner, claim or role:<role>", ns.subscribe),
+                ));
+            }
+            let pub_ok = ["server", "any", "owner"].contains(&ns.publish.as_str())
+                || ns.publish.strip_prefix("role:").is_some_and(|r| !r.is_empty());
+            if !pub_ok {
+                return Err(invalid(
+                    "channels.namespaces.publish",
+                    format!("{:?} is not server, any, owner or role:<role>", ns.publish),
+                ));
+            }
+            if ns.name.contains(':') {
+                return Err(invalid("channels.namespaces.name", "must not contain ':'"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        // Serializing a plain struct of strings, numbers and tables to TOML
+        // cannot fail.
+        toml::to_string_pretty(self).expect("configuration serializes to TOML")
+    }
+}
+
+/// `scheme://host[:port]` with nothing after it.
+pub fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "wsgate.toml",
+                r#"
+                listen = "127.0.0.1:1111"
+                [limits]
+                max_message_bytes = 1000
+                messages_per_minute = 5
+                "#,
+            )?;
+            jail.set_env("WSGATE_LIMITS__MAX_MESSAGE_BYTES", "2000");
+            jail.set_env("WSGATE_LISTEN", "127.0.0.1:2222");
+            let fig = figment(Some(Path::new("wsgate.toml")), env_provider()).unwrap();
+            let c = Config::from_figment(&fig).unwrap();
+            assert_eq!(c.limits.max_message_bytes, 2000, "env beats file");
+            assert_eq!(c.limits.messages_per_minute, 5, "file beats default");
+            assert_eq!(c.listen.port(), 2222);
+            let fig = fig.merge(("listen", "127.0.0.1:3333"));
+            let c = Config::from_figment(&fig).unwrap();
+            assert_eq!(c.listen.port(), 3333, "flag beats env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("wsgate.toml", "[limits]\nmax_mesage_bytes = 1\n")?;
+            let err = Config::load(Some(Path::new("wsgate.toml"))).unwrap_err();
+            assert!(err.to_string().contains("max_mesage_bytes"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("WSGATE_LIMTS__X", "1");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().to_lowercase().contains("limts"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WSGATE_LIMITS__MAX_CONNECTIONS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("max_connections"), "{err}");
+            Ok(())
+        });
+        let mut c = Config::default();
+        c.auth.algorithms = vec!["none".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("auth.algorithms"));
+        let mut c = Config::default();
+        c.auth.hmac_secret = Some(Secret::new("short"));
+        assert!(c.validate().unwrap_err().to_string().contains("auth.hmac_secret"));
+        let mut c = Config::default();
+        c.limits.heartbeat_timeout_secs = 10;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits.heartbeat_timeout_secs"));
+        let mut c = Config::default();
+        c.origins.allowed = vec!["https://a.example/path".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("origins.allowed"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        assert!(matches!(
+            Config::load(Some(Path::new("/nonexistent/wsgate.toml"))),
+            Err(ConfigError::MissingFile(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.auth.hmac_secret = Some(Secret::new("x".repeat(40)));
+        c.api.keys = vec![Secret::new("k".repeat(20))];
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains(&"x".repeat(40)));
+        assert!(!printed.contains(&"k".repeat(20)));
+        assert!(printed.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains(&"x".repeat(40)));
+    }
+}

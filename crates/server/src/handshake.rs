@@ -1,0 +1,266 @@
+//! `GET /ws`: every decision — upgrade validity, per-IP rate, origin, token,
+//! connection caps — is made before the upgrade, so a refused client gets an
+//! HTTP status, a JSON body and the right headers. Each outcome is counted
+//! and written as one audit line; the token never is.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use tracing::Instrument;
+use wsgate_core::auth::{AuthError, Identity};
+use wsgate_core::hub::{AdmitError, Admission};
+use wsgate_core::metrics::Metrics;
+use wsgate_core::session::{Session, SessionContext};
+use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::transport::{self, Ended};
+
+/// A refused handshake: the HTTP error and the bounded reason label.
+pub struct Rejection {
+    pub error: ApiError,
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    fn new(error: ApiError, reason: &'static str) -> Self {
+        Rejection { error, reason }
+    }
+}
+
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        Rejection::new(ApiError::unauthorized(e.to_string()), e.reason())
+    }
+}
+
+/// The subprotocols a client offered, split on commas.
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The encoding a client asked for: the first wsgate protocol it offered,
+/// JSON when it offered none.
+pub fn negotiate_encoding(headers: &HeaderMap) -> Result<(Encoding, bool), Rejection> {
+    let mut bearer = false;
+    for p in offered_protocols(headers) {
+        if let Some(encoding) = Encoding::from_protocol_name(p) {
+            return Ok((encoding, true));
+        }
+        bearer |= p.starts_with(BEARER_PROTOCOL_PREFIX);
+    }
+    if bearer {
+        // A browser would fail the connection when we select nothing.
+        return Err(Rejection::new(
+            ApiError::bad_request("offer wsgate.v1.json or wsgate.v1.msgpack beside bearer.<token>"),
+            "bad_protocol",
+        ));
+    }
+    Ok((Encoding::Json, false))
+}
+
+/// Finds the token in the three transports, in order of preference.
+pub fn find_token<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = value.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(token.trim().into());
+            }
+        }
+    }
+    if let Some(token) = offered_protocols(headers).find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX)) {
+        return Some(token.into());
+    }
+    if allow_query {
+        if let Some(query) = uri.query() {
+            if let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// The origin policy: no `Origin` passes (not a browser); the request's own
+/// host passes; otherwise an exact `scheme://host[:port]` entry or `*`.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+/// Checks that are the same for `/ws` and the read-only streams.
+pub fn admit(
+    state: &AppState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(Identity, Admission), Rejection> {
+    if let Err(not_until) = state.handshakes_per_ip.check_key(&ip) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Err(Rejection::new(
+            ApiError::rate_limited("too many handshakes from this address", wait.as_secs() + 1),
+            "ip_rate",
+        ));
+    }
+    if !origin_allowed(headers, &state.config.origins.allowed) {
+        return Err(Rejection::new(ApiError::forbidden("origin not allowed"), "origin"));
+    }
+    let token = find_token(headers, uri, state.config.auth.allow_query_token).ok_or(AuthError::Missing)?;
+    let identity = state.verifier.verify(&token)?;
+    let admission = state.hub.admit(&identity.user).map_err(|e| match e {
+        AdmitError::UserLimit => Rejection::new(
+            ApiError::rate_limited("too many connections for this user", 5),
+            "user_limit",
+        ),
+        AdmitError::ServerFull => Rejection::new(ApiError::unavailable("server is at its connection limit"), "server_full"),
+    })?;
+    Ok((identity, admission))
+}
+
+fn reject(metrics: &Metrics, ip: IpAddr, origin: Option<&str>, r: Rejection) -> Response {
+    metrics.rejection(r.reason);
+    tracing::info!(
+        target: "wsgate::audit",
+        event = "handshake",
+        result = "rejected",
+        reason = r.reason,
+        status = r.error.status.as_u16(),
+        %ip,
+        origin,
+    );
+    r.error.into_response()
+}
+
+pub async fn ws_handler(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ip = peer.ip();
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            let r = Rejection::new(ApiError::bad_request(e.body_text()), "bad_upgrade");
+            return reject(&state.metrics, ip, origin, r);
+        }
+    };
+    let (encoding, selected) = match negotiate_encoding(&headers) {
+        Ok(x) => x,
+        Err(r) => return reject(&state.metrics, ip, origin, r),
+    };
+    let (identity, admission) = match admit(&state, ip, &headers, &uri) {
+        Ok(x) => x,
+        Err(r) => return reject(&state.metrics, ip, origin, r),
+    };
+    Metrics::count(&state.metrics.connections, "result", "accepted");
+    tracing::info!(
+        target: "wsgate::audit",
+        event = "handshake",
+        result = "accepted",
+        %ip,
+        origin,
+        user = %identity.user,
+        connection_id = %admission.connection_id(),
+        protocol = encoding.protocol_name(),
+    );
+    let mut upgrade = transport::configure(upgrade, &state.transport);
+    if selected {
+        // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
+        upgrade = upgrade.protocols([encoding.protocol_name()]);
+    }
+    let span = tracing::info_span!("conn", connection_id = %admission.connection_id(), user = %identity.user);
+    let task_state = state.clone();
+    let token = state.connections.token();
+    upgrade
+        .on_failed_upgrade(|error| tracing::debug!(%error, "upgrade failed"))
+        .on_upgrade(move |socket| {
+            // The connection's future is boxed so the upgrade future's state
+            // does not stay alive inside the task for the connection's life.
+            Box::pin(
+                async move {
+                    let _token = token;
+                    run_connection(task_state, socket, identity, admission, encoding).await;
+                }
+                .instrument(span),
+            )
+        })
+}
+
+async fn run_connection(
+    state: AppState,
+    socket: axum::extract::ws::WebSocket,
+    identity: Identity,
+    admission: Admission,
+    encoding: Encoding,
+) {
+    let outbound = transport::new_outbound(&state.transport);
+    admission.attach(outbound.clone());
+    if state.shutdown.is_cancelled() {
+        outbound.close(CloseCode::GoingAway);
+    }
+    let started = std::time::Instant::now();
+    state.metrics.connections_active.inc();
+    let mut session = Session::start(SessionContext {
+        connection_id: admission.connection_id().clone(),
+        identity,
+        encoding,
+        limits: state.config.limits.clone(),
+        outbound: outbound.clone(),
+        verifier: state.verifier.clone(),
+        metrics: state.metrics.clone(),
+    });
+    tracing::debug!("connected");
+    let ended = transport::drive(socket, &mut session, &outbound, state.transport).await;
+    state.metrics.connections_active.dec();
+    state.metrics.connection_duration.observe(started.elapsed().as_secs_f64());
+    Metrics::count(&state.metrics.disconnects, "code", close_label(&ended));
+    tracing::info!(code = ended.code(), duration_ms = started.elapsed().as_millis() as u64, "disconnected");
+    drop(admission);
+}
+
+fn close_label(ended: &Ended) -> &'static str {
+    match ended.code() {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        4001 => "4001",
+        4002 => "4002",
+        4003 => "4003",
+        4009 => "4009",
+        _ => "other",
+    }
+}
+

@@ -1,0 +1,130 @@
+//! Operations endpoints: health, readiness, metrics, client settings,
+//! admin stats and the disconnect API.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use wsgate_protocol::{CloseCode, PROTOCOL_JSON, PROTOCOL_MSGPACK};
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 when every dependency answers, else 503 naming the failed ones.
+pub async fn ready() -> Response {
+    // The memory broker is in-process and always answers; storage and the
+    // Redis broker add their probes here when they are implemented.
+    let checks = json!({ "broker": "ok" });
+    (StatusCode::OK, Json(json!({ "status": "ready", "checks": checks }))).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed").into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn ws_config(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let l = &state.config.limits;
+    let mut transports = vec!["header", "subprotocol"];
+    if state.config.auth.allow_query_token {
+        transports.push("query");
+    }
+    Json(json!({
+        "endpoint": "/ws",
+        "protocols": [PROTOCOL_JSON, PROTOCOL_MSGPACK],
+        "auth_transports": transports,
+        "heartbeat_secs": l.heartbeat_secs,
+        "heartbeat_timeout_secs": l.heartbeat_timeout_secs,
+        "max_message_bytes": l.max_message_bytes,
+        "messages_per_minute": l.messages_per_minute,
+        "message_burst": l.message_burst,
+        "max_subscriptions": l.max_subscriptions,
+        "max_connections_per_user": l.max_connections_per_user,
+        "compression": state.config.transport.compression,
+    }))
+}
+
+/// Whether the request carries a configured `X-API-Key`. Keys are compared
+/// in constant time so response timing does not reveal a prefix.
+pub fn has_api_key(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(given) = headers.get("x-api-key").map(|v| v.as_bytes()) else {
+        return false;
+    };
+    let mut ok = subtle::Choice::from(0);
+    for key in &state.config.api.keys {
+        ok |= key.expose().as_bytes().ct_eq(given);
+    }
+    ok.into()
+}
+
+/// The server API: `X-API-Key` only.
+pub fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if has_api_key(state, headers) {
+        Ok(())
+    } else {
+        state.metrics.violation("api_key");
+        Err(ApiError::unauthorized("a valid X-API-Key is required"))
+    }
+}
+
+/// Admin endpoints: an API key, or a bearer JWT with role `admin`.
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if has_api_key(state, headers) {
+        return Ok(());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let Some(token) = bearer else {
+        return Err(ApiError::unauthorized("an admin token or X-API-Key is required"));
+    };
+    match state.verifier.verify(token.trim()) {
+        Ok(id) if id.has_role("admin") => Ok(()),
+        Ok(_) => Err(ApiError::forbidden("role admin is required")),
+        Err(e) => Err(ApiError::unauthorized(e.to_string())),
+    }
+}
+
+pub async fn ws_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let hub = state.hub.stats();
+    Ok(Json(json!({
+        "node": state.node,
+        "uptime_secs": state.started_at.elapsed().as_secs(),
+        "connections": hub.connections,
+        "users": hub.users,
+        "active_connections_gauge": state.metrics.connections_active.get(),
+    })))
+}
+
+pub async fn disconnect_user(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_api_key(&state, &headers)?;
+    let n = state.hub.close_user(&user, CloseCode::Disconnected);
+    tracing::info!(target: "wsgate::audit", event = "disconnect_user", user = %user, connections = n);
+    Ok(Json(json!({ "user": user, "disconnected": n })))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

@@ -1,0 +1,126 @@
+//! The server as a library call: `run(config, listener, shutdown)`. The
+//! binary only parses flags and calls this; tests bind `127.0.0.1:0` and
+//! call it too.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use governor::{Quota, RateLimiter};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsgate_core::hub::Hub;
+use wsgate_core::metrics::Metrics;
+use wsgate_protocol::CloseCode;
+
+use crate::auth::{JwksCache, JwtVerifier};
+use crate::config::Config;
+use crate::http;
+use crate::state::{AppState, Inner};
+use crate::transport::TransportLimits;
+
+/// How long start-up waits for the first JWKS fetch before serving anyway
+/// (tokens then fail until the background refresh succeeds).
+const FIRST_JWKS_FETCH: Duration = Duration::from_secs(5);
+
+/// Builds the shared state and starts its background tasks.
+pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow::Result<AppState> {
+    let jwks = match &config.auth.jwks_url {
+        None => None,
+        Some(url) => {
+            let cache = JwksCache::new(url.clone());
+            match tokio::time::timeout(FIRST_JWKS_FETCH, cache.refresh()).await {
+                Ok(Ok(n)) => tracing::info!(keys = n, "JWKS loaded"),
+                Ok(Err(error)) => tracing::warn!(%error, "JWKS not available yet; retrying in the background"),
+                Err(_) => tracing::warn!("JWKS fetch timed out; retrying in the background"),
+            }
+            tokio::spawn(cache.clone().run(
+                Duration::from_secs(config.auth.jwks_refresh_secs),
+                shutdown.clone(),
+            ));
+            Some(cache)
+        }
+    };
+    let verifier = JwtVerifier::new(&config.auth, jwks).context("auth configuration")?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let l = &config.limits;
+    let per_ip = NonZeroU32::new(l.handshakes_per_minute_per_ip).unwrap_or(NonZeroU32::MIN);
+    let transport = TransportLimits {
+        max_message_bytes: l.max_message_bytes,
+        outbound_queue_bytes: l.outbound_queue_bytes,
+        heartbeat: Duration::from_secs(l.heartbeat_secs),
+        heartbeat_timeout: Duration::from_secs(l.heartbeat_timeout_secs),
+    };
+    let state = AppState(Arc::new(Inner {
+        hub: Hub::new(l.max_connections, l.max_connections_per_user),
+        handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
+        verifier: Arc::new(verifier),
+        metrics,
+        registry,
+        transport,
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+        started_at: Instant::now(),
+        node: format!("{}-{}", hostname(), std::process::id()),
+        config,
+    }));
+    // Forget per-IP limiter entries of addresses that went quiet, so the
+    // map does not grow with every address ever seen.
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = s.shutdown.cancelled() => return,
+                _ = tick.tick() => s.handshakes_per_ip.retain_recent(),
+            }
+        }
+    });
+    Ok(state)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsgate".into())
+}
+
+/// Serves until `shutdown` is cancelled, then closes every WebSocket with
+/// 1001 and waits up to `shutdown_grace_secs` for connections to finish.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let state = build_state(config, shutdown.clone()).await?;
+    let app = http::router(state.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { serve.await });
+
+    shutdown.cancelled().await;
+    let closing = state.hub.close_all(CloseCode::GoingAway);
+    tracing::info!(connections = closing, grace_secs = grace.as_secs(), "shutting down");
+    state.connections.close();
+    let drained = tokio::time::timeout(grace, async {
+        state.connections.wait().await;
+        let _ = server.await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("shutdown complete"),
+        Err(_) => tracing::warn!(
+            remaining = state.hub.stats().connections,
+            "grace period over; dropping remaining connections"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The state shared by every request and connection of one server instance.
+//! Built once in [`crate::server::run`]; nothing is global.
+
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use governor::DefaultKeyedRateLimiter;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsgate_core::auth::TokenVerifier;
+use wsgate_core::hub::Hub;
+use wsgate_core::metrics::Metrics;
+
+use crate::config::Config;
+use crate::transport::TransportLimits;
+
+pub struct Inner {
+    pub config: Config,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    pub transport: TransportLimits,
+    pub shutdown: CancellationToken,
+    /// Connection tasks, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    pub started_at: Instant,
+    pub node: String,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

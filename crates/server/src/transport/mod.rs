@@ -1,0 +1,243 @@
+//! The WebSocket transport: one task per connection that reads frames,
+//! enforces frame size and heartbeats, feeds a [`ConnectionHandler`], and
+//! writes the handler's outbound queue in batches.
+//!
+//! The loop is generic over the socket (any `Stream + Sink` of axum
+//! messages), so it is the same code for `/ws` and for the Autobahn echo
+//! example.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Instant;
+use wsgate_core::handler::{ConnectionHandler, Incoming};
+use wsgate_core::outbound::{OutFrame, Outbound};
+use wsgate_protocol::CloseCode;
+
+/// Bytes read from the socket at a time while no frame is in progress.
+/// tungstenite allocates and zero-fills this buffer for every connection and
+/// keeps it while idle (its default is 128 KiB); a small command frame and
+/// its header fit in 512 bytes, and a larger frame gets a buffer of exactly
+/// its size, reserved once the header is read.
+pub const READ_BUFFER_BYTES: usize = 512;
+/// Frames are collected up to this size before a write, so a batch drained
+/// from the outbound queue costs one syscall rather than one per frame.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// How long to wait for the client's close frame after sending ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Limits the transport enforces on one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportLimits {
+    pub max_message_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// Sets every limit of the WebSocket library explicitly (its defaults are a
+/// 64 MiB message, 16 MiB frames and 128 KiB buffers per connection).
+pub fn configure(upgrade: WebSocketUpgrade, limits: &TransportLimits) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // Our outbound queue is the real bound on what waits for a client;
+        // this only has to hold one drained batch plus one frame.
+        .max_write_buffer_size(limits.outbound_queue_bytes + WRITE_BUFFER_BYTES + limits.max_message_bytes)
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .accept_unmasked_frames(false)
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// We closed it with this code.
+    Closed(CloseCode),
+    /// We closed it for a WebSocket protocol violation (1002 / 1007).
+    ProtocolError(u16),
+    /// The client closed it, or the socket failed.
+    ByPeer,
+}
+
+impl Ended {
+    /// A bounded label for metrics and logs.
+    pub fn code(&self) -> u16 {
+        match self {
+            Ended::Closed(c) => c.code(),
+            Ended::ProtocolError(c) => *c,
+            Ended::ByPeer => 1000,
+        }
+    }
+}
+
+enum ReadError {
+    TooBig,
+    Protocol(u16),
+    Gone,
+}
+
+fn classify(err: axum::Error) -> ReadError {
+    use tungstenite::error::{CapacityError, Error};
+    let inner = err.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => ReadError::TooBig,
+        Some(Error::Capacity(_)) => ReadError::Protocol(1002),
+        Some(Error::Utf8(_)) => ReadError::Protocol(1007),
+        Some(Error::Protocol(_)) => ReadError::Protocol(1002),
+        _ => ReadError::Gone,
+    }
+}
+
+fn to_message(frame: OutFrame) -> Message {
+    match frame {
+        OutFrame::Binary(b) => Message::Binary(b),
+        // Text frames hold JSON we encoded or text a client sent, both
+        // already UTF-8; the check only runs if that ever stops being true.
+        OutFrame::Text(b) => match Utf8Bytes::try_from(b) {
+            Ok(t) => Message::Text(t),
+            Err(_) => Message::Text(Utf8Bytes::from_static("")),
+        },
+    }
+}
+
+/// Runs one connection until it ends. The handler's replies and any close
+/// request (server API, shutdown, slow consumer) arrive through `outbound`.
+pub async fn drive<S, H>(
+    mut socket: S,
+    handler: &mut H,
+    outbound: &Outbound,
+    limits: TransportLimits,
+) -> Ended
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    H: ConnectionHandler,
+{
+    let mut last_seen = Instant::now();
+    let mut next_ping = last_seen + limits.heartbeat;
+    // Reused between drains; released when it grew for a burst.
+    let mut batch: Vec<OutFrame> = Vec::new();
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
+
+    let ended = loop {
+        let mut deadline = next_ping.min(last_seen + limits.heartbeat_timeout);
+        if let Some(d) = handler.deadline() {
+            deadline = deadline.min(d);
+        }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+
+        tokio::select! {
+            // Outbound first: a close request must win over more reading.
+            biased;
+            _ = outbound.ready() => {
+                let close = outbound.drain(&mut batch);
+                if !batch.is_empty() {
+                    let mut failed = false;
+                    for frame in batch.drain(..) {
+                        if socket.feed(to_message(frame)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || socket.flush().await.is_err() {
+                        break Ended::ByPeer;
+                    }
+                    if batch.capacity() > 64 {
+                        batch = Vec::new();
+                    }
+                }
+                if let Some(code) = close {
+                    break Ended::Closed(code);
+                }
+            }
+            msg = socket.next() => {
+                let msg = match msg {
+                    None => break Ended::ByPeer,
+                    Some(Err(e)) => match classify(e) {
+                        ReadError::TooBig => break Ended::Closed(CloseCode::TooBig),
+                        ReadError::Protocol(code) => break Ended::ProtocolError(code),
+                        ReadError::Gone => break Ended::ByPeer,
+                    },
+                    Some(Ok(m)) => m,
+                };
+                last_seen = Instant::now();
+                let result = match msg {
+                    Message::Text(t) => handler.on_message(Incoming::Text(t.into())),
+                    Message::Binary(b) => handler.on_message(Incoming::Binary(b)),
+                    // tungstenite queues the pong itself; send it now rather
+                    // than with the next outbound frame.
+                    Message::Ping(_) => {
+                        if socket.flush().await.is_err() {
+                            break Ended::ByPeer;
+                        }
+                        Ok(())
+                    }
+                    Message::Pong(_) => Ok(()),
+                    // tungstenite has queued the close reply; the next read
+                    // flushes it and ends the stream.
+                    Message::Close(_) => Ok(()),
+                };
+                if let Err(code) = result {
+                    break Ended::Closed(code);
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= last_seen + limits.heartbeat_timeout {
+                    break Ended::Closed(CloseCode::HeartbeatTimeout);
+                }
+                if now >= next_ping {
+                    next_ping = now + limits.heartbeat;
+                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        break Ended::ByPeer;
+                    }
+                }
+                if handler.deadline().is_some_and(|d| now >= d) {
+                    if let Err(code) = handler.on_deadline(now) {
+                        break Ended::Closed(code);
+                    }
+                }
+            }
+        }
+    };
+
+    let code = match ended {
+        Ended::Closed(c) => Some((c.code(), c.reason())),
+        Ended::ProtocolError(1007) => Some((1007, "invalid UTF-8")),
+        Ended::ProtocolError(c) => Some((c, "protocol error")),
+        Ended::ByPeer => None,
+    };
+    if let Some((code, reason)) = code {
+        close(&mut socket, code, reason).await;
+    }
+    ended
+}
+
+/// Sends a close frame and waits briefly for the client's, so the close
+/// handshake completes and the client sees our code.
+async fn close<S>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}
+
+/// Shared handle used by `/ws` and the echo example.
+pub fn new_outbound(limits: &TransportLimits) -> Arc<Outbound> {
+    Arc::new(Outbound::new(limits.outbound_queue_bytes))
+}
