@@ -1,0 +1,45 @@
+//! An echo server on `ws://ADDR/` for the Autobahn conformance suite. It
+//! runs the same transport as `/ws` (`wsgate::transport::drive`), with
+//! authentication off and the message limit raised to 32 MiB so the suite's
+//! 16 MiB cases fit.
+//!
+//!     cargo run --release --example echo -- 127.0.0.1:9001
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::routing::get;
+use axum::Router;
+use wsgate::transport::{self, TransportLimits};
+use wsgate_core::handler::Echo;
+
+const LIMITS: TransportLimits = TransportLimits {
+    max_message_bytes: 32 << 20,
+    // Room for one echoed maximum-size message plus what is in flight.
+    outbound_queue_bytes: 80 << 20,
+    heartbeat: Duration::from_secs(30),
+    heartbeat_timeout: Duration::from_secs(75),
+};
+
+async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
+    transport::configure(upgrade, &LIMITS).on_upgrade(|socket| {
+        Box::pin(async move {
+            let outbound = transport::new_outbound(&LIMITS);
+            let mut handler = Echo::new(outbound.clone());
+            transport::drive(socket, &mut handler, &outbound, LIMITS).await;
+        })
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into())
+        .parse()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("echo listening on ws://{addr}/");
+    axum::serve(listener, Router::new().route("/", get(echo))).await?;
+    Ok(())
+}
