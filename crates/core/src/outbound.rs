@@ -132,6 +132,11 @@ impl Outbound {
         self.ready.notified().await
     }
 
+    /// The close request, if any, without draining.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }

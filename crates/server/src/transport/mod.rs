@@ -6,7 +6,10 @@
 //! messages), so it is the same code for `/ws` and for the Autobahn echo
 //! example.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
@@ -103,8 +106,22 @@ fn to_message(frame: OutFrame) -> Message {
     }
 }
 
+enum Event {
+    /// Frames or a close request may be waiting in the outbound queue.
+    Outbound,
+    /// A pending flush finished (`false`: the socket failed).
+    Flushed(bool),
+    Read(Option<Result<Message, axum::Error>>),
+    Timer,
+}
+
 /// Runs one connection until it ends. The handler's replies and any close
 /// request (server API, shutdown, slow consumer) arrive through `outbound`.
+///
+/// One task serves both directions: reads, writes, the heartbeat and the
+/// handler's deadline are polled together, so a client that does not read
+/// cannot stop the server from reading, and its outbound queue overflows into
+/// close 4009 instead of blocking anyone.
 pub async fn drive<S, H>(
     mut socket: S,
     handler: &mut H,
@@ -119,8 +136,13 @@ where
     let mut next_ping = last_seen + limits.heartbeat;
     // Reused between drains; released when it grew for a burst.
     let mut batch: Vec<OutFrame> = Vec::new();
+    // True while written frames wait in the socket's buffer. No new batch is
+    // drained meanwhile: frames wait in the bounded outbound queue instead.
+    let mut flushing = false;
     let timer = tokio::time::sleep_until(next_ping);
     tokio::pin!(timer);
+    let notified = outbound.ready();
+    tokio::pin!(notified);
 
     let ended = loop {
         let mut deadline = next_ping.min(last_seen + limits.heartbeat_timeout);
@@ -131,31 +153,63 @@ where
             timer.as_mut().reset(deadline);
         }
 
-        tokio::select! {
-            // Outbound first: a close request must win over more reading.
-            biased;
-            _ = outbound.ready() => {
-                let close = outbound.drain(&mut batch);
-                if !batch.is_empty() {
-                    let mut failed = false;
-                    for frame in batch.drain(..) {
-                        if socket.feed(to_message(frame)).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed || socket.flush().await.is_err() {
-                        break Ended::ByPeer;
-                    }
-                    if batch.capacity() > 64 {
-                        batch = Vec::new();
-                    }
-                }
-                if let Some(code) = close {
-                    break Ended::Closed(code);
+        let event = std::future::poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Outbound);
+            }
+            if flushing {
+                if let Poll::Ready(r) = Pin::new(&mut socket).poll_flush(cx) {
+                    return Poll::Ready(Event::Flushed(r.is_ok()));
                 }
             }
-            msg = socket.next() => {
+            if let Poll::Ready(m) = Pin::new(&mut socket).poll_next(cx) {
+                return Poll::Ready(Event::Read(m));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+
+        match event {
+            Event::Outbound => {
+                notified.set(outbound.ready());
+                if flushing {
+                    // The socket is still busy: only a close request (slow
+                    // consumer, disconnect, shutdown) matters now. Queued
+                    // frames are drained when the flush completes.
+                    if let Some(code) = outbound.close_requested() {
+                        break Ended::Closed(code);
+                    }
+                    continue;
+                }
+                match start_batch(&mut socket, outbound, &mut batch) {
+                    Err(()) => break Ended::ByPeer,
+                    Ok((sent, close)) => {
+                        if let Some(code) = close {
+                            break Ended::Closed(code);
+                        }
+                        flushing = sent;
+                    }
+                }
+            }
+            Event::Flushed(ok) => {
+                if !ok {
+                    break Ended::ByPeer;
+                }
+                // Frames queued during the flush go out as the next batch.
+                match start_batch(&mut socket, outbound, &mut batch) {
+                    Err(()) => break Ended::ByPeer,
+                    Ok((sent, close)) => {
+                        if let Some(code) = close {
+                            break Ended::Closed(code);
+                        }
+                        flushing = sent;
+                    }
+                }
+            }
+            Event::Read(msg) => {
                 let msg = match msg {
                     None => break Ended::ByPeer,
                     Some(Err(e)) => match classify(e) {
@@ -169,33 +223,33 @@ where
                 let result = match msg {
                     Message::Text(t) => handler.on_message(Incoming::Text(t.into())),
                     Message::Binary(b) => handler.on_message(Incoming::Binary(b)),
-                    // tungstenite queues the pong itself; send it now rather
-                    // than with the next outbound frame.
-                    Message::Ping(_) => {
-                        if socket.flush().await.is_err() {
-                            break Ended::ByPeer;
-                        }
+                    // tungstenite queues the pong (or the close reply)
+                    // itself; flushing sends it now rather than with the
+                    // next outbound frame.
+                    Message::Ping(_) | Message::Close(_) => {
+                        flushing = true;
                         Ok(())
                     }
                     Message::Pong(_) => Ok(()),
-                    // tungstenite has queued the close reply; the next read
-                    // flushes it and ends the stream.
-                    Message::Close(_) => Ok(()),
                 };
                 if let Err(code) = result {
                     break Ended::Closed(code);
                 }
             }
-            () = &mut timer => {
+            Event::Timer => {
                 let now = Instant::now();
                 if now >= last_seen + limits.heartbeat_timeout {
                     break Ended::Closed(CloseCode::HeartbeatTimeout);
                 }
                 if now >= next_ping {
                     next_ping = now + limits.heartbeat;
-                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    if Pin::new(&mut socket)
+                        .start_send(Message::Ping(bytes::Bytes::new()))
+                        .is_err()
+                    {
                         break Ended::ByPeer;
                     }
+                    flushing = true;
                 }
                 if handler.deadline().is_some_and(|d| now >= d) {
                     if let Err(code) = handler.on_deadline(now) {
@@ -218,6 +272,32 @@ where
     ended
 }
 
+/// Hands every queued frame to the socket's write buffer without waiting;
+/// returns whether anything was written (a flush is then due) and the close
+/// request, if any.
+fn start_batch<S>(
+    socket: &mut S,
+    outbound: &Outbound,
+    batch: &mut Vec<OutFrame>,
+) -> Result<(bool, Option<CloseCode>), ()>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let close = outbound.drain(batch);
+    let sent = !batch.is_empty();
+    for frame in batch.drain(..) {
+        // tokio-tungstenite accepts frames into its buffer even while a
+        // previous write would block; `max_write_buffer_size` bounds it.
+        Pin::new(&mut *socket)
+            .start_send(to_message(frame))
+            .map_err(|_| ())?;
+    }
+    if batch.capacity() > 64 {
+        *batch = Vec::new();
+    }
+    Ok((sent, close))
+}
+
 /// Sends a close frame and waits briefly for the client's, so the close
 /// handshake completes and the client sees our code.
 async fn close<S>(socket: &mut S, code: u16, reason: &'static str)
@@ -228,10 +308,12 @@ where
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
+    // Bounded as a whole: a client that neither reads nor answers must not
+    // keep the task alive.
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
