@@ -96,8 +96,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 bail!("auth.hmac_secret is not set (WSGATE_AUTH__HMAC_SECRET); `token` signs with it");
             };
             let claims = Claims {
-                sub: args.sub,
-                exp: now_unix() + args.ttl.as_secs(),
+                sub: Some(args.sub),
+                exp: Some(now_unix() + args.ttl.as_secs()),
                 role: None,
                 roles: args.roles,
                 channels: args.channels,
@@ -146,8 +146,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         let claims = Claims {
-            sub: "dev".into(),
-            exp: now_unix() + 24 * 3600,
+            sub: Some("dev".into()),
+            exp: Some(now_unix() + 24 * 3600),
             role: None,
             roles: vec!["admin".into()],
             channels: vec![],

@@ -33,8 +33,12 @@ pub enum KeyError {
 /// The claims read from a token; unknown claims are ignored.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct Claims {
-    pub sub: String,
-    pub exp: u64,
+    // Optional here so that a missing claim is reported as such rather than
+    // as a malformed token; `verify` requires both.
+    #[serde(default)]
+    pub sub: Option<String>,
+    #[serde(default)]
+    pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -205,7 +209,10 @@ impl TokenVerifier for JwtVerifier {
                 _ => AuthError::Malformed,
             })?;
         let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > 255 {
+        let (Some(sub), Some(exp)) = (c.sub, c.exp) else {
+            return Err(AuthError::MissingClaim);
+        };
+        if sub.is_empty() || sub.len() > 255 {
             return Err(AuthError::MissingClaim);
         }
         let mut roles = c.roles;
@@ -213,11 +220,11 @@ impl TokenVerifier for JwtVerifier {
             roles.push(role);
         }
         Ok(Identity {
-            user: c.sub.into(),
+            user: sub.into(),
             roles,
             channels: c.channels,
             name: c.name,
-            expires_at: c.exp,
+            expires_at: exp,
         })
     }
 }
@@ -255,8 +262,8 @@ mod tests {
 
     fn claims(exp: u64) -> Claims {
         Claims {
-            sub: "alice".into(),
-            exp,
+            sub: Some("alice".into()),
+            exp: Some(exp),
             role: Some("admin".into()),
             roles: vec!["ops".into()],
             channels: vec![],

@@ -1,0 +1,199 @@
+//! Starts a real server on 127.0.0.1:0 per test and gives real clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Request};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wsgate::auth::{sign_hs256, Claims};
+use wsgate::config::{Config, Secret};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const API_KEY: &str = "integration-api-key-0123456789";
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn base_config() -> Config {
+    let mut c = Config::default();
+    c.auth.hmac_secret = Some(Secret::new(SECRET));
+    c.api.keys = vec![Secret::new(API_KEY)];
+    // Tests open many connections from 127.0.0.1.
+    c.limits.handshakes_per_minute_per_ip = 10_000;
+    c.shutdown_grace_secs = 2;
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = base_config();
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wsgate::run(config, listener, shutdown.clone()));
+        TestServer {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops within its grace period")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A request for `/ws` with `Authorization: Bearer <token>`.
+    pub fn request(&self, token: Option<&str>) -> Request<()> {
+        let mut req = self.url("/ws").into_client_request().unwrap();
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+        }
+        req
+    }
+
+    /// Connects as `user` and reads the `connected` frame.
+    pub async fn connect(&self, user: &str) -> (Ws, Value) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.request(Some(&token(user))))
+            .await
+            .expect("handshake accepted");
+        let connected = next_json(&mut ws).await;
+        assert_eq!(connected["type"], "connected");
+        (ws, connected)
+    }
+}
+
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+pub fn claims(user: &str, ttl_secs: i64) -> Claims {
+    Claims {
+        sub: Some(user.into()),
+        exp: Some((now() as i64 + ttl_secs) as u64),
+        role: None,
+        roles: vec![],
+        channels: vec![],
+        name: None,
+    }
+}
+
+pub fn token(user: &str) -> String {
+    sign_hs256(SECRET, &claims(user, 3600))
+}
+
+pub fn token_with_ttl(user: &str, ttl_secs: i64) -> String {
+    sign_hs256(SECRET, &claims(user, ttl_secs))
+}
+
+/// Signs arbitrary claims with any HMAC algorithm and key.
+pub fn sign_custom(alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+pub fn add_header(req: &mut Request<()>, name: &'static str, value: &str) {
+    req.headers_mut()
+        .insert(HeaderName::from_static(name), HeaderValue::from_str(value).unwrap());
+}
+
+/// The refused handshake's status, headers and JSON body.
+pub async fn expect_rejection(req: Request<()>) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, Value) {
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => panic!("handshake was accepted"),
+        Err(WsError::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().unwrap_or_default();
+            let json: Value = serde_json::from_slice(&body).unwrap_or(json!(null));
+            (status, headers, json)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// The next text frame as JSON, skipping pings.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("stream open")
+            .expect("frame ok");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Reads until the server's close frame and returns its code.
+pub async fn expect_close(ws: &mut Ws) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("close within 20 s");
+        match msg {
+            Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => return code.into(),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+pub async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(json!(null));
+    (status, body)
+}

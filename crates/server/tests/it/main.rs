@@ -1,0 +1,9 @@
+//! wsgate's integration tests: one binary, a real server per test, real
+//! clients over real sockets.
+
+mod connection;
+mod handshake;
+mod harness;
+mod jwks;
+mod ops;
+mod process;

@@ -1,0 +1,116 @@
+//! Operations endpoints: health, readiness, metrics, client config, admin
+//! stats, OpenAPI, security headers.
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn health_ready_and_config() {
+    let server = TestServer::start().await;
+    let (status, body) = get_json(&server.http("/health"), &[]).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = get_json(&server.http("/ready"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get_json(&server.http("/ws/config"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["heartbeat_secs"], 30);
+    assert_eq!(body["max_message_bytes"], 8192);
+    assert_eq!(body["protocols"][0], "wsgate.v1.json");
+    assert_eq!(body["auth_transports"], serde_json::json!(["header", "subprotocol"]));
+    let (status, body) = get_json(&server.http("/nope"), &[]).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn security_headers_on_http_not_on_upgrade() {
+    let server = TestServer::start().await;
+    let resp = reqwest::get(server.http("/health")).await.unwrap();
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert!(resp.headers().contains_key("referrer-policy"));
+    let (_, resp) = tokio_tungstenite::connect_async(server.request(Some(&token("h"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(!resp.headers().contains_key("x-content-type-options"));
+    assert!(!resp.headers().contains_key("x-frame-options"));
+}
+
+#[tokio::test]
+async fn stats_need_admin_or_api_key() {
+    let server = TestServer::start().await;
+    let _c = server.connect("someone").await;
+    let url = server.http("/ws/stats");
+    let (status, body) = get_json(&url, &[]).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")));
+    let user = format!("Bearer {}", token("plain"));
+    let (status, _) = get_json(&url, &[("authorization", &user)]).await;
+    assert_eq!(status, 403);
+    let mut claims = claims("root", 600);
+    claims.roles = vec!["admin".into()];
+    let admin = format!("Bearer {}", wsgate::auth::sign_hs256(SECRET, &claims));
+    let (status, body) = get_json(&url, &[("authorization", &admin)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connections"], 1);
+    let (status, body) = get_json(&url, &[("x-api-key", API_KEY)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["users"], 1);
+}
+
+#[tokio::test]
+async fn metrics_have_bounded_labels_and_no_secrets() {
+    let server = TestServer::start().await;
+    let t = token("metric-user");
+    let (mut ws, _) = server.connect("metric-user").await;
+    send_json(&mut ws, serde_json::json!({"type": "ping"})).await;
+    next_json(&mut ws).await;
+    send_json(&mut ws, serde_json::json!({"type": "drop-table-users"})).await;
+    next_json(&mut ws).await;
+    let text = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
+    for name in [
+        "wsgate_connections_active 1",
+        "wsgate_connections_total{result=\"accepted\"} 1",
+        "wsgate_messages_in_total{type=\"ping\"} 1",
+        "wsgate_messages_in_total{type=\"unknown\"} 1",
+        "wsgate_messages_out_total{type=\"pong\"} 1",
+        "wsgate_errors_total{code=\"unknown_type\"} 1",
+        "wsgate_connection_duration_seconds",
+        "wsgate_publish_write_latency_seconds",
+    ] {
+        assert!(text.contains(name), "missing {name}\n{text}");
+    }
+    assert!(!text.contains("metric-user"));
+    assert!(!text.contains("drop-table-users"));
+    assert!(!text.contains(&t));
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let server = TestServer::start().await;
+    let (status, doc) = get_json(&server.http("/api/openapi.json"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    for p in [
+        "/ws",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/ws/config",
+        "/ws/stats",
+        "/api/users/{user}/disconnect",
+        "/api/openapi.json",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from OpenAPI");
+    }
+    // And every documented path answers something other than the 404 fallback.
+    for p in paths {
+        let url = server.http(&p.replace("{user}", "x"));
+        let resp = reqwest::Client::new().get(&url).send().await.unwrap();
+        let status = resp.status().as_u16();
+        if status == 404 {
+            let body: Value = resp.json().await.unwrap();
+            panic!("{p} is documented but not routed: {body}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The real binary: CLI commands, `serve` logs, SIGTERM shutdown.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+fn wsgate() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Start from a clean environment so a developer's WSGATE_ variables do
+    // not leak in.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn config_check_names_the_bad_key() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[limits]\nmax_mesage_bytes = 10\n").unwrap();
+    let out = wsgate().args(["config", "check", "--config"]).arg(&file).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_mesage_bytes"), "{err}");
+
+    let out = wsgate()
+        .args(["config", "check"])
+        .env("WSGATE_LIMITS__HEARTBEAT_TIMEOUT_SECS", "5")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.heartbeat_timeout_secs"));
+
+    let out = wsgate()
+        .args(["config", "check"])
+        .env("WSGATE_AUTH__HMAC_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn config_print_redacts_and_token_signs() {
+    let out = wsgate()
+        .args(["config", "print"])
+        .env("WSGATE_AUTH__HMAC_SECRET", SECRET)
+        .env("WSGATE_API__KEYS", format!("[\"{API_KEY}\"]"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!printed.contains(SECRET) && !printed.contains(API_KEY), "{printed}");
+    assert!(printed.contains("max_connections_per_user = 3"), "{printed}");
+
+    let out = wsgate()
+        .args(["token", "--sub", "cli-user", "--role", "admin", "--ttl", "10m"])
+        .env("WSGATE_AUTH__HMAC_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let server = TestServer::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&token))).await.unwrap();
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["payload"]["user"], "cli-user");
+    let exp = connected["payload"]["expires_at"].as_u64().unwrap();
+    assert!(exp > now() + 500 && exp <= now() + 600);
+
+    let out = wsgate().args(["token", "--sub", "x"]).output().await.unwrap();
+    assert!(!out.status.success(), "no secret configured");
+}
+
+struct Spawned {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+async fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
+    let mut cmd = wsgate();
+    cmd.arg("serve").args(args).env("RUST_LOG", "debug").env("WSGATE_LOG__FORMAT", "json");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let sink = logs.clone();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("\"listening\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(v["addr"].as_str().unwrap().parse().unwrap());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let out = stdout.clone();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            out.lock().unwrap().push(line);
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("server logs its address")
+        .unwrap();
+    Spawned { child, addr, logs, stdout }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
+    let mut s = spawn_serve(
+        &["--listen", "127.0.0.1:0"],
+        &[("WSGATE_AUTH__HMAC_SECRET", SECRET)],
+    )
+    .await;
+    let url = format!("ws://{}/ws", s.addr);
+    let header_token = token("log-header");
+    let proto_token = token("log-proto");
+    let refresh = token("log-header");
+    let forged = sign_custom(
+        jsonwebtoken::Algorithm::HS256,
+        b"wrong-secret-wrong-secret-wrong-secret",
+        &json!({"sub": "forged", "exp": now() + 60}),
+    );
+    let expired = token_with_ttl("late", -100);
+
+    let mut req = url.as_str().into_client_request().unwrap();
+    add_header(&mut req, "authorization", &format!("Bearer {header_token}"));
+    let (mut a, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut a).await["type"], "connected");
+    a.send(Message::Text(json!({"type": "refresh_token", "payload": {"token": refresh}}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut a).await["type"], "token_refreshed");
+    // A refresh with a bad token is an error whose text must not echo it.
+    a.send(Message::Text(json!({"type": "refresh_token", "payload": {"token": forged}}).to_string().into()))
+        .await
+        .unwrap();
+    let err = next_json(&mut a).await;
+    assert!(!err.to_string().contains(&forged));
+
+    let mut req = url.as_str().into_client_request().unwrap();
+    add_header(&mut req, "sec-websocket-protocol", &format!("wsgate.v1.json, bearer.{proto_token}"));
+    let (mut b, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut b).await["type"], "connected");
+
+    for bad in [&forged, &expired] {
+        let mut req = url.as_str().into_client_request().unwrap();
+        add_header(&mut req, "authorization", &format!("Bearer {bad}"));
+        assert_eq!(expect_rejection(req).await.0, 401);
+    }
+    // Query tokens are off: refused, and the URL must not be logged with it.
+    let q = format!("{url}?token={header_token}");
+    assert_eq!(expect_rejection(q.as_str().into_client_request().unwrap()).await.0, 401);
+
+    sigterm(&s.child);
+    assert_eq!(expect_close(&mut a).await, 1001);
+    assert_eq!(expect_close(&mut b).await, 1001);
+    let status = tokio::time::timeout(Duration::from_secs(15), s.child.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let logs = s.logs.lock().unwrap().join("\n");
+    for t in [&header_token, &proto_token, &refresh, &forged, &expired] {
+        // Any of the three parts would be a leak; the signature is unique.
+        let signature = t.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token leaked into the logs");
+    }
+    // One audit line per handshake, accepted and rejected, with reasons.
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "handshake")
+        .collect();
+    assert_eq!(audit.iter().filter(|v| v["result"] == "accepted").count(), 2, "{logs}");
+    let rejected: Vec<&str> = audit
+        .iter()
+        .filter(|v| v["result"] == "rejected")
+        .map(|v| v["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejected, ["token_signature", "token_expired", "token_missing"], "{logs}");
+    // Lines logged inside a connection carry its id and user.
+    let disconnected: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "disconnected")
+        .collect();
+    assert_eq!(disconnected.len(), 2, "{logs}");
+    for d in disconnected {
+        assert!(d["span"]["connection_id"].is_string(), "{d}");
+        assert!(d["span"]["user"].as_str().unwrap().starts_with("log-"), "{d}");
+        assert_eq!(d["code"], 1001);
+    }
+    let _ = s.stdout;
+}
+
+#[tokio::test]
+async fn dev_mode_needs_no_configuration_and_prints_a_token() {
+    let dir = std::env::temp_dir().join(format!("wsgate-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = spawn_serve(&["--dev", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut token = None;
+    for _ in 0..100 {
+        token = s
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split("token (user dev, role admin, 24h): ").nth(1).map(str::to_owned));
+        if token.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = token.expect("dev mode prints a token");
+    let mut req = format!("ws://{}/ws", s.addr).into_client_request().unwrap();
+    add_header(&mut req, "authorization", &format!("Bearer {token}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["payload"]["user"], "dev");
+    let (status, _) = get_json(
+        &format!("http://{}/ws/stats", s.addr),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "the dev token is an admin token");
+    sigterm(&s.child);
+    assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
+}
