@@ -115,7 +115,12 @@ impl Hub {
     pub fn close_all(&self, code: CloseCode) -> usize {
         let reg = self.lock();
         let mut n = 0;
-        for outbound in reg.users.values().flatten().filter_map(|s| s.outbound.as_ref()) {
+        for outbound in reg
+            .users
+            .values()
+            .flatten()
+            .filter_map(|s| s.outbound.as_ref())
+        {
             outbound.close(code);
             n += 1;
         }
@@ -240,6 +245,12 @@ mod tests {
         assert_eq!(qb.drain(&mut v), None);
         drop(ad);
         assert_eq!(hub.close_user("a", CloseCode::Disconnected), 0);
-        assert_eq!(hub.stats(), HubStats { connections: 1, users: 1 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                connections: 1,
+                users: 1
+            }
+        );
     }
 }

@@ -68,11 +68,17 @@ impl Limits {
                 self.handshakes_per_minute_per_ip as u64,
             ),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
-            ("limits.messages_per_minute", self.messages_per_minute as u64),
+            (
+                "limits.messages_per_minute",
+                self.messages_per_minute as u64,
+            ),
             ("limits.message_burst", self.message_burst as u64),
             ("limits.heartbeat_secs", self.heartbeat_secs),
             ("limits.heartbeat_timeout_secs", self.heartbeat_timeout_secs),
-            ("limits.outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            (
+                "limits.outbound_queue_bytes",
+                self.outbound_queue_bytes as u64,
+            ),
             ("limits.max_subscriptions", self.max_subscriptions as u64),
         ];
         for (key, value) in positive {

@@ -115,7 +115,11 @@ impl Metrics {
             "Frames received by type",
             m.messages_in.clone(),
         );
-        r.register("messages_out", "Frames sent by type", m.messages_out.clone());
+        r.register(
+            "messages_out",
+            "Frames sent by type",
+            m.messages_out.clone(),
+        );
         r.register("errors", "Error frames sent by code", m.errors.clone());
         r.register(
             "security_violations",

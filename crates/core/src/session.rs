@@ -105,7 +105,13 @@ impl Session {
         self.ctx.outbound.push(frame);
     }
 
-    fn send_error(&self, id: Option<&str>, code: ErrorCode, message: &str, extra: Option<(&str, Value)>) {
+    fn send_error(
+        &self,
+        id: Option<&str>,
+        code: ErrorCode,
+        message: &str,
+        extra: Option<(&str, Value)>,
+    ) {
         let mut payload = json!({ "code": code, "message": message });
         if let Some((key, value)) = extra {
             payload[key] = value;
@@ -120,18 +126,31 @@ impl Session {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => {
-                self.send_error(None, ErrorCode::InvalidMessage, "\"id\" must be a string", None);
+                self.send_error(
+                    None,
+                    ErrorCode::InvalidMessage,
+                    "\"id\" must be a string",
+                    None,
+                );
                 return;
             }
         };
         let Some(payload) = frame.payload_object() else {
-            self.send_error(id, ErrorCode::InvalidMessage, "\"payload\" must be an object", None);
+            self.send_error(
+                id,
+                ErrorCode::InvalidMessage,
+                "\"payload\" must be an object",
+                None,
+            );
             return;
         };
         match frame.kind.as_str() {
             "ping" => self.send("pong", id, json!({})),
             "refresh_token" => {
-                let token = payload.get("token").and_then(Value::as_str).map(str::to_owned);
+                let token = payload
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 self.refresh_token(id, token.as_deref());
             }
             _ => self.send_error(id, ErrorCode::UnknownType, "unknown message type", None),
@@ -140,7 +159,12 @@ impl Session {
 
     fn refresh_token(&mut self, id: Option<&str>, token: Option<&str>) {
         let Some(token) = token else {
-            self.send_error(id, ErrorCode::BadRequest, "payload.token (string) is required", None);
+            self.send_error(
+                id,
+                ErrorCode::BadRequest,
+                "payload.token (string) is required",
+                None,
+            );
             return;
         };
         match self.ctx.verifier.verify(token) {

@@ -14,7 +14,11 @@ use crate::auth::{sign_hs256, Claims};
 use crate::config::{self, Config, Secret};
 
 #[derive(Debug, Parser)]
-#[command(name = "wsgate", version, about = "A secure real-time WebSocket gateway")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A secure real-time WebSocket gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -93,7 +97,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => {
             let config = load(args.config.as_deref(), |f| f)?;
             let Some(secret) = &config.auth.hmac_secret else {
-                bail!("auth.hmac_secret is not set (WSGATE_AUTH__HMAC_SECRET); `token` signs with it");
+                bail!(
+                    "auth.hmac_secret is not set (WSGATE_AUTH__HMAC_SECRET); `token` signs with it"
+                );
             };
             let claims = Claims {
                 sub: Some(args.sub),

@@ -326,7 +326,10 @@ impl Config {
         }
         let auth = &self.auth;
         if auth.algorithms.is_empty() {
-            return Err(invalid("auth.algorithms", "must list at least one algorithm"));
+            return Err(invalid(
+                "auth.algorithms",
+                "must list at least one algorithm",
+            ));
         }
         for alg in &auth.algorithms {
             if !ALGORITHMS.contains(&alg.as_str()) {
@@ -368,7 +371,10 @@ impl Config {
         }
         for key in &self.api.keys {
             if key.expose().len() < 16 {
-                return Err(invalid("api.keys", "every key must be at least 16 bytes long"));
+                return Err(invalid(
+                    "api.keys",
+                    "every key must be at least 16 bytes long",
+                ));
             }
         }
         let url = self.broker.url.expose();
@@ -376,15 +382,24 @@ impl Config {
             return Err(invalid("broker.url", "must be \"memory\" or redis://…"));
         }
         let url = self.storage.url.expose();
-        if !url.starts_with("sqlite:") && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        if !url.starts_with("sqlite:")
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
             return Err(invalid("storage.url", "must be sqlite://… or postgres://…"));
         }
         if !["echo", "http", "openai"].contains(&self.agent.kind.as_str()) {
-            return Err(invalid("agent.kind", "must be \"echo\", \"http\" or \"openai\""));
+            return Err(invalid(
+                "agent.kind",
+                "must be \"echo\", \"http\" or \"openai\"",
+            ));
         }
         for ns in &self.channels.namespaces {
             let sub_ok = ["any", "owner", "claim"].contains(&ns.subscribe.as_str())
-                || ns.subscribe.strip_prefix("role:").is_some_and(|r| !r.is_empty());
+                || ns
+                    .subscribe
+                    .strip_prefix("role:")
+                    .is_some_and(|r| !r.is_empty());
             if !sub_ok {
                 return Err(invalid(
                     "channels.namespaces.subscribe",
@@ -392,7 +407,10 @@ impl Config {
                 ));
             }
             let pub_ok = ["server", "any", "owner"].contains(&ns.publish.as_str())
-                || ns.publish.strip_prefix("role:").is_some_and(|r| !r.is_empty());
+                || ns
+                    .publish
+                    .strip_prefix("role:")
+                    .is_some_and(|r| !r.is_empty());
             if !pub_ok {
                 return Err(invalid(
                     "channels.namespaces.publish",
@@ -420,12 +438,16 @@ pub fn valid_origin(origin: &str) -> bool {
         return false;
     };
     !scheme.is_empty()
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', '@', ' '])
 }
 
 #[cfg(test)]
+// figment's Jail closures return its large error type; fine in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -487,10 +509,18 @@ mod tests {
         });
         let mut c = Config::default();
         c.auth.algorithms = vec!["none".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("auth.algorithms"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.algorithms"));
         let mut c = Config::default();
         c.auth.hmac_secret = Some(Secret::new("short"));
-        assert!(c.validate().unwrap_err().to_string().contains("auth.hmac_secret"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.hmac_secret"));
         let mut c = Config::default();
         c.limits.heartbeat_timeout_secs = 10;
         assert!(c
@@ -500,7 +530,11 @@ mod tests {
             .contains("limits.heartbeat_timeout_secs"));
         let mut c = Config::default();
         c.origins.allowed = vec!["https://a.example/path".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("origins.allowed"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("origins.allowed"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use tracing::Instrument;
 use wsgate_core::auth::{AuthError, Identity};
-use wsgate_core::hub::{AdmitError, Admission};
+use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::{Session, SessionContext};
 use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
@@ -64,7 +64,9 @@ pub fn negotiate_encoding(headers: &HeaderMap) -> Result<(Encoding, bool), Rejec
     if bearer {
         // A browser would fail the connection when we select nothing.
         return Err(Rejection::new(
-            ApiError::bad_request("offer wsgate.v1.json or wsgate.v1.msgpack beside bearer.<token>"),
+            ApiError::bad_request(
+                "offer wsgate.v1.json or wsgate.v1.msgpack beside bearer.<token>",
+            ),
             "bad_protocol",
         ));
     }
@@ -72,8 +74,15 @@ pub fn negotiate_encoding(headers: &HeaderMap) -> Result<(Encoding, bool), Rejec
 }
 
 /// Finds the token in the three transports, in order of preference.
-pub fn find_token<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+pub fn find_token<'a>(
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    allow_query: bool,
+) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let mut parts = value.splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
             if scheme.eq_ignore_ascii_case("bearer") {
@@ -81,12 +90,16 @@ pub fn find_token<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -
             }
         }
     }
-    if let Some(token) = offered_protocols(headers).find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX)) {
+    if let Some(token) =
+        offered_protocols(headers).find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+    {
         return Some(token.into());
     }
     if allow_query {
         if let Some(query) = uri.query() {
-            if let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
+            if let Some((_, v)) =
+                form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
+            {
                 return Some(v);
             }
         }
@@ -103,7 +116,10 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -128,16 +144,23 @@ pub fn admit(
         ));
     }
     if !origin_allowed(headers, &state.config.origins.allowed) {
-        return Err(Rejection::new(ApiError::forbidden("origin not allowed"), "origin"));
+        return Err(Rejection::new(
+            ApiError::forbidden("origin not allowed"),
+            "origin",
+        ));
     }
-    let token = find_token(headers, uri, state.config.auth.allow_query_token).ok_or(AuthError::Missing)?;
+    let token =
+        find_token(headers, uri, state.config.auth.allow_query_token).ok_or(AuthError::Missing)?;
     let identity = state.verifier.verify(&token)?;
     let admission = state.hub.admit(&identity.user).map_err(|e| match e {
         AdmitError::UserLimit => Rejection::new(
             ApiError::rate_limited("too many connections for this user", 5),
             "user_limit",
         ),
-        AdmitError::ServerFull => Rejection::new(ApiError::unavailable("server is at its connection limit"), "server_full"),
+        AdmitError::ServerFull => Rejection::new(
+            ApiError::unavailable("server is at its connection limit"),
+            "server_full",
+        ),
     })?;
     Ok((identity, admission))
 }
@@ -240,9 +263,16 @@ async fn run_connection(
     tracing::debug!("connected");
     let ended = transport::drive(socket, &mut session, &outbound, state.transport).await;
     state.metrics.connections_active.dec();
-    state.metrics.connection_duration.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .connection_duration
+        .observe(started.elapsed().as_secs_f64());
     Metrics::count(&state.metrics.disconnects, "code", close_label(&ended));
-    tracing::info!(code = ended.code(), duration_ms = started.elapsed().as_millis() as u64, "disconnected");
+    tracing::info!(
+        code = ended.code(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "disconnected"
+    );
     drop(admission);
 }
 
@@ -263,4 +293,3 @@ fn close_label(ended: &Ended) -> &'static str {
         _ => "other",
     }
 }
-

@@ -35,7 +35,9 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
             let cache = JwksCache::new(url.clone());
             match tokio::time::timeout(FIRST_JWKS_FETCH, cache.refresh()).await {
                 Ok(Ok(n)) => tracing::info!(keys = n, "JWKS loaded"),
-                Ok(Err(error)) => tracing::warn!(%error, "JWKS not available yet; retrying in the background"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "JWKS not available yet; retrying in the background")
+                }
                 Err(_) => tracing::warn!("JWKS fetch timed out; retrying in the background"),
             }
             tokio::spawn(cache.clone().run(
@@ -93,7 +95,11 @@ fn hostname() -> String {
 
 /// Serves until `shutdown` is cancelled, then closes every WebSocket with
 /// 1001 and waits up to `shutdown_grace_secs` for connections to finish.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let state = build_state(config, shutdown.clone()).await?;
     let app = http::router(state.clone());
@@ -108,7 +114,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     shutdown.cancelled().await;
     let closing = state.hub.close_all(CloseCode::GoingAway);
-    tracing::info!(connections = closing, grace_secs = grace.as_secs(), "shutting down");
+    tracing::info!(
+        connections = closing,
+        grace_secs = grace.as_secs(),
+        "shutting down"
+    );
     state.connections.close();
     let drained = tokio::time::timeout(grace, async {
         state.connections.wait().await;

@@ -76,7 +76,10 @@ impl JwksCache {
             }
             None => {
                 drop(keys);
-                let mut last = self.last_on_demand.lock().unwrap_or_else(|e| e.into_inner());
+                let mut last = self
+                    .last_on_demand
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if last.is_none_or(|t| t.elapsed() >= ON_DEMAND_MIN_INTERVAL) {
                     *last = Some(Instant::now());
                     self.wake.notify_one();
@@ -111,7 +114,9 @@ impl JwksCache {
             serde_json::from_slice(&body).map_err(|e| JwksError::Parse(e.to_string()))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let Some(kid) = &jwk.common.key_id else { continue };
+            let Some(kid) = &jwk.common.key_id else {
+                continue;
+            };
             if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
                 continue;
             }
@@ -143,7 +148,9 @@ impl JwksCache {
             }
             match self.refresh().await {
                 Ok(n) => tracing::debug!(keys = n, "JWKS refreshed"),
-                Err(error) => tracing::warn!(%error, kept = self.key_count(), "JWKS refresh failed; keeping the last good keys"),
+                Err(error) => {
+                    tracing::warn!(%error, kept = self.key_count(), "JWKS refresh failed; keeping the last good keys")
+                }
             }
         }
     }

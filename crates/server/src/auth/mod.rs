@@ -197,17 +197,18 @@ impl TokenVerifier for JwtVerifier {
         let key = self.key_for(&header)?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm => AuthError::DisallowedAlgorithm,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
-                _ => AuthError::Malformed,
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm => AuthError::DisallowedAlgorithm,
+            ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+            _ => AuthError::Malformed,
+        })?;
         let c = data.claims;
         let (Some(sub), Some(exp)) = (c.sub, c.exp) else {
             return Err(AuthError::MissingClaim);
@@ -294,7 +295,8 @@ mod tests {
         let other = sign_hs256("ffffffffffffffffffffffffffffffff", &claims(now() + 60));
         assert_eq!(v.verify(&other), Err(AuthError::BadSignature));
         // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} .
-        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        let none =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert_eq!(v.verify(none), Err(AuthError::DisallowedAlgorithm));
         assert_eq!(v.verify("garbage"), Err(AuthError::Malformed));
         assert_eq!(v.verify(""), Err(AuthError::Missing));

@@ -1,8 +1,8 @@
 //! Every HTTP route of the server, in one place.
 
 pub mod error;
-mod ops;
 pub mod openapi;
+mod ops;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -41,7 +41,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

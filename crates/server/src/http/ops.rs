@@ -21,13 +21,22 @@ pub async fn ready() -> Response {
     // The memory broker is in-process and always answers; storage and the
     // Redis broker add their probes here when they are implemented.
     let checks = json!({ "broker": "ok" });
-    (StatusCode::OK, Json(json!({ "status": "ready", "checks": checks }))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({ "status": "ready", "checks": checks })),
+    )
+        .into_response()
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed").into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics encoding failed",
+        )
+        .into_response();
     }
     (
         [(
@@ -91,9 +100,14 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let Some(token) = bearer else {
-        return Err(ApiError::unauthorized("an admin token or X-API-Key is required"));
+        return Err(ApiError::unauthorized(
+            "an admin token or X-API-Key is required",
+        ));
     };
     match state.verifier.verify(token.trim()) {
         Ok(id) if id.has_role("admin") => Ok(()),
@@ -102,7 +116,10 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
     }
 }
 
-pub async fn ws_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn ws_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers)?;
     let hub = state.hub.stats();
     Ok(Json(json!({

@@ -48,7 +48,9 @@ pub fn configure(upgrade: WebSocketUpgrade, limits: &TransportLimits) -> WebSock
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Our outbound queue is the real bound on what waits for a client;
         // this only has to hold one drained batch plus one frame.
-        .max_write_buffer_size(limits.outbound_queue_bytes + WRITE_BUFFER_BYTES + limits.max_message_bytes)
+        .max_write_buffer_size(
+            limits.outbound_queue_bytes + WRITE_BUFFER_BYTES + limits.max_message_bytes,
+        )
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .accept_unmasked_frames(false)

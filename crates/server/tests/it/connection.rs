@@ -32,7 +32,11 @@ async fn connected_frame_and_ping_correlation() {
     assert_eq!(err["id"], "7");
     assert_eq!(err["payload"]["code"], "unknown_type");
 
-    send_json(&mut ws, json!({"type": "ping", "id": "8", "payload": [1, 2]})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "ping", "id": "8", "payload": [1, 2]}),
+    )
+    .await;
     let err = next_json(&mut ws).await;
     assert_eq!(err["payload"]["code"], "invalid_message");
 
@@ -52,7 +56,9 @@ async fn invalid_frames_close_1003() {
     }
     // A binary frame on a JSON connection is not the protocol either.
     let (mut ws, _) = server.connect("bad").await;
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(expect_close(&mut ws).await, 1003);
 }
 
@@ -81,7 +87,10 @@ async fn rate_limit_drops_then_closes_1008() {
     let mut pongs = 0;
     let mut limited = 0;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(&t).unwrap();
                 match v["type"].as_str().unwrap() {
@@ -174,7 +183,9 @@ async fn answering_pings_keeps_the_connection_open() {
 async fn token_expiry_warns_then_closes_4001() {
     let server = TestServer::start().await;
     let t = token_with_ttl("exp", 3);
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&t))).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&t)))
+        .await
+        .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     // Less than 60 s left: the warning comes at once.
     let warn = next_json(&mut ws).await;
@@ -187,20 +198,34 @@ async fn token_expiry_warns_then_closes_4001() {
 async fn refresh_token_extends_the_connection() {
     let server = TestServer::start().await;
     let t = token_with_ttl("ref", 2);
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&t))).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&t)))
+        .await
+        .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     assert_eq!(next_json(&mut ws).await["type"], "token_expiring");
 
     // Another user's token is refused.
-    send_json(&mut ws, json!({"type": "refresh_token", "id": "r0", "payload": {"token": token("mallory")}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "refresh_token", "id": "r0", "payload": {"token": token("mallory")}}),
+    )
+    .await;
     let err = next_json(&mut ws).await;
     assert_eq!(err["payload"]["code"], "forbidden");
     // Garbage is refused.
-    send_json(&mut ws, json!({"type": "refresh_token", "id": "r1", "payload": {"token": "x.y.z"}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "refresh_token", "id": "r1", "payload": {"token": "x.y.z"}}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["payload"]["code"], "bad_request");
 
     let fresh = token_with_ttl("ref", 3600);
-    send_json(&mut ws, json!({"type": "refresh_token", "id": "r2", "payload": {"token": fresh}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "refresh_token", "id": "r2", "payload": {"token": fresh}}),
+    )
+    .await;
     let ok = next_json(&mut ws).await;
     assert_eq!(ok["type"], "token_refreshed");
     assert_eq!(ok["id"], "r2");
@@ -216,7 +241,10 @@ async fn msgpack_round_trip() {
     let mut req = server.request(Some(&token("mp")));
     add_header(&mut req, "sec-websocket-protocol", "wsgate.v1.msgpack");
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "wsgate.v1.msgpack");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "wsgate.v1.msgpack"
+    );
     let read = |m: Message| -> Value {
         match m {
             Message::Binary(b) => rmp_serde::from_slice(&b).unwrap(),
@@ -232,7 +260,9 @@ async fn msgpack_round_trip() {
     assert_eq!(pong["type"], "pong");
     assert_eq!(pong["id"], "m1");
     // A msgpack value that is not a map closes 1003.
-    ws.send(Message::Binary(rmp_serde::to_vec(&[1, 2]).unwrap().into())).await.unwrap();
+    ws.send(Message::Binary(rmp_serde::to_vec(&[1, 2]).unwrap().into()))
+        .await
+        .unwrap();
     assert_eq!(expect_close(&mut ws).await, 1003);
 }
 
@@ -246,9 +276,19 @@ async fn server_api_disconnect_closes_4003() {
     let url = server.http("/api/users/kick/disconnect");
     let resp = client.post(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401, "no API key");
-    let resp = client.post(&url).header("x-api-key", "wrong-key-wrong-key").send().await.unwrap();
+    let resp = client
+        .post(&url)
+        .header("x-api-key", "wrong-key-wrong-key")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401, "wrong API key");
-    let resp = client.post(&url).header("x-api-key", API_KEY).send().await.unwrap();
+    let resp = client
+        .post(&url)
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["disconnected"], 2);
@@ -274,7 +314,10 @@ async fn client_that_does_not_read_is_closed_4009() {
     let writer = tokio::spawn(async move {
         for _ in 0..4000 {
             let frame = json!({"type": "ping", "id": id}).to_string();
-            let send = tokio::time::timeout(Duration::from_millis(300), tx.send(Message::Text(frame.into())));
+            let send = tokio::time::timeout(
+                Duration::from_millis(300),
+                tx.send(Message::Text(frame.into())),
+            );
             match send.await {
                 Ok(Ok(())) => {}
                 _ => break, // blocked or closed: the server stopped reading
@@ -298,7 +341,12 @@ async fn client_that_does_not_read_is_closed_4009() {
     // The metric is recorded once the connection task has finished closing.
     let mut counted = false;
     for _ in 0..100 {
-        let metrics = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(server.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("wsgate_disconnects_total{code=\"4009\"} 1") {
             counted = true;
             break;

@@ -1,8 +1,8 @@
 //! SPEC §3: token transports, JWT checks, origin policy, rejection table.
 
 use jsonwebtoken::Algorithm;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::*;
 
@@ -38,8 +38,10 @@ async fn token_problems_are_401() {
         c.auth.audience = Some("wsgate".into());
     })
     .await;
-    let good = json!({"sub": "u", "exp": now() + 60, "iss": "https://issuer.test", "aud": "wsgate"});
-    let sign = |claims: &serde_json::Value| sign_custom(Algorithm::HS256, SECRET.as_bytes(), claims);
+    let good =
+        json!({"sub": "u", "exp": now() + 60, "iss": "https://issuer.test", "aud": "wsgate"});
+    let sign =
+        |claims: &serde_json::Value| sign_custom(Algorithm::HS256, SECRET.as_bytes(), claims);
     // Sanity: the good claims pass.
     let (ws, _) = tokio_tungstenite::connect_async(server.request(Some(&sign(&good))))
         .await
@@ -48,7 +50,11 @@ async fn token_problems_are_401() {
 
     assert_401(&server, None, "no token").await;
     assert_401(&server, Some("not.a.jwt"), "malformed").await;
-    let wrong_key = sign_custom(Algorithm::HS256, b"another-secret-another-secret-0000", &good);
+    let wrong_key = sign_custom(
+        Algorithm::HS256,
+        b"another-secret-another-secret-0000",
+        &good,
+    );
     assert_401(&server, Some(&wrong_key), "signature").await;
     let mut c = good.clone();
     c["exp"] = json!(now() - 10);
@@ -76,13 +82,30 @@ async fn token_problems_are_401() {
     let b64 = |v: &serde_json::Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&good));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
     assert_401(&server, Some(&none), "algorithm").await;
 
-    let metrics = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
-    for reason in ["token_missing", "token_signature", "token_expired", "token_algorithm", "token_issuer"] {
+    let metrics = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "token_missing",
+        "token_signature",
+        "token_expired",
+        "token_algorithm",
+        "token_issuer",
+    ] {
         assert!(
-            metrics.contains(&format!("wsgate_handshake_rejections_total{{reason=\"{reason}\"}}")),
+            metrics.contains(&format!(
+                "wsgate_handshake_rejections_total{{reason=\"{reason}\"}}"
+            )),
             "{reason} counted"
         );
     }
@@ -112,18 +135,28 @@ async fn hmac_token_is_refused_where_only_an_rsa_key_is_configured() {
     // Signed with HS256 using the public key's bytes as the secret: the
     // classic key-confusion attack.
     let public = std::fs::read(pem).unwrap();
-    let forged = sign_custom(Algorithm::HS256, &public, &json!({"sub": "u", "exp": now() + 60}));
+    let forged = sign_custom(
+        Algorithm::HS256,
+        &public,
+        &json!({"sub": "u", "exp": now() + 60}),
+    );
     assert_401(&server, Some(&forged), "algorithm").await;
     // Even if HS256 were allowed, a token for it is never checked with the RSA key.
     let server2 = TestServer::with(|c| {
         c.auth.public_key_pem = Some(pem.into());
         c.auth.algorithms = vec!["RS256".into(), "HS256".into()];
-        c.auth.hmac_secret = Some(wsgate::config::Secret::new("a-completely-different-hmac-secret-xx"));
+        c.auth.hmac_secret = Some(wsgate::config::Secret::new(
+            "a-completely-different-hmac-secret-xx",
+        ));
     })
     .await;
     assert_401(&server2, Some(&forged), "signature").await;
     // A genuine RS256 token passes.
-    let private = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_private.pem")).unwrap();
+    let private = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa_private.pem"
+    ))
+    .unwrap();
     let rs = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::RS256),
         &json!({"sub": "u", "exp": now() + 60}),
@@ -141,11 +174,23 @@ async fn subprotocol_token_is_never_echoed() {
     let server = TestServer::start().await;
     let t = token("sp");
     let mut req = server.request(None);
-    add_header(&mut req, "sec-websocket-protocol", &format!("wsgate.v1.json, bearer.{t}"));
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("accepted");
-    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "wsgate.v1.json");
+    add_header(
+        &mut req,
+        "sec-websocket-protocol",
+        &format!("wsgate.v1.json, bearer.{t}"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("accepted");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "wsgate.v1.json"
+    );
     for (name, value) in resp.headers() {
-        assert!(!value.to_str().unwrap_or("").contains(&t), "{name} leaks the token");
+        assert!(
+            !value.to_str().unwrap_or("").contains(&t),
+            "{name} leaks the token"
+        );
     }
     let connected = next_json(&mut ws).await;
     assert_eq!(connected["payload"]["user"], "sp");
@@ -166,7 +211,9 @@ async fn query_token_only_when_enabled() {
     assert_eq!(status, 401);
     let server = TestServer::with(|c| c.auth.allow_query_token = true).await;
     let url = format!("{}?token={}", server.url("/ws"), token("q"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("query token accepted");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("query token accepted");
     assert_eq!(next_json(&mut ws).await["payload"]["user"], "q");
 }
 
@@ -182,7 +229,9 @@ async fn origin_policy() {
         req
     };
     // No Origin: not a browser, passes.
-    tokio_tungstenite::connect_async(try_origin(None)).await.expect("no origin");
+    tokio_tungstenite::connect_async(try_origin(None))
+        .await
+        .expect("no origin");
     // The allowed entry passes.
     tokio_tungstenite::connect_async(try_origin(Some("https://app.example".into())))
         .await
@@ -191,7 +240,12 @@ async fn origin_policy() {
     tokio_tungstenite::connect_async(try_origin(Some(format!("http://{}", server.addr))))
         .await
         .expect("same-host origin");
-    for bad in ["https://evil.example", "https://app.example.evil.com", "null", "http://app.example"] {
+    for bad in [
+        "https://evil.example",
+        "https://app.example.evil.com",
+        "null",
+        "http://app.example",
+    ] {
         let (status, _, body) = expect_rejection(try_origin(Some(bad.into()))).await;
         assert_eq!(status, 403, "{bad}");
         assert_eq!(body["error"], "forbidden");
@@ -199,7 +253,9 @@ async fn origin_policy() {
     let star = TestServer::with(|c| c.origins.allowed = vec!["*".into()]).await;
     let mut req = star.request(Some(&t));
     add_header(&mut req, "origin", "https://anything.example");
-    tokio_tungstenite::connect_async(req).await.expect("* allows all");
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("* allows all");
 }
 
 #[tokio::test]
@@ -220,7 +276,10 @@ async fn per_user_cap_is_429_with_retry_after() {
     expect_close(&mut ws).await;
     let mut ok = false;
     for _ in 0..50 {
-        if tokio_tungstenite::connect_async(server.request(Some(&token("capped")))).await.is_ok() {
+        if tokio_tungstenite::connect_async(server.request(Some(&token("capped"))))
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
@@ -237,7 +296,13 @@ async fn per_ip_handshake_rate_is_429() {
     }
     let (status, headers, body) = expect_rejection(server.request(Some(&token("ip9")))).await;
     assert_eq!(status, 429, "{body}");
-    let retry: u64 = headers.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    let retry: u64 = headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry));
 }
 

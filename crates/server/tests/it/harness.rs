@@ -130,12 +130,16 @@ pub fn sign_custom(alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value) -> 
 }
 
 pub fn add_header(req: &mut Request<()>, name: &'static str, value: &str) {
-    req.headers_mut()
-        .insert(HeaderName::from_static(name), HeaderValue::from_str(value).unwrap());
+    req.headers_mut().insert(
+        HeaderName::from_static(name),
+        HeaderValue::from_str(value).unwrap(),
+    );
 }
 
 /// The refused handshake's status, headers and JSON body.
-pub async fn expect_rejection(req: Request<()>) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, Value) {
+pub async fn expect_rejection(
+    req: Request<()>,
+) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, Value) {
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => panic!("handshake was accepted"),
         Err(WsError::Http(resp)) => {

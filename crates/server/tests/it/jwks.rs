@@ -43,9 +43,10 @@ async fn jwks_keys_survive_the_endpoint_going_down() {
         c.auth.jwks_refresh_secs = 1;
     })
     .await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&rs256("test-rsa-1", "j"))))
-        .await
-        .expect("RS256 token verified with the JWKS key");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.request(Some(&rs256("test-rsa-1", "j"))))
+            .await
+            .expect("RS256 token verified with the JWKS key");
     assert_eq!(next_json(&mut ws).await["payload"]["user"], "j");
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 
@@ -57,9 +58,10 @@ async fn jwks_keys_survive_the_endpoint_going_down() {
     jwks_server.abort();
     let _ = jwks_server.await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (mut ws2, _) = tokio_tungstenite::connect_async(server.request(Some(&rs256("test-rsa-1", "j2"))))
-        .await
-        .expect("last good keys still verify");
+    let (mut ws2, _) =
+        tokio_tungstenite::connect_async(server.request(Some(&rs256("test-rsa-1", "j2"))))
+            .await
+            .expect("last good keys still verify");
     assert_eq!(next_json(&mut ws2).await["payload"]["user"], "j2");
     server.stop().await;
 }

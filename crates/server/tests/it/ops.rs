@@ -17,7 +17,10 @@ async fn health_ready_and_config() {
     assert_eq!(body["heartbeat_secs"], 30);
     assert_eq!(body["max_message_bytes"], 8192);
     assert_eq!(body["protocols"][0], "wsgate.v1.json");
-    assert_eq!(body["auth_transports"], serde_json::json!(["header", "subprotocol"]));
+    assert_eq!(
+        body["auth_transports"],
+        serde_json::json!(["header", "subprotocol"])
+    );
     let (status, body) = get_json(&server.http("/nope"), &[]).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
@@ -42,7 +45,10 @@ async fn stats_need_admin_or_api_key() {
     let _c = server.connect("someone").await;
     let url = server.http("/ws/stats");
     let (status, body) = get_json(&url, &[]).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let user = format!("Bearer {}", token("plain"));
     let (status, _) = get_json(&url, &[("authorization", &user)]).await;
     assert_eq!(status, 403);
@@ -66,7 +72,12 @@ async fn metrics_have_bounded_labels_and_no_secrets() {
     next_json(&mut ws).await;
     send_json(&mut ws, serde_json::json!({"type": "drop-table-users"})).await;
     next_json(&mut ws).await;
-    let text = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "wsgate_connections_active 1",
         "wsgate_connections_total{result=\"accepted\"} 1",
@@ -90,7 +101,12 @@ async fn openapi_lists_every_route() {
     let (status, doc) = get_json(&server.http("/api/openapi.json"), &[]).await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     for p in [
         "/ws",
         "/health",

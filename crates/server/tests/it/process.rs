@@ -31,7 +31,12 @@ async fn config_check_names_the_bad_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[limits]\nmax_mesage_bytes = 10\n").unwrap();
-    let out = wsgate().args(["config", "check", "--config"]).arg(&file).output().await.unwrap();
+    let out = wsgate()
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_mesage_bytes"), "{err}");
@@ -51,7 +56,11 @@ async fn config_check_names_the_bad_key() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -65,11 +74,19 @@ async fn config_print_redacts_and_token_signs() {
         .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(!printed.contains(SECRET) && !printed.contains(API_KEY), "{printed}");
-    assert!(printed.contains("max_connections_per_user = 3"), "{printed}");
+    assert!(
+        !printed.contains(SECRET) && !printed.contains(API_KEY),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("max_connections_per_user = 3"),
+        "{printed}"
+    );
 
     let out = wsgate()
-        .args(["token", "--sub", "cli-user", "--role", "admin", "--ttl", "10m"])
+        .args([
+            "token", "--sub", "cli-user", "--role", "admin", "--ttl", "10m",
+        ])
         .env("WSGATE_AUTH__HMAC_SECRET", SECRET)
         .output()
         .await
@@ -77,13 +94,19 @@ async fn config_print_redacts_and_token_signs() {
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = TestServer::start().await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&token))).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&token)))
+        .await
+        .unwrap();
     let connected = next_json(&mut ws).await;
     assert_eq!(connected["payload"]["user"], "cli-user");
     let exp = connected["payload"]["expires_at"].as_u64().unwrap();
     assert!(exp > now() + 500 && exp <= now() + 600);
 
-    let out = wsgate().args(["token", "--sub", "x"]).output().await.unwrap();
+    let out = wsgate()
+        .args(["token", "--sub", "x"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success(), "no secret configured");
 }
 
@@ -96,11 +119,18 @@ struct Spawned {
 
 async fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
     let mut cmd = wsgate();
-    cmd.arg("serve").args(args).env("RUST_LOG", "debug").env("WSGATE_LOG__FORMAT", "json");
+    cmd.arg("serve")
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .env("WSGATE_LOG__FORMAT", "json");
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let logs = Arc::new(Mutex::new(Vec::new()));
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -129,12 +159,20 @@ async fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
         .await
         .expect("server logs its address")
         .unwrap();
-    Spawned { child, addr, logs, stdout }
+    Spawned {
+        child,
+        addr,
+        logs,
+        stdout,
+    }
 }
 
 fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -160,19 +198,31 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
     add_header(&mut req, "authorization", &format!("Bearer {header_token}"));
     let (mut a, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(next_json(&mut a).await["type"], "connected");
-    a.send(Message::Text(json!({"type": "refresh_token", "payload": {"token": refresh}}).to_string().into()))
-        .await
-        .unwrap();
+    a.send(Message::Text(
+        json!({"type": "refresh_token", "payload": {"token": refresh}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(next_json(&mut a).await["type"], "token_refreshed");
     // A refresh with a bad token is an error whose text must not echo it.
-    a.send(Message::Text(json!({"type": "refresh_token", "payload": {"token": forged}}).to_string().into()))
-        .await
-        .unwrap();
+    a.send(Message::Text(
+        json!({"type": "refresh_token", "payload": {"token": forged}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     let err = next_json(&mut a).await;
     assert!(!err.to_string().contains(&forged));
 
     let mut req = url.as_str().into_client_request().unwrap();
-    add_header(&mut req, "sec-websocket-protocol", &format!("wsgate.v1.json, bearer.{proto_token}"));
+    add_header(
+        &mut req,
+        "sec-websocket-protocol",
+        &format!("wsgate.v1.json, bearer.{proto_token}"),
+    );
     let (mut b, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(next_json(&mut b).await["type"], "connected");
 
@@ -183,7 +233,12 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
     }
     // Query tokens are off: refused, and the URL must not be logged with it.
     let q = format!("{url}?token={header_token}");
-    assert_eq!(expect_rejection(q.as_str().into_client_request().unwrap()).await.0, 401);
+    assert_eq!(
+        expect_rejection(q.as_str().into_client_request().unwrap())
+            .await
+            .0,
+        401
+    );
 
     sigterm(&s.child);
     assert_eq!(expect_close(&mut a).await, 1001);
@@ -207,13 +262,21 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == "handshake")
         .collect();
-    assert_eq!(audit.iter().filter(|v| v["result"] == "accepted").count(), 2, "{logs}");
+    assert_eq!(
+        audit.iter().filter(|v| v["result"] == "accepted").count(),
+        2,
+        "{logs}"
+    );
     let rejected: Vec<&str> = audit
         .iter()
         .filter(|v| v["result"] == "rejected")
         .map(|v| v["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(rejected, ["token_signature", "token_expired", "token_missing"], "{logs}");
+    assert_eq!(
+        rejected,
+        ["token_signature", "token_expired", "token_missing"],
+        "{logs}"
+    );
     // Lines logged inside a connection carry its id and user.
     let disconnected: Vec<serde_json::Value> = logs
         .lines()
@@ -223,7 +286,10 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
     assert_eq!(disconnected.len(), 2, "{logs}");
     for d in disconnected {
         assert!(d["span"]["connection_id"].is_string(), "{d}");
-        assert!(d["span"]["user"].as_str().unwrap().starts_with("log-"), "{d}");
+        assert!(
+            d["span"]["user"].as_str().unwrap().starts_with("log-"),
+            "{d}"
+        );
         assert_eq!(d["code"], 1001);
     }
     let _ = s.stdout;
@@ -236,12 +302,11 @@ async fn dev_mode_needs_no_configuration_and_prints_a_token() {
     let mut s = spawn_serve(&["--dev", "--listen", "127.0.0.1:0"], &[]).await;
     let mut token = None;
     for _ in 0..100 {
-        token = s
-            .stdout
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| l.split("token (user dev, role admin, 24h): ").nth(1).map(str::to_owned));
+        token = s.stdout.lock().unwrap().iter().find_map(|l| {
+            l.split("token (user dev, role admin, 24h): ")
+                .nth(1)
+                .map(str::to_owned)
+        });
         if token.is_some() {
             break;
         }
