@@ -114,17 +114,13 @@ impl Outbound {
         self.ready.notify_one();
     }
 
-    /// Moves every queued frame into `into` and returns the close request,
-    /// if any. The queue's allocation is released when it held a burst, so
-    /// an idle connection keeps no buffer.
-    pub fn drain(&self, into: &mut Vec<OutFrame>) -> Option<CloseCode> {
+    /// Takes every queued frame, and the close request if any. The queue's
+    /// allocation leaves with the frames, so an idle connection keeps no
+    /// buffer on either side.
+    pub fn take(&self) -> (VecDeque<OutFrame>, Option<CloseCode>) {
         let mut state = self.lock();
-        into.extend(state.frames.drain(..));
         state.bytes = 0;
-        if state.frames.capacity() > 16 {
-            state.frames = VecDeque::new();
-        }
-        state.close
+        (std::mem::take(&mut state.frames), state.close)
     }
 
     /// Completes when frames or a close request may be waiting.
@@ -156,8 +152,8 @@ mod tests {
         assert_eq!(q.push(text(60)), Pushed::Queued);
         assert_eq!(q.push(text(60)), Pushed::Overflow);
         assert_eq!(q.push(text(1)), Pushed::Closed);
-        let mut out = Vec::new();
-        assert_eq!(q.drain(&mut out), Some(CloseCode::SlowConsumer));
+        let (out, close) = q.take();
+        assert_eq!(close, Some(CloseCode::SlowConsumer));
         assert!(out.is_empty());
     }
 
@@ -166,8 +162,8 @@ mod tests {
         let q = Outbound::new(100);
         for _ in 0..2 {
             assert_eq!(q.push(text(60)), Pushed::Queued);
-            let mut out = Vec::new();
-            assert_eq!(q.drain(&mut out), None);
+            let (out, close) = q.take();
+            assert_eq!(close, None);
             assert_eq!(out.len(), 1);
             assert_eq!(q.queued_bytes(), 0);
         }
@@ -179,8 +175,8 @@ mod tests {
         q.push(text(5));
         q.close(CloseCode::Disconnected);
         q.close(CloseCode::GoingAway);
-        let mut out = Vec::new();
-        assert_eq!(q.drain(&mut out), Some(CloseCode::Disconnected));
+        let (out, close) = q.take();
+        assert_eq!(close, Some(CloseCode::Disconnected));
         assert_eq!(out.len(), 1);
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
 use axum::Router;
-use wsgate::transport::{self, TransportLimits};
+use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::handler::Echo;
 
 const LIMITS: TransportLimits = TransportLimits {
@@ -24,11 +24,15 @@ const LIMITS: TransportLimits = TransportLimits {
 
 async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
     transport::configure(upgrade, &LIMITS).on_upgrade(|socket| {
-        Box::pin(async move {
-            let outbound = transport::new_outbound(&LIMITS);
-            let mut handler = Echo::new(outbound.clone());
-            transport::drive(socket, &mut handler, &outbound, LIMITS).await;
-        })
+        let outbound = transport::new_outbound(&LIMITS);
+        let handler = Echo::new(outbound.clone());
+        Box::pin(transport::drive(Box::new(Connection {
+            socket,
+            handler,
+            outbound,
+            limits: LIMITS,
+            on_end: |_| {},
+        })))
     })
 }
 

@@ -33,6 +33,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load generators (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,7 @@ pub fn now_unix() -> u64 {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(cmd) => crate::bench::main(cmd),
         Command::Token(args) => {
             let config = load(args.config.as_deref(), |f| f)?;
             let Some(secret) = &config.auth.hmac_secret else {

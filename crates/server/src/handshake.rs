@@ -3,14 +3,17 @@
 //! HTTP status, a JSON body and the right headers. Each outcome is counted
 //! and written as one audit line; the token never is.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::hub::{Admission, AdmitError};
@@ -20,7 +23,7 @@ use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::transport::{self, Ended};
+use crate::transport::{self, Connection, Ended};
 
 /// A refused handshake: the HTTP error and the bounded reason label.
 pub struct Rejection {
@@ -137,7 +140,7 @@ pub fn admit(
     uri: &Uri,
 ) -> Result<(Identity, Admission), Rejection> {
     if let Err(not_until) = state.handshakes_per_ip.check_key(&ip) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let wait = not_until.wait_time_from(state.handshakes_per_ip.clock().now());
         return Err(Rejection::new(
             ApiError::rate_limited("too many handshakes from this address", wait.as_secs() + 1),
             "ip_rate",
@@ -220,60 +223,96 @@ pub async fn ws_handler(
         upgrade = upgrade.protocols([encoding.protocol_name()]);
     }
     let span = tracing::info_span!("conn", connection_id = %admission.connection_id(), user = %identity.user);
-    let task_state = state.clone();
-    let token = state.connections.token();
+    // One box for everything the connection needs: the upgrade callback
+    // then captures a pointer, not a few hundred bytes that would stay in
+    // the upgrade task for the connection's whole life.
+    let accepted = Box::new(Accepted {
+        state: state.clone(),
+        identity,
+        admission,
+        encoding,
+        tracked: state.connections.token(),
+    });
     upgrade
         .on_failed_upgrade(|error| tracing::debug!(%error, "upgrade failed"))
-        .on_upgrade(move |socket| {
-            // The connection's future is boxed so the upgrade future's state
-            // does not stay alive inside the task for the connection's life.
-            Box::pin(
-                async move {
-                    let _token = token;
-                    run_connection(task_state, socket, identity, admission, encoding).await;
-                }
-                .instrument(span),
-            )
-        })
+        .on_upgrade(move |socket| accepted.start(socket).instrument(span))
 }
 
-async fn run_connection(
+/// A handshake that passed every check, waiting for the upgrade.
+struct Accepted {
     state: AppState,
-    socket: axum::extract::ws::WebSocket,
     identity: Identity,
     admission: Admission,
     encoding: Encoding,
-) {
-    let outbound = transport::new_outbound(&state.transport);
-    admission.attach(outbound.clone());
-    if state.shutdown.is_cancelled() {
-        outbound.close(CloseCode::GoingAway);
+    /// Lets shutdown wait for this connection.
+    tracked: TaskTrackerToken,
+}
+
+impl Accepted {
+    /// Builds the session and returns the connection's one future, boxed so
+    /// its exact size is allocated once.
+    fn start(self: Box<Self>, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Accepted {
+            state,
+            identity,
+            admission,
+            encoding,
+            tracked,
+        } = *self;
+        let outbound = transport::new_outbound(&state.transport);
+        admission.attach(outbound.clone());
+        if state.shutdown.is_cancelled() {
+            outbound.close(CloseCode::GoingAway);
+        }
+        state.metrics.connections_active.inc();
+        let session = Session::start(SessionContext {
+            connection_id: admission.connection_id().clone(),
+            identity,
+            encoding,
+            limits: &state.config.limits,
+            outbound: outbound.clone(),
+            verifier: state.verifier.clone(),
+            metrics: state.metrics.clone(),
+        });
+        let limits = state.transport;
+        let finished = Finished {
+            state,
+            admission,
+            started: std::time::Instant::now(),
+            _tracked: tracked,
+        };
+        Box::pin(transport::drive(Box::new(Connection {
+            socket,
+            handler: session,
+            outbound,
+            limits,
+            on_end: move |ended| finished.record(ended),
+        })))
     }
-    let started = std::time::Instant::now();
-    state.metrics.connections_active.inc();
-    let mut session = Session::start(SessionContext {
-        connection_id: admission.connection_id().clone(),
-        identity,
-        encoding,
-        limits: state.config.limits.clone(),
-        outbound: outbound.clone(),
-        verifier: state.verifier.clone(),
-        metrics: state.metrics.clone(),
-    });
-    tracing::debug!("connected");
-    let ended = transport::drive(socket, &mut session, &outbound, state.transport).await;
-    state.metrics.connections_active.dec();
-    state
-        .metrics
-        .connection_duration
-        .observe(started.elapsed().as_secs_f64());
-    Metrics::count(&state.metrics.disconnects, "code", close_label(&ended));
-    tracing::info!(
-        code = ended.code(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "disconnected"
-    );
-    drop(admission);
+}
+
+/// What is left to do when a connection ends.
+struct Finished {
+    state: AppState,
+    admission: Admission,
+    started: std::time::Instant,
+    _tracked: TaskTrackerToken,
+}
+
+impl Finished {
+    fn record(self, ended: Ended) {
+        let m = &self.state.metrics;
+        m.connections_active.dec();
+        m.connection_duration.observe(self.started.elapsed().as_secs_f64());
+        Metrics::count(&m.disconnects, "code", close_label(&ended));
+        tracing::info!(
+            code = ended.code(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "disconnected"
+        );
+        // Dropping `admission` frees the slot; `_tracked` tells shutdown.
+        drop(self.admission);
+    }
 }
 
 fn close_label(ended: &Ended) -> &'static str {

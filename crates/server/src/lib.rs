@@ -2,6 +2,7 @@
 //! HTTP endpoints and the `run` entry point.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod handshake;

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+
 fn main() -> std::process::ExitCode {
     let cli = wsgate::cli::Cli::parse();
     match wsgate::cli::main(cli) {
