@@ -44,6 +44,8 @@ pub struct SessionContext<'a> {
 /// What a session keeps for its whole life; every byte here is paid by each
 /// idle connection.
 struct Kept {
+    /// Shared with the hub's slot; logged on every connection line.
+    connection_id: Arc<str>,
     identity: Identity,
     encoding: Encoding,
     outbound: Arc<Outbound>,
@@ -54,7 +56,8 @@ struct Kept {
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
 /// `Instant::now()`; governor's default clock calibrates a TSC clock on
 /// every construction, which cost a fifth of a handshake's CPU.
-type MessageLimiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+type MessageLimiter =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 
 pub struct Session {
     ctx: Kept,
@@ -104,6 +107,7 @@ impl Session {
             warn_at,
             expire_at,
             ctx: Kept {
+                connection_id: ctx.connection_id,
                 identity: ctx.identity,
                 encoding: ctx.encoding,
                 outbound: ctx.outbound,
@@ -194,14 +198,31 @@ impl Session {
         };
         match self.ctx.verifier.verify(token) {
             Err(e) => {
+                tracing::info!(
+                    connection_id = %self.ctx.connection_id,
+                    user = %self.ctx.identity.user,
+                    reason = e.reason(),
+                    "token refresh refused"
+                );
                 self.ctx.metrics.violation("refresh_invalid_token");
                 self.send_error(id, ErrorCode::BadRequest, &e.to_string(), None);
             }
             Ok(identity) if identity.user != self.ctx.identity.user => {
+                tracing::warn!(
+                    connection_id = %self.ctx.connection_id,
+                    user = %self.ctx.identity.user,
+                    "token refresh for another user refused"
+                );
                 self.ctx.metrics.violation("refresh_other_user");
                 self.send_error(id, ErrorCode::Forbidden, "token is for another user", None);
             }
             Ok(identity) => {
+                tracing::debug!(
+                    connection_id = %self.ctx.connection_id,
+                    user = %self.ctx.identity.user,
+                    expires_at = identity.expires_at,
+                    "token refreshed"
+                );
                 let (warn_at, expire_at) = expiry_instants(identity.expires_at);
                 self.warn_at = warn_at;
                 self.expire_at = expire_at;

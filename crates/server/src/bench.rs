@@ -75,7 +75,9 @@ fn proc_sample(pid: u32) -> anyhow::Result<(u64, (Duration, Duration))> {
 }
 
 pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cmd {
         BenchCommand::Conns(args) => runtime.block_on(conns(args)),
     }
@@ -99,7 +101,12 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let permit = sem.clone().acquire_owned().await?;
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % args.sources as usize) as u8,
+        ));
         let token = sign_hs256(
             &args.secret,
             &Claims {
@@ -119,8 +126,10 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
                 socket.bind(SocketAddr::new(source, 0))?;
                 let stream = socket.connect(target).await?;
                 let mut req = url.into_client_request()?;
-                req.headers_mut()
-                    .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+                req.headers_mut().insert(
+                    "authorization",
+                    HeaderValue::from_str(&format!("Bearer {token}"))?,
+                );
                 let (mut ws, _) =
                     tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
                 // The handshake counts once the session sent `connected`.

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 
-
 fn main() -> std::process::ExitCode {
     let cli = wsgate::cli::Cli::parse();
     match wsgate::cli::main(cli) {

@@ -296,7 +296,10 @@ where
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        if Pin::new(&mut socket).start_send(Message::Close(Some(frame))).is_ok() {
+        if Pin::new(&mut socket)
+            .start_send(Message::Close(Some(frame)))
+            .is_ok()
+        {
             std::future::poll_fn(|cx| {
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());

@@ -285,12 +285,24 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
         .collect();
     assert_eq!(disconnected.len(), 2, "{logs}");
     for d in disconnected {
-        assert!(d["span"]["connection_id"].is_string(), "{d}");
-        assert!(
-            d["span"]["user"].as_str().unwrap().starts_with("log-"),
-            "{d}"
-        );
+        assert!(d["connection_id"].is_string(), "{d}");
+        assert!(d["user"].as_str().unwrap().starts_with("log-"), "{d}");
         assert_eq!(d["code"], 1001);
+    }
+    // The refresh lines of connection `a` carry its id and user too.
+    let refresh_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("token refresh"))
+        })
+        .collect();
+    assert_eq!(refresh_lines.len(), 2, "{logs}");
+    for l in refresh_lines {
+        assert_eq!(l["user"], "log-header", "{l}");
+        assert!(l["connection_id"].is_string(), "{l}");
     }
     let _ = s.stdout;
 }
