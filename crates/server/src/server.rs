@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use governor::{Quota, RateLimiter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -105,6 +106,14 @@ pub async fn run(
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    // Frames are small and latency matters more than packet count: no Nagle
+    // delay between the 101 response and the `connected` frame, or between
+    // a reply and the client's next command.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
