@@ -8,11 +8,16 @@
 //! server API reach a user's connections.
 
 pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod channels;
+pub mod fanout;
 pub mod handler;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod publication;
 pub mod session;
 
 pub use wsgate_protocol as protocol;

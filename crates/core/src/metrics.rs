@@ -73,6 +73,10 @@ pub struct Metrics {
     pub publish_write_latency: Histogram,
     pub broker_errors: Counter,
     pub storage_errors: Counter,
+    /// `wsgate_deliveries_total`: publications handed to subscriber queues.
+    pub deliveries: Counter,
+    /// `wsgate_publications_total`.
+    pub publications: Counter,
 }
 
 impl Metrics {
@@ -93,6 +97,8 @@ impl Metrics {
             publish_write_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             broker_errors: Counter::default(),
             storage_errors: Counter::default(),
+            deliveries: Counter::default(),
+            publications: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("wsgate");
         r.register(
@@ -145,6 +151,16 @@ impl Metrics {
             "broker_errors",
             "Errors talking to the broker",
             m.broker_errors.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Publications handed to subscriber queues",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "publications",
+            "Publications accepted",
+            m.publications.clone(),
         );
         r.register(
             "storage_errors",

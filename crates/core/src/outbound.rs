@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
 /// One frame to send, already encoded.
@@ -52,15 +54,26 @@ struct State {
     frames: VecDeque<OutFrame>,
     bytes: usize,
     close: Option<CloseCode>,
+    /// Publish time of the oldest queued publication: one latency sample per
+    /// batch instead of one per frame keeps the histogram off the hot path.
+    oldest_published: Option<Instant>,
 }
 
-#[derive(Debug)]
 pub struct Outbound {
     // A std Mutex: every critical section is a few pointer moves and never
     // awaits, so an async mutex would only add cost.
     state: Mutex<State>,
     ready: Notify,
     limit: usize,
+    latency: Option<Histogram>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 impl Outbound {
@@ -69,7 +82,21 @@ impl Outbound {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             limit: limit_bytes,
+            latency: None,
         }
+    }
+
+    /// A queue that samples publish → write latency into `latency`.
+    pub fn with_latency(limit_bytes: usize, latency: Histogram) -> Self {
+        Outbound {
+            latency: Some(latency),
+            ..Self::new(limit_bytes)
+        }
+    }
+
+    /// Pushes a publication's frame, remembering when it was published.
+    pub fn push_published(&self, frame: OutFrame, published_at: Instant) -> Pushed {
+        self.push_inner(frame, Some(published_at))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -79,6 +106,10 @@ impl Outbound {
     }
 
     pub fn push(&self, frame: OutFrame) -> Pushed {
+        self.push_inner(frame, None)
+    }
+
+    fn push_inner(&self, frame: OutFrame, published_at: Option<Instant>) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closed;
@@ -93,6 +124,9 @@ impl Outbound {
         }
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        if let (Some(at), true) = (published_at, self.latency.is_some()) {
+            state.oldest_published.get_or_insert(at);
+        }
         let first = state.frames.len() == 1;
         drop(state);
         // Only the first frame of a batch needs to wake the writer; later
@@ -120,6 +154,9 @@ impl Outbound {
     pub fn take(&self) -> (VecDeque<OutFrame>, Option<CloseCode>) {
         let mut state = self.lock();
         state.bytes = 0;
+        if let (Some(at), Some(h)) = (state.oldest_published.take(), &self.latency) {
+            h.observe(at.elapsed().as_secs_f64());
+        }
         (std::mem::take(&mut state.frames), state.close)
     }
 

@@ -161,6 +161,32 @@ pub struct ChannelsConfig {
     pub namespaces: Vec<NamespaceConfig>,
 }
 
+impl NamespaceConfig {
+    /// The core policy; `validate` has already checked the strings.
+    pub fn policy(&self) -> wsgate_core::channel::NamespacePolicy {
+        use wsgate_core::channel::{NamespacePolicy, PublishPolicy, SubscribePolicy};
+        let subscribe = match self.subscribe.as_str() {
+            "any" => SubscribePolicy::Any,
+            "owner" => SubscribePolicy::Owner,
+            "claim" => SubscribePolicy::Claim,
+            other => SubscribePolicy::Role(other.trim_start_matches("role:").to_string()),
+        };
+        let publish = match self.publish.as_str() {
+            "server" => PublishPolicy::Server,
+            "any" => PublishPolicy::Any,
+            "owner" => PublishPolicy::Owner,
+            other => PublishPolicy::Role(other.trim_start_matches("role:").to_string()),
+        };
+        NamespacePolicy {
+            history_size: self.history_size,
+            history_ttl: std::time::Duration::from_secs(self.history_ttl_secs),
+            presence: self.presence,
+            join_leave: self.join_leave,
+            ..NamespacePolicy::new(subscribe, publish)
+        }
+    }
+}
+
 /// `[storage]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -417,8 +443,22 @@ impl Config {
                     format!("{:?} is not server, any, owner or role:<role>", ns.publish),
                 ));
             }
-            if ns.name.contains(':') {
-                return Err(invalid("channels.namespaces.name", "must not contain ':'"));
+            if ns.name.contains(':')
+                || !(ns.name.is_empty() || wsgate_core::channel::valid_name(&ns.name))
+            {
+                return Err(invalid(
+                    "channels.namespaces.name",
+                    format!(
+                        "{:?} must be empty or [A-Za-z0-9_.@-]+ without ':'",
+                        ns.name
+                    ),
+                ));
+            }
+            if ns.history_size > 100_000 {
+                return Err(invalid(
+                    "channels.namespaces.history_size",
+                    "must be at most 100000",
+                ));
             }
         }
         Ok(())

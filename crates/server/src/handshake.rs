@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -17,6 +18,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
+use wsgate_core::outbound::Outbound;
 use wsgate_core::session::{Session, SessionContext};
 use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
@@ -259,7 +261,10 @@ impl Accepted {
             encoding,
             tracked,
         } = *self;
-        let outbound = transport::new_outbound(&state.transport);
+        let outbound = Arc::new(Outbound::with_latency(
+            state.transport.outbound_queue_bytes,
+            state.metrics.publish_write_latency.clone(),
+        ));
         admission.attach(outbound.clone());
         if state.shutdown.is_cancelled() {
             outbound.close(CloseCode::GoingAway);
@@ -273,6 +278,7 @@ impl Accepted {
             outbound: outbound.clone(),
             verifier: state.verifier.clone(),
             metrics: state.metrics.clone(),
+            channels: state.channels.clone(),
         });
         let limits = state.transport;
         let finished = Finished {

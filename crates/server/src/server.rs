@@ -14,6 +14,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wsgate_core::broker::{MemoryBroker, MemoryPresence};
+use wsgate_core::channel::Authorizer;
+use wsgate_core::channels::Channels;
+use wsgate_core::fanout::ChannelIndex;
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_protocol::CloseCode;
@@ -51,6 +55,22 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     let verifier = JwtVerifier::new(&config.auth, jwks).context("auth configuration")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    if config.broker.url.expose() != "memory" {
+        anyhow::bail!("broker.url: only \"memory\" is implemented so far (Redis comes with the scaling issue)");
+    }
+    let index = Arc::new(ChannelIndex::new(metrics.clone()));
+    let channels = Arc::new(Channels {
+        authorizer: Authorizer::new(
+            config
+                .channels
+                .namespaces
+                .iter()
+                .map(|ns| (ns.name.clone(), ns.policy())),
+        ),
+        broker: Arc::new(MemoryBroker::new(index.clone())),
+        presence: Arc::new(MemoryPresence::default()),
+        index,
+    });
     let l = &config.limits;
     let per_ip = NonZeroU32::new(l.handshakes_per_minute_per_ip).unwrap_or(NonZeroU32::MIN);
     let transport = TransportLimits {
@@ -61,6 +81,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     };
     let state = AppState(Arc::new(Inner {
         hub: Hub::new(l.max_connections, l.max_connections_per_user),
+        channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
         verifier: Arc::new(verifier),
         metrics,

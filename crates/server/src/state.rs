@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate_core::auth::TokenVerifier;
+use wsgate_core::channels::Channels;
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 
@@ -21,6 +22,7 @@ pub struct Inner {
     pub config: Config,
     pub verifier: Arc<dyn TokenVerifier>,
     pub hub: Arc<Hub>,
+    pub channels: Arc<Channels>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,

@@ -1,10 +1,11 @@
 //! Every HTTP route of the server, in one place.
 
+mod api;
 pub mod error;
 pub mod openapi;
 mod ops;
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -23,6 +24,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/config", get(ops::ws_config))
         .route("/ws/stats", get(ops::ws_stats))
         .route("/api/users/{user}/disconnect", post(ops::disconnect_user))
+        .route("/api/publish", post(api::publish))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/channels/{channel}/presence", get(api::presence))
+        .route("/api/channels/{channel}/history", get(api::history))
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(security_headers))

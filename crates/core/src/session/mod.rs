@@ -5,6 +5,9 @@
 //! must end. Time enters only through [`tokio::time::Instant`] and the token's
 //! `exp`, so tests drive it with paused time.
 
+mod channels;
+
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +22,8 @@ use tokio::time::Instant;
 use wsgate_protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
 
 use crate::auth::{Identity, TokenVerifier};
+use crate::channels::Channels;
+use crate::fanout::Subscriber;
 use crate::handler::{ConnectionHandler, Incoming};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -39,18 +44,21 @@ pub struct SessionContext<'a> {
     pub outbound: Arc<Outbound>,
     pub verifier: Arc<dyn TokenVerifier>,
     pub metrics: Arc<Metrics>,
+    pub channels: Arc<Channels>,
 }
 
 /// What a session keeps for its whole life; every byte here is paid by each
 /// idle connection.
-struct Kept {
+pub(crate) struct Kept {
     /// Shared with the hub's slot; logged on every connection line.
-    connection_id: Arc<str>,
-    identity: Identity,
-    encoding: Encoding,
-    outbound: Arc<Outbound>,
+    pub(crate) connection_id: Arc<str>,
+    pub(crate) identity: Identity,
+    pub(crate) encoding: Encoding,
+    pub(crate) outbound: Arc<Outbound>,
     verifier: Arc<dyn TokenVerifier>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) channels: Arc<Channels>,
+    pub(crate) max_subscriptions: usize,
 }
 
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
@@ -60,12 +68,28 @@ type MessageLimiter =
     RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 
 pub struct Session {
-    ctx: Kept,
+    pub(crate) ctx: Kept,
+    /// This connection's subscriptions; empty map allocates nothing.
+    pub(crate) subscriptions: HashMap<Arc<str>, Arc<Subscriber>>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
     /// When `token_expiring` is due; `None` once sent.
     warn_at: Option<Instant>,
     expire_at: Instant,
+}
+
+/// Encodes a server frame for a connection.
+pub(crate) fn out_frame(
+    encoding: Encoding,
+    kind: &str,
+    id: Option<&str>,
+    payload: impl Serialize,
+) -> OutFrame {
+    let bytes = ServerFrame::new(kind, id, payload).encode(encoding);
+    match encoding {
+        Encoding::Json => OutFrame::Text(bytes),
+        Encoding::Msgpack => OutFrame::Binary(bytes),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -113,7 +137,10 @@ impl Session {
                 outbound: ctx.outbound,
                 verifier: ctx.verifier,
                 metrics: ctx.metrics,
+                channels: ctx.channels,
+                max_subscriptions: ctx.limits.max_subscriptions,
             },
+            subscriptions: HashMap::new(),
         };
         session.send("connected", None, connected);
         session
@@ -123,18 +150,15 @@ impl Session {
         &self.ctx.identity
     }
 
-    fn send(&self, kind: &str, id: Option<&str>, payload: impl Serialize) {
-        let bytes = ServerFrame::new(kind, id, payload).encode(self.ctx.encoding);
-        let frame = match self.ctx.encoding {
-            Encoding::Json => OutFrame::Text(bytes),
-            Encoding::Msgpack => OutFrame::Binary(bytes),
-        };
+    pub(crate) fn send(&self, kind: &str, id: Option<&str>, payload: impl Serialize) {
         self.ctx.metrics.message_out(kind);
         // On overflow the queue itself requests close 4009.
-        self.ctx.outbound.push(frame);
+        self.ctx
+            .outbound
+            .push(out_frame(self.ctx.encoding, kind, id, payload));
     }
 
-    fn send_error(
+    pub(crate) fn send_error(
         &self,
         id: Option<&str>,
         code: ErrorCode,
@@ -182,6 +206,11 @@ impl Session {
                     .map(str::to_owned);
                 self.refresh_token(id, token.as_deref());
             }
+            "subscribe" => self.subscribe(id, payload),
+            "unsubscribe" => self.unsubscribe(id, payload),
+            "publish" => self.publish(id, payload),
+            "presence" => self.presence(id, payload),
+            "history" => self.history(id, payload),
             _ => self.send_error(id, ErrorCode::UnknownType, "unknown message type", None),
         }
     }

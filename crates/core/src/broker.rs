@@ -1,0 +1,297 @@
+//! The `Broker` (publications, offsets, history) and `Presence` interfaces,
+//! with their in-process memory implementations. A Redis implementation
+//! replaces them without touching connection code; `tests/broker_contract`
+//! holds the contract every implementation must pass.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::publication::{Publication, StreamPosition};
+
+/// History settings of the channel's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    /// Zero: no age limit.
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A page of history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub position: StreamPosition,
+    /// Publications after `since` (or the newest ones), oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// With `since`: whether every publication after it was still there
+    /// (same epoch, nothing expired or evicted in between).
+    pub complete: bool,
+}
+
+/// Receives every publication of every channel, in offset order per
+/// channel (the hub's fan-out).
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, publication: &Arc<Publication>);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Assigns the next offset, keeps history per `history`, and delivers
+    /// to every node's subscribers. `data` is JSON text, `value` its parse.
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        value: Value,
+        history: HistoryPolicy,
+    ) -> Result<Arc<Publication>, BrokerError>;
+
+    /// Publications after `since` (all kept ones without it), at most
+    /// `limit`, oldest first when `since` is given, else the newest `limit`.
+    async fn history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        history: HistoryPolicy,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Answers when the broker is reachable (`/ready`).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}
+
+/// One client in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientInfo {
+    pub user: Arc<str>,
+    pub connection_id: Arc<str>,
+}
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
+    async fn remove(&self, channel: &str, connection_id: &str) -> Result<(), BrokerError>;
+    async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
+}
+
+fn new_epoch() -> Arc<str> {
+    // 8 random hex characters: enough to tell two lifetimes of a stream apart.
+    let id = uuid::Uuid::new_v4();
+    id.simple().to_string()[..8].into()
+}
+
+struct Stream {
+    name: Arc<str>,
+    offset: u64,
+    epoch: Arc<str>,
+    kept: VecDeque<Arc<Publication>>,
+}
+
+impl Stream {
+    fn new(name: Arc<str>) -> Self {
+        Stream {
+            name,
+            offset: 0,
+            epoch: new_epoch(),
+            kept: VecDeque::new(),
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    fn expire(&mut self, history: HistoryPolicy, now: Instant) {
+        while self.kept.len() > history.size {
+            self.kept.pop_front();
+        }
+        if !history.ttl.is_zero() {
+            while self
+                .kept
+                .front()
+                .is_some_and(|p| now.duration_since(p.published_at) > history.ttl)
+            {
+                self.kept.pop_front();
+            }
+        }
+    }
+}
+
+/// In-process broker: one node. History lives in memory and its epoch
+/// changes on restart, so clients know recovery is impossible.
+pub struct MemoryBroker {
+    // Sharded by channel hash so publishers to different channels rarely
+    // contend. Each shard's lock is also held while delivering, which keeps
+    // per-channel delivery in offset order.
+    shards: Box<[Mutex<HashMap<Arc<str>, Stream>>]>,
+    deliver: Arc<dyn Deliver>,
+}
+
+const SHARDS: usize = 32;
+
+pub(crate) fn shard_of(channel: &str, n: usize) -> usize {
+    // FNV-1a: fast, stable and good enough to spread channel names.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in channel.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h as usize) % n
+}
+
+impl MemoryBroker {
+    pub fn new(deliver: Arc<dyn Deliver>) -> Self {
+        MemoryBroker {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            deliver,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Stream>> {
+        self.shards[shard_of(channel, SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        value: Value,
+        history: HistoryPolicy,
+    ) -> Result<Arc<Publication>, BrokerError> {
+        let mut shard = self.shard(channel);
+        if !shard.contains_key(channel) {
+            let name: Arc<str> = channel.into();
+            shard.insert(name.clone(), Stream::new(name));
+        }
+        let stream = shard.get_mut(channel).expect("inserted above");
+        stream.offset += 1;
+        let publication = Publication::new(
+            stream.name.clone(),
+            stream.offset,
+            stream.epoch.clone(),
+            data,
+            value,
+        );
+        if history.size > 0 {
+            stream.kept.push_back(publication.clone());
+            stream.expire(history, publication.published_at);
+        }
+        // Delivered under the shard lock: the next publication of this
+        // channel cannot overtake this one.
+        self.deliver.deliver(&publication);
+        Ok(publication)
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        history: HistoryPolicy,
+    ) -> Result<HistoryPage, BrokerError> {
+        let mut shard = self.shard(channel);
+        let Some(stream) = shard.get_mut(channel) else {
+            // A channel nobody published to yet: position 0 of a new epoch.
+            let name: Arc<str> = channel.into();
+            let stream = Stream::new(name.clone());
+            let position = stream.position();
+            shard.insert(name, stream);
+            let complete = since.is_none_or(|s| s.offset == 0);
+            return Ok(HistoryPage {
+                position,
+                publications: vec![],
+                complete,
+            });
+        };
+        stream.expire(history, Instant::now());
+        let position = stream.position();
+        let (publications, complete) = match since {
+            Some(s) if *s.epoch == *stream.epoch => {
+                let after: Vec<_> = stream
+                    .kept
+                    .iter()
+                    .filter(|p| p.offset > s.offset)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                // Complete when nothing between `since` and the first kept
+                // publication was lost.
+                let first_needed = s.offset + 1;
+                let complete = s.offset >= stream.offset
+                    || stream
+                        .kept
+                        .front()
+                        .is_some_and(|p| p.offset <= first_needed);
+                (after, complete && s.offset <= stream.offset)
+            }
+            Some(_) => (Vec::new(), false),
+            None => {
+                let skip = stream.kept.len().saturating_sub(limit);
+                (stream.kept.iter().skip(skip).cloned().collect(), true)
+            }
+        };
+        Ok(HistoryPage {
+            position,
+            publications,
+            complete,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// In-process presence.
+#[derive(Default)]
+pub struct MemoryPresence {
+    channels: Mutex<HashMap<String, Vec<ClientInfo>>>,
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(channel.to_string()).or_default();
+        if !list.iter().any(|c| c.connection_id == client.connection_id) {
+            list.push(client);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, connection_id: &str) -> Result<(), BrokerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get_mut(channel) {
+            list.retain(|c| &*c.connection_id != connection_id);
+            if list.is_empty() {
+                map.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        let map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.get(channel).cloned().unwrap_or_default())
+    }
+}

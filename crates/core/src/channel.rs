@@ -1,0 +1,280 @@
+//! Channel names, namespaces and the one authorizer every subscribe and
+//! publish asks (default deny).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::auth::Identity;
+
+/// Longest channel name.
+pub const MAX_CHANNEL_BYTES: usize = 255;
+
+/// Whether `name` matches `[A-Za-z0-9_.:@-]{1,255}`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b))
+}
+
+/// The namespace: the part before the first `:`, or `""`.
+pub fn namespace(name: &str) -> &str {
+    name.split_once(':').map(|(ns, _)| ns).unwrap_or("")
+}
+
+/// Who may subscribe to channels of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribePolicy {
+    /// Any authenticated user.
+    Any,
+    /// `user:<sub>` of the user itself, or a thread the user owns.
+    Owner,
+    /// Users with this role.
+    Role(String),
+    /// Only channels matching the token's `channels` patterns.
+    Claim,
+}
+
+/// Who may publish from a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishPolicy {
+    /// Only the server API.
+    Server,
+    Any,
+    Owner,
+    Role(String),
+}
+
+/// Everything configured for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    pub subscribe: SubscribePolicy,
+    pub publish: PublishPolicy,
+    /// Publications kept for history and recovery (0: none).
+    pub history_size: usize,
+    /// How long they are kept (zero: as long as they fit).
+    pub history_ttl: Duration,
+    pub presence: bool,
+    pub join_leave: bool,
+}
+
+impl NamespacePolicy {
+    pub fn new(subscribe: SubscribePolicy, publish: PublishPolicy) -> Self {
+        NamespacePolicy {
+            subscribe,
+            publish,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            presence: false,
+            join_leave: false,
+        }
+    }
+}
+
+/// Why a subscribe or publish was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("invalid channel name")]
+    BadName,
+    #[error("not allowed on this channel")]
+    Forbidden,
+}
+
+/// Answers "may this identity subscribe to / publish in this channel?".
+/// Unknown namespaces are refused: only `""` and the built-ins exist unless
+/// configured.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    namespaces: HashMap<String, NamespacePolicy>,
+}
+
+/// Does `pattern` (exact, or ending in `*` as a prefix match) match `name`?
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl Authorizer {
+    /// Built-in namespaces, then the configured ones (which may override a
+    /// built-in's history or presence, but `user` and `thread` stay
+    /// owner-only).
+    pub fn new(configured: impl IntoIterator<Item = (String, NamespacePolicy)>) -> Self {
+        let mut namespaces = HashMap::new();
+        namespaces.insert(
+            String::new(),
+            NamespacePolicy::new(SubscribePolicy::Any, PublishPolicy::Server),
+        );
+        namespaces.insert(
+            "user".into(),
+            NamespacePolicy::new(SubscribePolicy::Owner, PublishPolicy::Server),
+        );
+        namespaces.insert(
+            "thread".into(),
+            NamespacePolicy::new(SubscribePolicy::Owner, PublishPolicy::Server),
+        );
+        for (name, mut policy) in configured {
+            if name == "user" || name == "thread" {
+                policy.subscribe = SubscribePolicy::Owner;
+                if policy.publish != PublishPolicy::Server {
+                    policy.publish = PublishPolicy::Owner;
+                }
+            }
+            namespaces.insert(name, policy);
+        }
+        Authorizer { namespaces }
+    }
+
+    pub fn policy(&self, channel: &str) -> Option<&NamespacePolicy> {
+        self.namespaces.get(namespace(channel))
+    }
+
+    /// Ownership of `user:` and `thread:` channels. Threads are owned by
+    /// the user that created them; until thread storage exists, a thread
+    /// channel is owned by nobody.
+    fn owns(
+        identity: &Identity,
+        channel: &str,
+        thread_owner: impl Fn(&str) -> Option<String>,
+    ) -> bool {
+        match channel.split_once(':') {
+            Some(("user", sub)) => sub == &*identity.user,
+            Some(("thread", id)) => thread_owner(id).is_some_and(|o| o == *identity.user),
+            _ => false,
+        }
+    }
+
+    pub fn can_subscribe(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        thread_owner: impl Fn(&str) -> Option<String>,
+    ) -> Result<&NamespacePolicy, Denied> {
+        if !valid_name(channel) {
+            return Err(Denied::BadName);
+        }
+        let policy = self.policy(channel).ok_or(Denied::Forbidden)?;
+        let by_claim = || {
+            identity
+                .channels
+                .iter()
+                .any(|p| pattern_matches(p, channel))
+        };
+        let allowed = match &policy.subscribe {
+            SubscribePolicy::Any => true,
+            SubscribePolicy::Owner => Self::owns(identity, channel, &thread_owner),
+            SubscribePolicy::Role(role) => identity.has_role(role) || by_claim(),
+            SubscribePolicy::Claim => by_claim(),
+        };
+        // The token's `channels` claim adds channels, except in owner-only
+        // namespaces: nobody reads another user's private channel.
+        let allowed = allowed || (policy.subscribe != SubscribePolicy::Owner && by_claim());
+        if allowed {
+            Ok(policy)
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    pub fn can_publish(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        thread_owner: impl Fn(&str) -> Option<String>,
+    ) -> Result<&NamespacePolicy, Denied> {
+        if !valid_name(channel) {
+            return Err(Denied::BadName);
+        }
+        let policy = self.policy(channel).ok_or(Denied::Forbidden)?;
+        let allowed = match &policy.publish {
+            PublishPolicy::Server => false,
+            PublishPolicy::Any => true,
+            PublishPolicy::Owner => Self::owns(identity, channel, &thread_owner),
+            PublishPolicy::Role(role) => identity.has_role(role),
+        };
+        if allowed {
+            Ok(policy)
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(user: &str, roles: &[&str], channels: &[&str]) -> Identity {
+        Identity {
+            user: user.into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            name: None,
+            expires_at: 0,
+        }
+    }
+
+    fn no_threads(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("chat:room-1_a.b@c"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("ü"));
+        assert!(!valid_name(&"a".repeat(256)));
+        assert!(valid_name(&"a".repeat(255)));
+        assert_eq!(namespace("chat:x:y"), "chat");
+        assert_eq!(namespace("news"), "");
+    }
+
+    #[test]
+    fn default_deny_and_builtins() {
+        let a = Authorizer::new([(
+            "chat".to_string(),
+            NamespacePolicy::new(SubscribePolicy::Any, PublishPolicy::Any),
+        )]);
+        let alice = id("alice", &[], &[]);
+        assert!(a.can_subscribe(&alice, "news", no_threads).is_ok());
+        assert!(a.can_publish(&alice, "news", no_threads).is_err());
+        assert!(a.can_subscribe(&alice, "unknown:x", no_threads).is_err());
+        assert!(a.can_subscribe(&alice, "user:alice", no_threads).is_ok());
+        assert!(a.can_subscribe(&alice, "user:bob", no_threads).is_err());
+        assert!(a.can_subscribe(&alice, "thread:t1", no_threads).is_err());
+        assert!(a
+            .can_subscribe(&alice, "thread:t1", |_| Some("alice".into()))
+            .is_ok());
+        assert!(a.can_publish(&alice, "chat:1", no_threads).is_ok());
+        assert_eq!(
+            a.can_subscribe(&alice, "bad name", no_threads).unwrap_err(),
+            Denied::BadName
+        );
+    }
+
+    #[test]
+    fn claim_and_role_policies() {
+        let a = Authorizer::new([
+            (
+                "ops".to_string(),
+                NamespacePolicy::new(SubscribePolicy::Role("admin".into()), PublishPolicy::Server),
+            ),
+            (
+                "team".to_string(),
+                NamespacePolicy::new(SubscribePolicy::Claim, PublishPolicy::Server),
+            ),
+        ]);
+        let admin = id("a", &["admin"], &[]);
+        let member = id("m", &[], &["team:blue*"]);
+        assert!(a.can_subscribe(&admin, "ops:x", no_threads).is_ok());
+        assert!(a.can_subscribe(&member, "ops:x", no_threads).is_err());
+        assert!(a.can_subscribe(&member, "team:blue-1", no_threads).is_ok());
+        assert!(a.can_subscribe(&member, "team:red", no_threads).is_err());
+        // A claim never opens someone else's private channel.
+        let sneaky = id("s", &[], &["user:*"]);
+        assert!(a.can_subscribe(&sneaky, "user:alice", no_threads).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! A publication, encoded once for every kind of subscriber.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use wsgate_protocol::{Encoding, ServerFrame};
+
+/// Where a channel's stream stands: the last offset and the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// One message in a channel. Built once by the broker; every subscriber
+/// gets a clone of the same bytes.
+#[derive(Debug)]
+pub struct Publication {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    /// `data` as sent, for raw streams and history.
+    pub data: Bytes,
+    /// `data` parsed once, for filters and MessagePack.
+    pub value: Value,
+    /// `{"type":"message","payload":{…}}` in JSON.
+    json_frame: Bytes,
+    /// The same in MessagePack, made on first use.
+    msgpack_frame: OnceLock<Bytes>,
+    pub published_at: Instant,
+}
+
+#[derive(Serialize)]
+struct MessagePayload<'a> {
+    channel: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    data: &'a Value,
+}
+
+impl Publication {
+    /// `data` must be the JSON text of `value` (the caller parsed it).
+    pub fn new(
+        channel: Arc<str>,
+        offset: u64,
+        epoch: Arc<str>,
+        data: Bytes,
+        value: Value,
+    ) -> Arc<Self> {
+        // The JSON frame embeds `data` verbatim: no re-serialization.
+        let channel_json = serde_json::to_string(&*channel).expect("a string serializes");
+        let epoch_json = serde_json::to_string(&*epoch).expect("a string serializes");
+        let mut frame = Vec::with_capacity(data.len() + channel_json.len() + 96);
+        frame.extend_from_slice(b"{\"type\":\"message\",\"payload\":{\"channel\":");
+        frame.extend_from_slice(channel_json.as_bytes());
+        frame.extend_from_slice(b",\"offset\":");
+        frame.extend_from_slice(offset.to_string().as_bytes());
+        frame.extend_from_slice(b",\"epoch\":");
+        frame.extend_from_slice(epoch_json.as_bytes());
+        frame.extend_from_slice(b",\"data\":");
+        frame.extend_from_slice(&data);
+        frame.extend_from_slice(b"}}");
+        Arc::new(Publication {
+            channel,
+            offset,
+            epoch,
+            data,
+            value,
+            json_frame: Bytes::from(frame),
+            msgpack_frame: OnceLock::new(),
+            published_at: Instant::now(),
+        })
+    }
+
+    /// The `message` frame in the connection's encoding.
+    pub fn frame(&self, encoding: Encoding) -> Bytes {
+        match encoding {
+            Encoding::Json => self.json_frame.clone(),
+            Encoding::Msgpack => self
+                .msgpack_frame
+                .get_or_init(|| {
+                    ServerFrame::new(
+                        "message",
+                        None,
+                        MessagePayload {
+                            channel: &self.channel,
+                            offset: self.offset,
+                            epoch: &self.epoch,
+                            data: &self.value,
+                        },
+                    )
+                    .encode(Encoding::Msgpack)
+                })
+                .clone(),
+        }
+    }
+
+    /// Top-level equality: every key of `filter` is in `data` with an equal
+    /// value. Non-object data matches only the empty filter.
+    pub fn matches(&self, filter: &Map<String, Value>) -> bool {
+        match &self.value {
+            Value::Object(fields) => filter.iter().all(|(k, v)| fields.get(k) == Some(v)),
+            _ => filter.is_empty(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_frame_embeds_data_verbatim() {
+        let data = Bytes::from_static(br#"{"a":1,"s":"x"}"#);
+        let value: Value = serde_json::from_slice(&data).unwrap();
+        let p = Publication::new("chat:1".into(), 7, "ep".into(), data, value);
+        let frame: Value = serde_json::from_slice(&p.frame(Encoding::Json)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type":"message","payload":{"channel":"chat:1","offset":7,"epoch":"ep","data":{"a":1,"s":"x"}}})
+        );
+        let mp: Value = rmp_serde_decode(&p.frame(Encoding::Msgpack));
+        assert_eq!(mp, frame);
+    }
+
+    fn rmp_serde_decode(b: &[u8]) -> Value {
+        let f = wsgate_protocol::ClientFrame::decode(Encoding::Msgpack, b).unwrap();
+        json!({"type": f.kind, "payload": f.payload})
+    }
+
+    #[test]
+    fn filters_are_top_level_equality() {
+        let data = Bytes::from_static(br#"{"severity":"critical","site_id":"abc","n":3}"#);
+        let value: Value = serde_json::from_slice(&data).unwrap();
+        let p = Publication::new("events".into(), 1, "e".into(), data, value);
+        let f = |v: Value| v.as_object().unwrap().clone();
+        assert!(p.matches(&f(json!({"severity": "critical"}))));
+        assert!(p.matches(&f(json!({"severity": "critical", "n": 3}))));
+        assert!(!p.matches(&f(json!({"severity": "info"}))));
+        assert!(!p.matches(&f(json!({"missing": 1}))));
+        assert!(p.matches(&Map::new()));
+    }
+}

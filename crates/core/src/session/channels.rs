@@ -1,0 +1,439 @@
+//! The channel commands of a session: subscribe, unsubscribe, publish,
+//! presence, history. Authorization and validation happen here, at once;
+//! broker calls run in a spawned task that answers through the outbound
+//! queue, so a slow broker never stalls the connection's read loop.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use wsgate_protocol::ErrorCode;
+
+use super::{out_frame, Session};
+use crate::broker::ClientInfo;
+use crate::channel::Denied;
+use crate::channels::history_policy;
+use crate::fanout::{Delivery, Subscriber};
+use crate::publication::StreamPosition;
+
+/// Most publications one `history` reply carries.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+fn parse_position(v: &Value) -> Option<StreamPosition> {
+    let obj = v.as_object()?;
+    Some(StreamPosition {
+        offset: obj.get("offset")?.as_u64()?,
+        epoch: obj.get("epoch")?.as_str()?.into(),
+    })
+}
+
+/// Threads are owned by their creator; until thread storage exists no
+/// thread channel has an owner.
+fn no_thread_owner(_: &str) -> Option<String> {
+    None
+}
+
+impl Session {
+    fn channel_arg<'a>(&self, id: Option<&str>, p: &'a Map<String, Value>) -> Option<&'a str> {
+        match p.get("channel").and_then(Value::as_str) {
+            Some(c) => Some(c),
+            None => {
+                self.send_error(
+                    id,
+                    ErrorCode::BadRequest,
+                    "payload.channel (string) is required",
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn denied(&self, id: Option<&str>, d: Denied) {
+        match d {
+            Denied::BadName => {
+                self.send_error(id, ErrorCode::BadRequest, "invalid channel name", None)
+            }
+            Denied::Forbidden => {
+                self.ctx.metrics.violation("channel_forbidden");
+                self.send_error(
+                    id,
+                    ErrorCode::Forbidden,
+                    "not allowed on this channel",
+                    None,
+                )
+            }
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, id: Option<&str>, p: &Map<String, Value>) {
+        let Some(channel) = self.channel_arg(id, p) else {
+            return;
+        };
+        let filter = match p.get("filter") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(f)) => Some(f.clone()),
+            Some(_) => {
+                return self.send_error(
+                    id,
+                    ErrorCode::BadRequest,
+                    "payload.filter must be an object",
+                    None,
+                )
+            }
+        };
+        let recover = match p.get("recover") {
+            None | Some(Value::Null) => None,
+            Some(v) => match parse_position(v) {
+                Some(pos) => Some(pos),
+                None => {
+                    return self.send_error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "payload.recover must be {offset: integer, epoch: string}",
+                        None,
+                    )
+                }
+            },
+        };
+        // A subscription whose subscribe task failed is closed; forget it.
+        self.subscriptions.retain(|_, s| !s.is_closed());
+        if self.subscriptions.contains_key(channel) {
+            return self.send_error(id, ErrorCode::Conflict, "already subscribed", None);
+        }
+        if self.subscriptions.len() >= self.ctx.max_subscriptions {
+            return self.send_error(
+                id,
+                ErrorCode::BadRequest,
+                "subscription limit reached",
+                None,
+            );
+        }
+        let channels = self.ctx.channels.clone();
+        let policy =
+            match channels
+                .authorizer
+                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
+            {
+                Ok(policy) => policy.clone(),
+                Err(d) => return self.denied(id, d),
+            };
+        let subscriber = Subscriber::new(
+            self.ctx.outbound.clone(),
+            Delivery::Envelope(self.ctx.encoding),
+            filter,
+        );
+        let channel: Arc<str> = channel.into();
+        // Registered before the broker is asked, so nothing published from
+        // now on is missed: it waits in the subscriber until the reply and
+        // backlog are out.
+        channels.index.add(&channel, subscriber.clone());
+        self.subscriptions
+            .insert(channel.clone(), subscriber.clone());
+
+        let id = id.map(str::to_owned);
+        let encoding = self.ctx.encoding;
+        let metrics = self.ctx.metrics.clone();
+        let client = ClientInfo {
+            user: self.ctx.identity.user.clone(),
+            connection_id: self.ctx.connection_id.clone(),
+        };
+        tokio::spawn(async move {
+            let history = history_policy(&policy);
+            let page = channels
+                .broker
+                .history(&channel, recover.as_ref(), history.size, history)
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    metrics.error(ErrorCode::Unavailable.as_str());
+                    channels.index.remove(&channel, &subscriber);
+                    subscriber.outbound.push(out_frame(
+                        encoding,
+                        "error",
+                        id.as_deref(),
+                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+                    ));
+                    return;
+                }
+            };
+            let (backlog, recovered, last) = match &recover {
+                Some(since) => (page.publications, page.complete, since.offset),
+                None => (Vec::new(), false, page.position.offset),
+            };
+            metrics.message_out("subscribed");
+            let reply = out_frame(
+                encoding,
+                "subscribed",
+                id.as_deref(),
+                json!({
+                    "channel": &*channel,
+                    "offset": page.position.offset,
+                    "epoch": &*page.position.epoch,
+                    "recovered": recovered,
+                }),
+            );
+            subscriber.go_live(Some(reply), &backlog, last);
+            if policy.presence && !subscriber.is_closed() {
+                if let Err(e) = channels.presence.add(&channel, client.clone()).await {
+                    tracing::warn!(connection_id = %client.connection_id, error = %e, "presence add failed");
+                }
+            }
+            if policy.join_leave && !subscriber.is_closed() {
+                channels.announce("join", &channel, &client, Some(&subscriber.outbound));
+            }
+        });
+    }
+
+    pub(super) fn unsubscribe(&mut self, id: Option<&str>, p: &Map<String, Value>) {
+        let Some(channel) = self.channel_arg(id, p) else {
+            return;
+        };
+        let Some((channel, subscriber)) = self.subscriptions.remove_entry(channel) else {
+            return self.send_error(id, ErrorCode::NotFound, "not subscribed", None);
+        };
+        self.leave(&channel, &subscriber);
+        self.send("unsubscribed", id, json!({ "channel": &*channel }));
+    }
+
+    /// Removes one subscription from the index and, where enabled, from
+    /// presence, announcing `leave`.
+    pub(super) fn leave(&self, channel: &Arc<str>, subscriber: &Arc<Subscriber>) {
+        let channels = &self.ctx.channels;
+        channels.index.remove(channel, subscriber);
+        let Some(policy) = channels.authorizer.policy(channel) else {
+            return;
+        };
+        if !(policy.presence || policy.join_leave) {
+            return;
+        }
+        let client = ClientInfo {
+            user: self.ctx.identity.user.clone(),
+            connection_id: self.ctx.connection_id.clone(),
+        };
+        if policy.join_leave {
+            channels.announce("leave", channel, &client, None);
+        }
+        if policy.presence {
+            let channels = channels.clone();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = channels
+                    .presence
+                    .remove(&channel, &client.connection_id)
+                    .await
+                {
+                    tracing::warn!(connection_id = %client.connection_id, error = %e, "presence remove failed");
+                }
+            });
+        }
+    }
+
+    pub(super) fn publish(&mut self, id: Option<&str>, p: &Map<String, Value>) {
+        let Some(channel) = self.channel_arg(id, p) else {
+            return;
+        };
+        let Some(data) = p.get("data") else {
+            return self.send_error(id, ErrorCode::BadRequest, "payload.data is required", None);
+        };
+        let channels = self.ctx.channels.clone();
+        let policy =
+            match channels
+                .authorizer
+                .can_publish(&self.ctx.identity, channel, no_thread_owner)
+            {
+                Ok(policy) => policy.clone(),
+                Err(d) => return self.denied(id, d),
+            };
+        // The frame was parsed into a value; this is the one serialization
+        // the publication gets.
+        let bytes = Bytes::from(serde_json::to_vec(data).expect("a JSON value serializes"));
+        let value = data.clone();
+        let channel = channel.to_owned();
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        tokio::spawn(async move {
+            let result = channels
+                .broker
+                .publish(&channel, bytes, value, history_policy(&policy))
+                .await;
+            let frame = match result {
+                Ok(p) => {
+                    metrics.message_out("published");
+                    out_frame(
+                        encoding,
+                        "published",
+                        id.as_deref(),
+                        json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
+                    )
+                }
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    metrics.error(ErrorCode::Unavailable.as_str());
+                    out_frame(
+                        encoding,
+                        "error",
+                        id.as_deref(),
+                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+                    )
+                }
+            };
+            outbound.push(frame);
+        });
+    }
+
+    pub(super) fn presence(&mut self, id: Option<&str>, p: &Map<String, Value>) {
+        let Some(channel) = self.channel_arg(id, p) else {
+            return;
+        };
+        let channels = self.ctx.channels.clone();
+        let policy =
+            match channels
+                .authorizer
+                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
+            {
+                Ok(policy) => policy,
+                Err(d) => return self.denied(id, d),
+            };
+        if !policy.presence {
+            return self.send_error(
+                id,
+                ErrorCode::BadRequest,
+                "presence is not enabled for this channel",
+                None,
+            );
+        }
+        let channel = channel.to_owned();
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        tokio::spawn(async move {
+            let frame = match channels.presence.clients(&channel).await {
+                Ok(clients) => {
+                    metrics.message_out("presence");
+                    out_frame(
+                        encoding,
+                        "presence",
+                        id.as_deref(),
+                        json!({"channel": channel, "clients": clients}),
+                    )
+                }
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    out_frame(
+                        encoding,
+                        "error",
+                        id.as_deref(),
+                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+                    )
+                }
+            };
+            outbound.push(frame);
+        });
+    }
+
+    pub(super) fn history(&mut self, id: Option<&str>, p: &Map<String, Value>) {
+        let Some(channel) = self.channel_arg(id, p) else {
+            return;
+        };
+        let since = match p.get("since") {
+            None | Some(Value::Null) => None,
+            Some(v) => match parse_position(v) {
+                Some(pos) => Some(pos),
+                None => {
+                    return self.send_error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "payload.since must be {offset: integer, epoch: string}",
+                        None,
+                    )
+                }
+            },
+        };
+        let limit = match p.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) => Some(n as usize),
+                None => {
+                    return self.send_error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "payload.limit must be a non-negative integer",
+                        None,
+                    )
+                }
+            },
+        };
+        let channels = self.ctx.channels.clone();
+        let policy =
+            match channels
+                .authorizer
+                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
+            {
+                Ok(policy) => policy,
+                Err(d) => return self.denied(id, d),
+            };
+        if policy.history_size == 0 {
+            return self.send_error(
+                id,
+                ErrorCode::BadRequest,
+                "history is not enabled for this channel",
+                None,
+            );
+        }
+        let history = history_policy(policy);
+        let limit = limit
+            .unwrap_or(history.size)
+            .min(history.size)
+            .min(MAX_HISTORY_LIMIT);
+        let channel = channel.to_owned();
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        tokio::spawn(async move {
+            let frame = match channels
+                .broker
+                .history(&channel, since.as_ref(), limit, history)
+                .await
+            {
+                Ok(page) => {
+                    metrics.message_out("history");
+                    let publications: Vec<Value> = page
+                        .publications
+                        .iter()
+                        .map(|p| json!({"offset": p.offset, "data": &p.value}))
+                        .collect();
+                    out_frame(
+                        encoding,
+                        "history",
+                        id.as_deref(),
+                        json!({
+                            "channel": channel,
+                            "epoch": &*page.position.epoch,
+                            "offset": page.position.offset,
+                            "publications": publications,
+                        }),
+                    )
+                }
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    out_frame(
+                        encoding,
+                        "error",
+                        id.as_deref(),
+                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+                    )
+                }
+            };
+            outbound.push(frame);
+        });
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for (channel, subscriber) in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel, &subscriber);
+        }
+    }
+}

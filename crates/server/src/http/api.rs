@@ -1,0 +1,197 @@
+//! The server API (`X-API-Key`): publish, broadcast, presence, history.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use wsgate_core::channels::{history_policy, PublishError};
+use wsgate_core::publication::StreamPosition;
+
+use super::error::ApiError;
+use super::ops::require_api_key;
+use crate::state::AppState;
+
+/// Most channels one broadcast may name.
+const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// Largest request body of the server API.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    match e {
+        PublishError::BadName => ApiError::bad_request("invalid channel name"),
+        PublishError::UnknownNamespace => ApiError::bad_request("unknown channel namespace"),
+        PublishError::Broker(e) => ApiError::unavailable(e.to_string()),
+    }
+}
+
+/// `data` verbatim, and parsed once for filters and MessagePack.
+fn data_parts(raw: &RawValue) -> (Bytes, Value) {
+    let text = raw.get();
+    // RawValue holds valid JSON, so parsing it again cannot fail.
+    let value = serde_json::from_str(text).unwrap_or(Value::Null);
+    (Bytes::copy_from_slice(text.as_bytes()), value)
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Result<Json<PublishRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_api_key(&state, &headers)?;
+    let req = body(req)?;
+    let (data, value) = data_parts(&req.data);
+    let p = state
+        .channels
+        .publish(&req.channel, data, value)
+        .await
+        .map_err(publish_error)?;
+    Ok(Json(json!({ "offset": p.offset, "epoch": &*p.epoch })))
+}
+
+pub async fn broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Result<Json<BroadcastRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_api_key(&state, &headers)?;
+    let req = body(req)?;
+    if req.channels.is_empty() || req.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::bad_request(format!(
+            "channels must name 1 to {MAX_BROADCAST_CHANNELS} channels"
+        )));
+    }
+    let (data, value) = data_parts(&req.data);
+    let mut results = Vec::with_capacity(req.channels.len());
+    for channel in &req.channels {
+        // Bytes clones share one buffer; the parsed value is cloned per
+        // channel because each publication keeps its own.
+        match state
+            .channels
+            .publish(channel, data.clone(), value.clone())
+            .await
+        {
+            Ok(p) => {
+                results.push(json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}))
+            }
+            Err(e) => {
+                let e = publish_error(e);
+                results.push(json!({"channel": channel, "error": e.code, "message": e.message}))
+            }
+        }
+    }
+    Ok(Json(json!({ "results": results })))
+}
+
+fn known_channel(
+    state: &AppState,
+    channel: &str,
+) -> Result<wsgate_core::channel::NamespacePolicy, ApiError> {
+    if !wsgate_core::channel::valid_name(channel) {
+        return Err(ApiError::bad_request("invalid channel name"));
+    }
+    state
+        .channels
+        .authorizer
+        .policy(channel)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("unknown channel namespace"))
+}
+
+pub async fn presence(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_api_key(&state, &headers)?;
+    let policy = known_channel(&state, &channel)?;
+    if !policy.presence {
+        return Err(ApiError::bad_request(
+            "presence is not enabled for this channel",
+        ));
+    }
+    let clients = state
+        .channels
+        .presence
+        .clients(&channel)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "channel": channel, "clients": clients })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+    since_offset: Option<u64>,
+    since_epoch: Option<String>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_api_key(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let policy = known_channel(&state, &channel)?;
+    if policy.history_size == 0 {
+        return Err(ApiError::bad_request(
+            "history is not enabled for this channel",
+        ));
+    }
+    let since = match (q.since_offset, q.since_epoch) {
+        (Some(offset), Some(epoch)) => Some(StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "since_offset and since_epoch go together",
+            ))
+        }
+    };
+    let history = history_policy(&policy);
+    let limit = q.limit.unwrap_or(history.size).min(history.size);
+    let page = state
+        .channels
+        .broker
+        .history(&channel, since.as_ref(), limit, history)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let publications: Vec<Value> = page
+        .publications
+        .iter()
+        .map(|p| json!({"offset": p.offset, "data": &p.value}))
+        .collect();
+    Ok(Json(json!({
+        "channel": channel,
+        "epoch": &*page.position.epoch,
+        "offset": page.position.offset,
+        "publications": publications,
+    })))
+}
