@@ -92,6 +92,8 @@ fn new_epoch() -> Arc<str> {
     id.simple().to_string()[..8].into()
 }
 
+type Streams = HashMap<Arc<str>, Stream>;
+
 struct Stream {
     name: Arc<str>,
     offset: u64,
@@ -138,7 +140,7 @@ pub struct MemoryBroker {
     // Sharded by channel hash so publishers to different channels rarely
     // contend. Each shard's lock is also held while delivering, which keeps
     // per-channel delivery in offset order.
-    shards: Box<[Mutex<HashMap<Arc<str>, Stream>>]>,
+    shards: Box<[Mutex<Streams>]>,
     deliver: Arc<dyn Deliver>,
 }
 
@@ -162,7 +164,7 @@ impl MemoryBroker {
         }
     }
 
-    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Stream>> {
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, Streams> {
         self.shards[shard_of(channel, SHARDS)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
