@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use wsgate_protocol::Encoding;
 
 use crate::broker::{shard_of, Deliver};
 use crate::metrics::Metrics;
 use crate::outbound::{OutFrame, Outbound};
-use crate::publication::Publication;
+use crate::publication::{Filter, Publication};
 
 /// How a subscriber wants publications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub enum Delivery {
 pub struct Subscriber {
     pub outbound: Arc<Outbound>,
     pub delivery: Delivery,
-    pub filter: Option<Map<String, Value>>,
+    pub filter: Option<Filter>,
     /// False while the subscribe reply (and any recovered backlog) is being
     /// prepared; publications arriving meanwhile wait in `pending`.
     live: AtomicBool,
@@ -42,11 +41,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A subscriber that buffers until [`Subscriber::go_live`].
-    pub fn new(
-        outbound: Arc<Outbound>,
-        delivery: Delivery,
-        filter: Option<Map<String, Value>>,
-    ) -> Arc<Self> {
+    pub fn new(outbound: Arc<Outbound>, delivery: Delivery, filter: Option<Filter>) -> Arc<Self> {
         Arc::new(Subscriber {
             outbound,
             delivery,

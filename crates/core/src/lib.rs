@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod publication;
 pub mod session;
+pub mod stream;
 
 pub use wsgate_protocol as protocol;

@@ -52,6 +52,36 @@ pub fn type_label(kind: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Recent publish → write latencies, for the percentiles of the `metrics`
+/// channel. Bounded: at most `LATENCY_WINDOW` samples per interval (samples
+/// past it are dropped; one is taken per written batch, not per frame).
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    samples: std::sync::Mutex<Vec<f64>>,
+}
+
+const LATENCY_WINDOW: usize = 20_000;
+
+impl LatencyWindow {
+    pub fn record(&self, secs: f64) {
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < LATENCY_WINDOW {
+            s.push(secs);
+        }
+    }
+
+    /// p50, p99 and p999 in milliseconds since the last call, and the count.
+    pub fn take_percentiles(&self) -> (f64, f64, f64, usize) {
+        let mut s = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        if s.is_empty() {
+            return (0.0, 0.0, 0.0, 0);
+        }
+        s.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] * 1000.0;
+        (at(0.5), at(0.99), at(0.999), s.len())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub connections_active: Gauge,
@@ -77,6 +107,10 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// `wsgate_publications_total`.
     pub publications: Counter,
+    /// Totals across types, for the `metrics` channel's rates.
+    pub messages_in_total: Counter,
+    pub messages_out_total: Counter,
+    pub latency_window: std::sync::Arc<LatencyWindow>,
 }
 
 impl Metrics {
@@ -99,6 +133,9 @@ impl Metrics {
             storage_errors: Counter::default(),
             deliveries: Counter::default(),
             publications: Counter::default(),
+            messages_in_total: Counter::default(),
+            messages_out_total: Counter::default(),
+            latency_window: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("wsgate");
         r.register(
@@ -175,11 +212,19 @@ impl Metrics {
     }
 
     pub fn message_in(&self, kind: &str) {
+        self.messages_in_total.inc();
         Self::count(&self.messages_in, "type", type_label(kind));
     }
 
     pub fn message_out(&self, kind: &str) {
+        self.messages_out_total.inc();
         Self::count(&self.messages_out, "type", type_label(kind));
+    }
+
+    /// One publish → write latency sample.
+    pub fn observe_publish_latency(&self, secs: f64) {
+        self.publish_write_latency.observe(secs);
+        self.latency_window.record(secs);
     }
 
     pub fn error(&self, code: &'static str) {

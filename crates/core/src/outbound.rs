@@ -10,13 +10,14 @@
 //! An idle queue holds no buffer: `VecDeque::new` does not allocate.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
+
+use crate::metrics::Metrics;
 
 /// One frame to send, already encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,7 @@ pub struct Outbound {
     state: Mutex<State>,
     ready: Notify,
     limit: usize,
-    latency: Option<Histogram>,
+    latency: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -86,10 +87,10 @@ impl Outbound {
         }
     }
 
-    /// A queue that samples publish → write latency into `latency`.
-    pub fn with_latency(limit_bytes: usize, latency: Histogram) -> Self {
+    /// A queue that samples publish → write latency into `metrics`.
+    pub fn with_latency(limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Outbound {
-            latency: Some(latency),
+            latency: Some(metrics),
             ..Self::new(limit_bytes)
         }
     }
@@ -154,8 +155,8 @@ impl Outbound {
     pub fn take(&self) -> (VecDeque<OutFrame>, Option<CloseCode>) {
         let mut state = self.lock();
         state.bytes = 0;
-        if let (Some(at), Some(h)) = (state.oldest_published.take(), &self.latency) {
-            h.observe(at.elapsed().as_secs_f64());
+        if let (Some(at), Some(m)) = (state.oldest_published.take(), &self.latency) {
+            m.observe_publish_latency(at.elapsed().as_secs_f64());
         }
         (std::mem::take(&mut state.frames), state.close)
     }

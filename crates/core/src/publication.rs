@@ -100,10 +100,62 @@ impl Publication {
 
     /// Top-level equality: every key of `filter` is in `data` with an equal
     /// value. Non-object data matches only the empty filter.
-    pub fn matches(&self, filter: &Map<String, Value>) -> bool {
-        match &self.value {
-            Value::Object(fields) => filter.iter().all(|(k, v)| fields.get(k) == Some(v)),
-            _ => filter.is_empty(),
+    pub fn matches(&self, filter: &Filter) -> bool {
+        let Value::Object(fields) = &self.value else {
+            return filter.is_empty();
+        };
+        match filter {
+            Filter::Exact(f) => f.iter().all(|(k, v)| fields.get(k) == Some(v)),
+            Filter::Text(f) => f.iter().all(|m| match fields.get(&m.key) {
+                Some(Value::String(s)) => *s == m.text,
+                Some(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => {
+                    m.scalar.as_ref() == Some(v)
+                }
+                _ => false,
+            }),
+        }
+    }
+}
+
+/// A subscription filter: top-level equality on `data`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// From a `subscribe` payload: JSON values compared exactly.
+    Exact(Map<String, Value>),
+    /// From query parameters of a raw stream: text compared with strings,
+    /// and with numbers, booleans and null written the JSON way (`?n=3`
+    /// matches `"n": 3` and `"n": "3"`).
+    Text(Vec<TextMatch>),
+}
+
+/// One query-parameter condition, parsed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextMatch {
+    key: String,
+    text: String,
+    /// `text` read as a JSON number, boolean or null, if it is one.
+    scalar: Option<Value>,
+}
+
+impl Filter {
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Filter::Text(
+            pairs
+                .into_iter()
+                .map(|(key, text)| {
+                    let scalar = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .filter(|v| matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null));
+                    TextMatch { key, text, scalar }
+                })
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Filter::Exact(f) => f.is_empty(),
+            Filter::Text(f) => f.is_empty(),
         }
     }
 }
@@ -137,11 +189,17 @@ mod tests {
         let data = Bytes::from_static(br#"{"severity":"critical","site_id":"abc","n":3}"#);
         let value: Value = serde_json::from_slice(&data).unwrap();
         let p = Publication::new("events".into(), 1, "e".into(), data, value);
-        let f = |v: Value| v.as_object().unwrap().clone();
+        let f = |v: Value| Filter::Exact(v.as_object().unwrap().clone());
         assert!(p.matches(&f(json!({"severity": "critical"}))));
         assert!(p.matches(&f(json!({"severity": "critical", "n": 3}))));
         assert!(!p.matches(&f(json!({"severity": "info"}))));
+        assert!(!p.matches(&f(json!({"n": "3"}))));
         assert!(!p.matches(&f(json!({"missing": 1}))));
-        assert!(p.matches(&Map::new()));
+        assert!(p.matches(&Filter::Exact(Map::new())));
+        let t = |pairs: &[(&str, &str)]| {
+            Filter::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        assert!(p.matches(&t(&[("severity", "critical"), ("n", "3")])));
+        assert!(!p.matches(&t(&[("site_id", "abd")])));
     }
 }

@@ -10,16 +10,19 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use wsgate_core::auth::{AuthError, Identity};
+use wsgate_core::channel::Denied;
 use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
 use wsgate_core::outbound::Outbound;
+use wsgate_core::publication::Filter;
 use wsgate_core::session::{Session, SessionContext};
+use wsgate_core::stream::RawStream;
 use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::http::error::ApiError;
@@ -183,12 +186,77 @@ fn reject(metrics: &Metrics, ip: IpAddr, origin: Option<&str>, r: Rejection) -> 
     r.error.into_response()
 }
 
+/// What runs on an accepted connection.
+enum Kind {
+    /// The full `/ws` protocol.
+    Protocol,
+    /// A read-only stream of one channel's `data`.
+    Stream {
+        channel: Arc<str>,
+        filter: Option<Filter>,
+    },
+}
+
 pub async fn ws_handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    handshake(state, peer, headers, uri, upgrade, None)
+}
+
+/// `/ws/metrics`: the built-in `metrics` channel as a raw stream.
+pub async fn metrics_stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    handshake(state, peer, headers, uri, upgrade, Some("metrics".into()))
+}
+
+/// `/ws/events`: the built-in `events` channel as a raw stream.
+pub async fn events_stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    handshake(state, peer, headers, uri, upgrade, Some("events".into()))
+}
+
+/// `/ws/stream/{channel}`.
+pub async fn channel_stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    handshake(state, peer, headers, uri, upgrade, Some(channel))
+}
+
+/// Query parameters other than `token` are equality filters of a stream.
+fn query_filter(uri: &Uri) -> Option<Filter> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query()?.as_bytes())
+        .filter(|(k, _)| k != "token")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    (!pairs.is_empty()).then(|| Filter::from_pairs(pairs))
+}
+
+fn handshake(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    stream: Option<String>,
 ) -> Response {
     let ip = peer.ip();
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -207,6 +275,35 @@ pub async fn ws_handler(
         Ok(x) => x,
         Err(r) => return reject(&state.metrics, ip, origin, r),
     };
+    let kind = match stream {
+        None => Kind::Protocol,
+        Some(channel) => {
+            let allowed = state
+                .channels
+                .authorizer
+                .can_subscribe(&identity, &channel, |_| None);
+            match allowed {
+                Ok(_) => Kind::Stream {
+                    channel: channel.into(),
+                    filter: query_filter(&uri),
+                },
+                Err(Denied::BadName) => {
+                    let r = Rejection::new(
+                        ApiError::bad_request("invalid channel name"),
+                        "bad_channel",
+                    );
+                    return reject(&state.metrics, ip, origin, r);
+                }
+                Err(Denied::Forbidden) => {
+                    let r = Rejection::new(
+                        ApiError::forbidden("stream channel not permitted"),
+                        "channel_forbidden",
+                    );
+                    return reject(&state.metrics, ip, origin, r);
+                }
+            }
+        }
+    };
     Metrics::count(&state.metrics.connections, "result", "accepted");
     tracing::info!(
         target: "wsgate::audit",
@@ -217,6 +314,7 @@ pub async fn ws_handler(
         user = %identity.user,
         connection_id = %admission.connection_id(),
         protocol = encoding.protocol_name(),
+        stream = matches!(kind, Kind::Stream { .. }),
     );
     let mut upgrade = transport::configure(upgrade, &state.transport);
     if selected {
@@ -227,11 +325,12 @@ pub async fn ws_handler(
     // then captures a pointer, not a few hundred bytes that would stay in
     // the upgrade task for the connection's whole life.
     let accepted = Box::new(Accepted {
-        state: state.clone(),
+        tracked: state.connections.token(),
+        state,
         identity,
         admission,
         encoding,
-        tracked: state.connections.token(),
+        kind,
     });
     upgrade
         .on_failed_upgrade(|error| tracing::debug!(%error, "upgrade failed"))
@@ -244,12 +343,13 @@ struct Accepted {
     identity: Identity,
     admission: Admission,
     encoding: Encoding,
+    kind: Kind,
     /// Lets shutdown wait for this connection.
     tracked: TaskTrackerToken,
 }
 
 impl Accepted {
-    /// Builds the session and returns the connection's one future, boxed so
+    /// Builds the handler and returns the connection's one future, boxed so
     /// its exact size is allocated once. Takes the box the handshake made so
     /// the upgrade callback only ever held a pointer.
     #[allow(clippy::boxed_local)]
@@ -259,41 +359,64 @@ impl Accepted {
             identity,
             admission,
             encoding,
+            kind,
             tracked,
         } = *self;
         let outbound = Arc::new(Outbound::with_latency(
             state.transport.outbound_queue_bytes,
-            state.metrics.publish_write_latency.clone(),
+            state.metrics.clone(),
         ));
         admission.attach(outbound.clone());
         if state.shutdown.is_cancelled() {
             outbound.close(CloseCode::GoingAway);
         }
         state.metrics.connections_active.inc();
-        let session = Session::start(SessionContext {
-            connection_id: admission.connection_id().clone(),
-            identity,
-            encoding,
-            limits: &state.config.limits,
-            outbound: outbound.clone(),
-            verifier: state.verifier.clone(),
-            metrics: state.metrics.clone(),
-            channels: state.channels.clone(),
-        });
         let limits = state.transport;
-        let finished = Finished {
-            state,
-            admission,
-            started: std::time::Instant::now(),
-            _tracked: tracked,
-        };
-        Box::pin(transport::drive(Box::new(Connection {
-            socket,
-            handler: session,
-            outbound,
-            limits,
-            on_end: move |ended| finished.record(ended),
-        })))
+        let started = std::time::Instant::now();
+        match kind {
+            Kind::Protocol => {
+                let session = Session::start(SessionContext {
+                    connection_id: admission.connection_id().clone(),
+                    identity,
+                    encoding,
+                    limits: &state.config.limits,
+                    outbound: outbound.clone(),
+                    verifier: state.verifier.clone(),
+                    metrics: state.metrics.clone(),
+                    channels: state.channels.clone(),
+                });
+                let finished = Finished {
+                    state,
+                    admission,
+                    started,
+                    _tracked: tracked,
+                };
+                Box::pin(transport::drive(Box::new(Connection {
+                    socket,
+                    handler: session,
+                    outbound,
+                    limits,
+                    on_end: move |ended| finished.record(ended),
+                })))
+            }
+            Kind::Stream { channel, filter } => {
+                let handler =
+                    RawStream::start(state.channels.clone(), channel, filter, outbound.clone());
+                let finished = Finished {
+                    state,
+                    admission,
+                    started,
+                    _tracked: tracked,
+                };
+                Box::pin(transport::drive(Box::new(Connection {
+                    socket,
+                    handler,
+                    outbound,
+                    limits,
+                    on_end: move |ended| finished.record(ended),
+                })))
+            }
+        }
     }
 }
 

@@ -105,7 +105,56 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
             }
         }
     });
+    tokio::spawn(publish_node_metrics(state.clone()));
     Ok(state)
+}
+
+/// Publishes this node's figures to the built-in `metrics` channel every
+/// `metrics_interval_secs`, as
+/// `{"type":"metrics","timestamp","node","metrics":{...}}`.
+async fn publish_node_metrics(state: AppState) {
+    let every = Duration::from_secs(state.config.metrics_interval_secs);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let m = &state.metrics;
+    let mut last = (Instant::now(), 0u64, 0u64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let counts = (
+            m.messages_in_total.get(),
+            m.messages_out_total.get(),
+            m.deliveries.get(),
+            m.publications.get(),
+        );
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let rate =
+            |new: u64, old: u64| ((new.saturating_sub(old)) as f64 / secs * 10.0).round() / 10.0;
+        let (p50, p99, p999, samples) = m.latency_window.take_percentiles();
+        let hub = state.hub.stats();
+        let payload = serde_json::json!({
+            "type": "metrics",
+            "timestamp": jsonwebtoken::get_current_timestamp() * 1000,
+            "node": state.node,
+            "metrics": {
+                "connections": hub.connections,
+                "users": hub.users,
+                "messages_in_per_sec": rate(counts.0, last.1),
+                "messages_out_per_sec": rate(counts.1, last.2),
+                "deliveries_per_sec": rate(counts.2, last.3),
+                "publications_per_sec": rate(counts.3, last.4),
+                "publish_latency_ms": { "p50": p50, "p99": p99, "p999": p999, "samples": samples },
+            }
+        });
+        last = (now, counts.0, counts.1, counts.2, counts.3);
+        let bytes = bytes::Bytes::from(payload.to_string());
+        if let Err(error) = state.channels.publish("metrics", bytes, payload).await {
+            tracing::warn!(%error, "metrics publish failed");
+        }
+    }
 }
 
 fn hostname() -> String {

@@ -14,7 +14,7 @@ use crate::broker::ClientInfo;
 use crate::channel::Denied;
 use crate::channels::history_policy;
 use crate::fanout::{Delivery, Subscriber};
-use crate::publication::StreamPosition;
+use crate::publication::{Filter, StreamPosition};
 
 /// Most publications one `history` reply carries.
 const MAX_HISTORY_LIMIT: usize = 1000;
@@ -72,7 +72,7 @@ impl Session {
         };
         let filter = match p.get("filter") {
             None | Some(Value::Null) => None,
-            Some(Value::Object(f)) => Some(f.clone()),
+            Some(Value::Object(f)) => Some(Filter::Exact(f.clone())),
             Some(_) => {
                 return self.send_error(
                     id,

@@ -12,12 +12,15 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handshake::ws_handler;
+use crate::handshake::{self, ws_handler};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws_handler))
+        .route("/ws/metrics", get(handshake::metrics_stream))
+        .route("/ws/events", get(handshake::events_stream))
+        .route("/ws/stream/{channel}", get(handshake::channel_stream))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

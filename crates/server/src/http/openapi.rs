@@ -49,6 +49,74 @@ pub fn document() -> Value {
                     "503": error_response("Server connection limit reached")
                 }
             }},
+            "/ws/metrics": { "get": {
+                "summary": "Read-only stream of the `metrics` channel: each publication's data as one raw JSON text frame; text `ping` is answered with `pong`. Query parameters other than `token` filter on top-level fields.",
+                "security": [{ "bearer": [] }],
+                "responses": { "101": { "description": "Switching protocols" }, "401": error_response("Missing or invalid token"), "403": error_response("Not permitted") }
+            }},
+            "/ws/events": { "get": {
+                "summary": "Read-only stream of the `events` channel (as /ws/metrics)",
+                "security": [{ "bearer": [] }],
+                "responses": { "101": { "description": "Switching protocols" }, "401": error_response("Missing or invalid token"), "403": error_response("Not permitted") }
+            }},
+            "/ws/stream/{channel}": { "get": {
+                "summary": "Read-only stream of any channel the token may subscribe to (as /ws/metrics)",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "channel", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,255}$" } }],
+                "responses": { "101": { "description": "Switching protocols" }, "400": error_response("Invalid channel name"), "401": error_response("Missing or invalid token"), "403": error_response("Stream channel not permitted") }
+            }},
+            "/api/publish": { "post": {
+                "summary": "Publish data to a channel",
+                "security": [{ "apiKey": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["channel", "data"], "additionalProperties": false,
+                    "properties": { "channel": { "type": "string" }, "data": {} }
+                }}}},
+                "responses": {
+                    "200": { "description": "{\"offset\": N, \"epoch\": E}" },
+                    "400": error_response("Invalid body, channel name or namespace"),
+                    "401": error_response("Missing or wrong API key"),
+                    "503": error_response("Broker unavailable")
+                }
+            }},
+            "/api/broadcast": { "post": {
+                "summary": "Publish the same data to up to 1000 channels; one result per channel",
+                "security": [{ "apiKey": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["channels", "data"], "additionalProperties": false,
+                    "properties": { "channels": { "type": "array", "items": { "type": "string" } }, "data": {} }
+                }}}},
+                "responses": {
+                    "200": { "description": "{\"results\": [{channel, offset, epoch} | {channel, error, message}]}" },
+                    "400": error_response("Invalid body"),
+                    "401": error_response("Missing or wrong API key")
+                }
+            }},
+            "/api/channels/{channel}/presence": { "get": {
+                "summary": "Clients present in a channel (namespace with presence enabled)",
+                "security": [{ "apiKey": [] }],
+                "parameters": [{ "name": "channel", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": {
+                    "200": { "description": "{channel, clients: [{user, connection_id}]}" },
+                    "400": error_response("Invalid channel or presence not enabled"),
+                    "401": error_response("Missing or wrong API key")
+                }
+            }},
+            "/api/channels/{channel}/history": { "get": {
+                "summary": "A channel's kept publications (namespace with history enabled)",
+                "security": [{ "apiKey": [] }],
+                "parameters": [
+                    { "name": "channel", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "since_offset", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "since_epoch", "in": "query", "required": false, "schema": { "type": "string" } }
+                ],
+                "responses": {
+                    "200": { "description": "{channel, epoch, offset, publications: [{offset, data}]}" },
+                    "400": error_response("Invalid channel, query, or history not enabled"),
+                    "401": error_response("Missing or wrong API key")
+                }
+            }},
             "/health": { "get": {
                 "summary": "Liveness",
                 "responses": { "200": { "description": "{\"status\":\"ok\"}" } }

@@ -595,3 +595,121 @@ async fn a_thousand_subscribers_receive_every_publication_in_order() {
         t.await.unwrap();
     }
 }
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap()
+            .unwrap();
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+async fn open_stream(server: &TestServer, path: &str, user: &str) -> Ws {
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        server.url(path),
+    )
+    .unwrap();
+    add_header(
+        &mut req,
+        "authorization",
+        &format!("Bearer {}", token(user)),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("stream accepted")
+        .0
+}
+
+#[tokio::test]
+async fn raw_streams_send_data_only_with_query_filters() {
+    let server = start().await;
+    let mut events = open_stream(&server, "/ws/events?severity=critical&site_id=abc", "ops").await;
+    let mut all = open_stream(&server, "/ws/stream/news", "reader").await;
+    // Give the streams' subscriptions a moment to go live.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let evt = |sev: &str, site: &str, n: u32| json!({"type": "event", "event_type": "SITE_CREATED", "severity": sev, "site_id": site, "n": n});
+    api_publish(&server, "events", evt("info", "abc", 1)).await;
+    api_publish(&server, "events", evt("critical", "xyz", 2)).await;
+    api_publish(&server, "events", evt("critical", "abc", 3)).await;
+    let got: Value = serde_json::from_str(&next_text(&mut events).await).unwrap();
+    assert_eq!(
+        got,
+        evt("critical", "abc", 3),
+        "raw data, no envelope, filtered"
+    );
+    events.send(Message::Text("ping".into())).await.unwrap();
+    assert_eq!(next_text(&mut events).await, "pong");
+
+    api_publish(&server, "news", json!([1, "two"])).await;
+    assert_eq!(next_text(&mut all).await, r#"[1,"two"]"#);
+}
+
+#[tokio::test]
+async fn raw_stream_permissions() {
+    let server = start().await;
+    let url = |path: &str, user: &str| {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                server.url(path),
+            )
+            .unwrap();
+        add_header(
+            &mut req,
+            "authorization",
+            &format!("Bearer {}", token(user)),
+        );
+        req
+    };
+    let (status, _, body) = expect_rejection(url("/ws/stream/user:bob", "alice")).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _) = expect_rejection(url("/ws/stream/ops:alerts", "alice")).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = expect_rejection(url("/ws/stream/bad%20name", "alice")).await;
+    assert_eq!(status, 400);
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        server.url("/ws/events"),
+    )
+    .unwrap();
+    let (status, _, _) = expect_rejection(req).await;
+    assert_eq!(status, 401, "same token rules as /ws");
+    // Own user channel is fine.
+    let mut ws = open_stream(&server, "/ws/stream/user:alice", "alice").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api_publish(&server, "user:alice", json!({"hello": "alice"})).await;
+    assert_eq!(next_text(&mut ws).await, r#"{"hello":"alice"}"#);
+}
+
+#[tokio::test]
+async fn metrics_channel_publishes_node_figures() {
+    let server = TestServer::with(|c| {
+        channels_config(c);
+        c.metrics_interval_secs = 1;
+    })
+    .await;
+    let mut raw = open_stream(&server, "/ws/metrics", "watcher").await;
+    let (mut ws, _) = server.connect("dash").await;
+    call(&mut ws, "subscribe", "m", json!({"channel": "metrics"})).await;
+    let m: Value = serde_json::from_str(&next_text(&mut raw).await).unwrap();
+    assert_eq!(m["type"], "metrics");
+    assert!(m["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(m["node"].is_string());
+    for key in [
+        "connections",
+        "messages_in_per_sec",
+        "messages_out_per_sec",
+        "deliveries_per_sec",
+        "publish_latency_ms",
+    ] {
+        assert!(!m["metrics"][key].is_null(), "{key} in {m}");
+    }
+    let env = next_of(&mut ws, "message").await;
+    assert_eq!(env["payload"]["channel"], "metrics");
+    assert_eq!(env["payload"]["data"]["metrics"]["connections"], 2);
+}

@@ -1,0 +1,73 @@
+//! Read-only streams (`/ws/metrics`, `/ws/events`, `/ws/stream/{channel}`):
+//! one channel, each publication's `data` as a raw JSON text frame, and a
+//! text `ping` answered with `pong`. Nothing else a client sends has an
+//! effect.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wsgate_protocol::CloseCode;
+
+use crate::channels::{history_policy, Channels};
+use crate::fanout::{Delivery, Subscriber};
+use crate::handler::{ConnectionHandler, Incoming};
+use crate::outbound::{OutFrame, Outbound};
+use crate::publication::Filter;
+
+pub struct RawStream {
+    channel: Arc<str>,
+    subscriber: Arc<Subscriber>,
+    channels: Arc<Channels>,
+}
+
+impl RawStream {
+    /// Subscribes at once; publications from the current position on are
+    /// sent. The caller has checked the channel and the permission.
+    pub fn start(
+        channels: Arc<Channels>,
+        channel: Arc<str>,
+        filter: Option<Filter>,
+        outbound: Arc<Outbound>,
+    ) -> Self {
+        let subscriber = Subscriber::new(outbound, Delivery::Raw, filter);
+        channels.index.add(&channel, subscriber.clone());
+        let task = (channels.clone(), channel.clone(), subscriber.clone());
+        tokio::spawn(async move {
+            let (channels, channel, subscriber) = task;
+            let history = channels
+                .authorizer
+                .policy(&channel)
+                .map(history_policy)
+                .unwrap_or_default();
+            match channels.broker.history(&channel, None, 0, history).await {
+                Ok(page) => subscriber.go_live(None, &[], page.position.offset),
+                // Without a position, deliver everything from now on.
+                Err(_) => subscriber.go_live(None, &[], 0),
+            }
+        });
+        RawStream {
+            channel,
+            subscriber,
+            channels,
+        }
+    }
+}
+
+impl ConnectionHandler for RawStream {
+    fn on_message(&mut self, msg: Incoming) -> Result<(), CloseCode> {
+        if let Incoming::Text(t) = msg {
+            if t.trim_ascii() == b"ping" {
+                self.subscriber
+                    .outbound
+                    .push(OutFrame::Text(Bytes::from_static(b"pong")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        self.channels.index.remove(&self.channel, &self.subscriber);
+    }
+}
