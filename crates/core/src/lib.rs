@@ -11,6 +11,8 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod channels;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 pub mod fanout;
 pub mod handler;
 pub mod hub;
