@@ -166,6 +166,11 @@ impl Outbound {
         self.ready.notified().await
     }
 
+    /// Whether frames are waiting.
+    pub fn has_frames(&self) -> bool {
+        !self.lock().frames.is_empty()
+    }
+
     /// The close request, if any, without draining.
     pub fn close_requested(&self) -> Option<CloseCode> {
         self.lock().close

@@ -20,6 +20,7 @@ const LIMITS: TransportLimits = TransportLimits {
     outbound_queue_bytes: 80 << 20,
     heartbeat: Duration::from_secs(30),
     heartbeat_timeout: Duration::from_secs(75),
+    write_delay: Duration::ZERO,
 };
 
 async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {

@@ -25,6 +25,42 @@ pub enum BenchCommand {
     /// Open N idle authenticated connections; report handshakes/s and the
     /// server's memory and CPU per connection.
     Conns(ConnsArgs),
+    /// N subscribers on one channel, publications at a fixed rate through
+    /// the HTTP API; reports deliveries/s, loss, publish → receive latency
+    /// and the server's CPU per delivery.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Base URL of the HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    #[arg(long, env = "BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    #[arg(long, env = "WSGATE_AUTH__HMAC_SECRET", hide_env_values = true)]
+    pub secret: String,
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publications per second.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Bytes of `data` per publication (at least ~40 for the timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    #[arg(long, default_value_t = 4)]
+    pub sources: u8,
+    /// Publishing HTTP connections working in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +116,7 @@ pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
         .build()?;
     match cmd {
         BenchCommand::Conns(args) => runtime.block_on(conns(args)),
+        BenchCommand::Fanout(args) => runtime.block_on(fanout(args)),
     }
 }
 
@@ -183,6 +220,243 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
         );
     }
     drop(sockets);
+    Ok(())
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads the unsigned integer after `key` (e.g. `"offset":`) without
+/// parsing the whole frame: the receiver must be cheaper than the server.
+fn field_u64(frame: &[u8], key: &[u8]) -> Option<u64> {
+    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut n: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+        any = true;
+    }
+    any.then_some(n)
+}
+
+struct SubscriberReport {
+    received: u64,
+    gaps: u64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+async fn open_subscriber(
+    url: &str,
+    target: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    channel: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    use futures_util::SinkExt;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .max_message_size(Some(1 << 20));
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    ws.next().await.context("closed before connected")??;
+    let sub = format!(r#"{{"type":"subscribe","id":"s","payload":{{"channel":"{channel}"}}}}"#);
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
+        .await?;
+    loop {
+        let msg = ws.next().await.context("closed before subscribed")??;
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains("\"subscribed\"") {
+                return Ok(ws);
+            }
+            if t.contains("\"error\"") {
+                bail!("subscribe refused: {t}");
+            }
+        }
+    }
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let target = url_lite::parse(&args.url)?.addr;
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut opening = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let token = sign_hs256(
+            &args.secret,
+            &Claims {
+                sub: Some(format!("fan-{i}")),
+                exp: Some(exp),
+                role: None,
+                roles: vec![],
+                channels: vec![],
+                name: None,
+            },
+        );
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % args.sources.max(1) as usize) as u8,
+        ));
+        let (url, channel, sem) = (args.url.clone(), args.channel.clone(), sem.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            open_subscriber(&url, target, source, &token, &channel).await
+        }));
+    }
+    let mut sockets = Vec::with_capacity(args.subscribers);
+    for t in opening {
+        sockets.push(t.await??);
+    }
+    eprintln!("{} subscribers ready", sockets.len());
+
+    let total_pubs = args.rate * args.seconds;
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::with_capacity(sockets.len());
+    for mut ws in sockets {
+        readers.push(tokio::spawn(async move {
+            let mut report = SubscriberReport {
+                received: 0,
+                gaps: 0,
+                latency: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                    .expect("bounds"),
+            };
+            let mut expect: Option<u64> = None;
+            while report.received < total_pubs {
+                let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                let Ok(Some(Ok(msg))) = next else { break };
+                let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
+                    continue;
+                };
+                let frame = t.as_bytes();
+                let (Some(offset), Some(ts)) = (
+                    field_u64(frame, b"\"offset\":"),
+                    field_u64(frame, b"\"ts\":"),
+                ) else {
+                    continue;
+                };
+                if let Some(e) = expect {
+                    if offset != e {
+                        report.gaps += offset.saturating_sub(e);
+                    }
+                }
+                expect = Some(offset + 1);
+                report.received += 1;
+                let _ = report
+                    .latency
+                    .record(unix_nanos().saturating_sub(ts).max(1_000));
+            }
+            report
+        }));
+    }
+
+    let before = args.pid.map(proc_sample).transpose()?;
+    let started = Instant::now();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.publishers)
+        .build()?;
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let per_publisher = total_pubs / args.publishers as u64;
+    let mut publishers = Vec::new();
+    for w in 0..args.publishers as u64 {
+        let (client, pad, api, key, channel) = (
+            client.clone(),
+            pad.clone(),
+            args.api.clone(),
+            args.api_key.clone(),
+            args.channel.clone(),
+        );
+        let interval = Duration::from_secs_f64(args.publishers as f64 / args.rate as f64);
+        publishers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let url = format!("{api}/api/publish");
+            for _ in 0..per_publisher {
+                tick.tick().await;
+                let body = format!(
+                    r#"{{"channel":"{channel}","data":{{"ts":{},"w":{w},"pad":"{pad}"}}}}"#,
+                    unix_nanos()
+                );
+                let resp = client
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("publish failed: {}", resp.status());
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let mut received = 0;
+    let mut gaps = 0;
+    let mut latency =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds");
+    for r in readers {
+        let r = r.await?;
+        received += r.received;
+        gaps += r.gaps;
+        latency.add(&r.latency).ok();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    done.notify_waiters();
+    let sent = per_publisher * args.publishers as u64;
+    let expected = sent * args.subscribers as u64;
+    println!(
+        "fanout: {} subscribers, {} publications in {:.2} s ({:.0}/s), {} B payload",
+        args.subscribers,
+        sent,
+        publish_secs,
+        sent as f64 / publish_secs,
+        args.payload
+    );
+    println!(
+        "deliveries: {received} of {expected} ({:.0}/s over {:.2} s); lost {} ({} gaps)",
+        received as f64 / elapsed,
+        elapsed,
+        expected.saturating_sub(received),
+        gaps
+    );
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "publish -> receive latency: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1e6
+    );
+    if let (Some(pid), Some((_, cpu0))) = (args.pid, before) {
+        let (_, cpu1) = proc_sample(pid)?;
+        let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
+        println!(
+            "server CPU: {:.2} s busy over {:.2} s ({:.0}%); {:.0} ns per delivery",
+            cpu.as_secs_f64(),
+            elapsed,
+            cpu.as_secs_f64() / elapsed * 100.0,
+            cpu.as_nanos() as f64 / received.max(1) as f64
+        );
+    }
     Ok(())
 }
 

@@ -111,11 +111,26 @@ pub struct OriginsConfig {
 }
 
 /// `[transport]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
     /// `WSGATE_TRANSPORT__COMPRESSION`: permessage-deflate (false).
     pub compression: bool,
+    /// `WSGATE_TRANSPORT__WRITE_DELAY_MS` (10): least time between two
+    /// writes to one socket while frames keep coming. A frame to an idle
+    /// socket is written at once; frames that follow within the window are
+    /// written together, one syscall for many frames. 0 writes every batch
+    /// at once.
+    pub write_delay_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            compression: false,
+            write_delay_ms: 10,
+        }
+    }
 }
 
 /// `[api]`.
@@ -388,6 +403,9 @@ impl Config {
                     format!("{origin:?} is not \"*\" or scheme://host[:port]"),
                 ));
             }
+        }
+        if self.transport.write_delay_ms > 1000 {
+            return Err(invalid("transport.write_delay_ms", "must be at most 1000"));
         }
         if self.transport.compression {
             return Err(invalid(

@@ -78,6 +78,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         outbound_queue_bytes: l.outbound_queue_bytes,
         heartbeat: Duration::from_secs(l.heartbeat_secs),
         heartbeat_timeout: Duration::from_secs(l.heartbeat_timeout_secs),
+        write_delay: Duration::from_millis(config.transport.write_delay_ms),
     };
     let state = AppState(Arc::new(Inner {
         hub: Hub::new(l.max_connections, l.max_connections_per_user),

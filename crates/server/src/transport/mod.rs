@@ -40,6 +40,10 @@ pub struct TransportLimits {
     pub outbound_queue_bytes: usize,
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
+    /// Least time between two writes to one socket while frames keep
+    /// coming: a frame to an idle socket goes out at once, the frames that
+    /// follow within this window go out together in one write.
+    pub write_delay: Duration,
 }
 
 /// Sets every limit of the WebSocket library explicitly (its defaults are a
@@ -159,6 +163,10 @@ where
     // True while written frames wait in the socket's buffer. No new batch is
     // drained meanwhile: frames wait in the bounded outbound queue instead.
     let mut flushing = false;
+    // When the last batch was handed to the socket, and when the next one
+    // may go (see `TransportLimits::write_delay`).
+    let mut last_write: Option<Instant> = None;
+    let mut write_due: Option<Instant> = None;
     let timer = tokio::time::sleep_until(next_ping);
     tokio::pin!(timer);
     let notified = outbound.ready();
@@ -167,6 +175,9 @@ where
     let ended = loop {
         let mut deadline = next_ping.min(last_seen + limits.heartbeat_timeout);
         if let Some(d) = handler.deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = write_due {
             deadline = deadline.min(d);
         }
         if timer.deadline() != deadline {
@@ -195,38 +206,43 @@ where
         match event {
             Event::Outbound => {
                 notified.set(outbound.ready());
-                if flushing {
-                    // The socket is still busy: only a close request (slow
-                    // consumer, disconnect, shutdown) matters now. Queued
-                    // frames are drained when the flush completes.
-                    if let Some(code) = outbound.close_requested() {
-                        break Ended::Closed(code);
+                if let Some(code) = outbound.close_requested() {
+                    // Close requests are never delayed. Frames queued before
+                    // it go out first, unless the socket is still busy.
+                    if !flushing && start_batch(&mut socket, &outbound).is_err() {
+                        break Ended::ByPeer;
                     }
+                    break Ended::Closed(code);
+                }
+                if flushing || write_due.is_some() {
+                    // Written when the flush completes or the delay ends.
                     continue;
                 }
-                match start_batch(&mut socket, &outbound) {
-                    Err(()) => break Ended::ByPeer,
-                    Ok((sent, close)) => {
-                        if let Some(code) = close {
-                            break Ended::Closed(code);
+                let now = Instant::now();
+                match last_write
+                    .map(|t| t + limits.write_delay)
+                    .filter(|due| *due > now)
+                {
+                    Some(due) => write_due = Some(due),
+                    None => match start_batch(&mut socket, &outbound) {
+                        Err(()) => break Ended::ByPeer,
+                        Ok((sent, _)) => {
+                            flushing = sent;
+                            last_write = Some(now);
                         }
-                        flushing = sent;
-                    }
+                    },
                 }
             }
             Event::Flushed(ok) => {
+                flushing = false;
                 if !ok {
                     break Ended::ByPeer;
                 }
-                // Frames queued during the flush go out as the next batch.
-                match start_batch(&mut socket, &outbound) {
-                    Err(()) => break Ended::ByPeer,
-                    Ok((sent, close)) => {
-                        if let Some(code) = close {
-                            break Ended::Closed(code);
-                        }
-                        flushing = sent;
-                    }
+                // Frames queued during the flush go out as the next batch,
+                // after the write delay.
+                if outbound.has_frames() && write_due.is_none() {
+                    let earliest = last_write.map_or_else(Instant::now, |t| t + limits.write_delay);
+                    write_due = Some(earliest);
                 }
             }
             Event::Read(msg) => {
@@ -258,6 +274,19 @@ where
             }
             Event::Timer => {
                 let now = Instant::now();
+                if !flushing && write_due.is_some_and(|d| now >= d) {
+                    write_due = None;
+                    match start_batch(&mut socket, &outbound) {
+                        Err(()) => break Ended::ByPeer,
+                        Ok((sent, close)) => {
+                            if let Some(code) = close {
+                                break Ended::Closed(code);
+                            }
+                            flushing = sent;
+                            last_write = Some(now);
+                        }
+                    }
+                }
                 if now >= last_seen + limits.heartbeat_timeout {
                     break Ended::Closed(CloseCode::HeartbeatTimeout);
                 }
@@ -296,6 +325,9 @@ where
             code,
             reason: Utf8Bytes::from_static(reason),
         };
+        // Whatever the handler queued before deciding to close (error
+        // frames, delayed replies) goes out before the close frame.
+        let _ = start_batch(&mut socket, &outbound);
         if Pin::new(&mut socket)
             .start_send(Message::Close(Some(frame)))
             .is_ok()
