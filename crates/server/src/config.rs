@@ -116,7 +116,7 @@ pub struct OriginsConfig {
 pub struct TransportConfig {
     /// `WSGATE_TRANSPORT__COMPRESSION`: permessage-deflate (false).
     pub compression: bool,
-    /// `WSGATE_TRANSPORT__WRITE_DELAY_MS` (10): least time between two
+    /// `WSGATE_TRANSPORT__WRITE_DELAY_MS` (25): least time between two
     /// writes to one socket while frames keep coming. A frame to an idle
     /// socket is written at once; frames that follow within the window are
     /// written together, one syscall for many frames. 0 writes every batch
@@ -128,7 +128,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             compression: false,
-            write_delay_ms: 10,
+            write_delay_ms: 25,
         }
     }
 }
