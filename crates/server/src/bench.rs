@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use tokio::net::TcpSocket;
@@ -29,6 +30,25 @@ pub enum BenchCommand {
     /// the HTTP API; reports deliveries/s, loss, publish → receive latency
     /// and the server's CPU per delivery.
     Fanout(FanoutArgs),
+    /// A trivial WebSocket sender (no auth, no hub: one pre-encoded frame
+    /// per publication written to every socket) to check that `fanout`
+    /// receives faster than the server under test sends.
+    TrivialSender(TrivialArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrivialArgs {
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// Start once this many clients have subscribed.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub subscribers: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +79,10 @@ pub struct FanoutArgs {
     /// Publishing HTTP connections working in parallel.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// Do not publish: something else sends (`trivial-sender`); expect
+    /// rate × seconds publications.
+    #[arg(long)]
+    pub no_publish: bool,
     #[arg(long)]
     pub pid: Option<u32>,
 }
@@ -117,6 +141,7 @@ pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Conns(args) => runtime.block_on(conns(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout(args)),
+        BenchCommand::TrivialSender(args) => runtime.block_on(trivial_sender(args)),
     }
 }
 
@@ -232,8 +257,8 @@ fn unix_nanos() -> u64 {
 
 /// Reads the unsigned integer after `key` (e.g. `"offset":`) without
 /// parsing the whole frame: the receiver must be cheaper than the server.
-fn field_u64(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
+fn field_u64(frame: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
+    let at = key.find(frame)? + key.needle().len();
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut n: u64 = 0;
     let mut any = false;
@@ -268,7 +293,9 @@ async fn open_subscriber(
         HeaderValue::from_str(&format!("Bearer {token}"))?,
     );
     let config = WebSocketConfig::default()
-        .read_buffer_size(64 * 1024)
+        // Large enough for many frames per read, small enough that
+        // tungstenite's zero-fill of it per read stays cheap.
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(1 << 20));
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
@@ -325,16 +352,19 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     eprintln!("{} subscribers ready", sockets.len());
 
     let total_pubs = args.rate * args.seconds;
-    let done = Arc::new(tokio::sync::Notify::new());
     let mut readers = Vec::with_capacity(sockets.len());
     for mut ws in sockets {
         readers.push(tokio::spawn(async move {
             let mut report = SubscriberReport {
                 received: 0,
                 gaps: 0,
-                latency: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                // Microseconds, 2 significant digits: small enough to stay
+                // in cache while recording.
+                latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
                     .expect("bounds"),
             };
+            let offset_key = memchr::memmem::Finder::new(b"\"offset\":");
+            let ts_key = memchr::memmem::Finder::new(b"\"ts\":");
             let mut expect: Option<u64> = None;
             while report.received < total_pubs {
                 let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
@@ -343,10 +373,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                     continue;
                 };
                 let frame = t.as_bytes();
-                let (Some(offset), Some(ts)) = (
-                    field_u64(frame, b"\"offset\":"),
-                    field_u64(frame, b"\"ts\":"),
-                ) else {
+                let Some(offset) = field_u64(frame, &offset_key) else {
                     continue;
                 };
                 if let Some(e) = expect {
@@ -356,9 +383,14 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 }
                 expect = Some(offset + 1);
                 report.received += 1;
-                let _ = report
-                    .latency
-                    .record(unix_nanos().saturating_sub(ts).max(1_000));
+                // Every 4th publication is timed: the receiver must stay
+                // cheaper than the server, and a quarter is plenty for p999.
+                if offset % 4 == 0 {
+                    if let Some(ts) = field_u64(frame, &ts_key) {
+                        let micros = unix_nanos().saturating_sub(ts) / 1_000;
+                        let _ = report.latency.record(micros.max(1));
+                    }
+                }
             }
             report
         }));
@@ -372,7 +404,12 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let pad = "x".repeat(args.payload.saturating_sub(40));
     let per_publisher = total_pubs / args.publishers as u64;
     let mut publishers = Vec::new();
-    for w in 0..args.publishers as u64 {
+    let publishing = if args.no_publish {
+        0
+    } else {
+        args.publishers as u64
+    };
+    for w in 0..publishing {
         let (client, pad, api, key, channel) = (
             client.clone(),
             pad.clone(),
@@ -412,7 +449,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let mut received = 0;
     let mut gaps = 0;
     let mut latency =
-        hdrhistogram::Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds");
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("bounds");
     for r in readers {
         let r = r.await?;
         received += r.received;
@@ -420,17 +457,27 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         latency.add(&r.latency).ok();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    done.notify_waiters();
-    let sent = per_publisher * args.publishers as u64;
+    let sent = if args.no_publish {
+        total_pubs
+    } else {
+        per_publisher * args.publishers as u64
+    };
     let expected = sent * args.subscribers as u64;
-    println!(
-        "fanout: {} subscribers, {} publications in {:.2} s ({:.0}/s), {} B payload",
-        args.subscribers,
-        sent,
-        publish_secs,
-        sent as f64 / publish_secs,
-        args.payload
-    );
+    if args.no_publish {
+        println!(
+            "fanout: {} subscribers, {} publications expected from another sender",
+            args.subscribers, sent
+        );
+    } else {
+        println!(
+            "fanout: {} subscribers, {} publications in {:.2} s ({:.0}/s), {} B payload",
+            args.subscribers,
+            sent,
+            publish_secs,
+            sent as f64 / publish_secs,
+            args.payload
+        );
+    }
     println!(
         "deliveries: {received} of {expected} ({:.0}/s over {:.2} s); lost {} ({} gaps)",
         received as f64 / elapsed,
@@ -438,13 +485,13 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         expected.saturating_sub(received),
         gaps
     );
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e3;
     println!(
         "publish -> receive latency: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
         ms(0.5),
         ms(0.99),
         ms(0.999),
-        latency.max() as f64 / 1e6
+        latency.max() as f64 / 1e3
     );
     if let (Some(pid), Some((_, cpu0))) = (args.pid, before) {
         let (_, cpu1) = proc_sample(pid)?;
@@ -457,6 +504,63 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             cpu.as_nanos() as f64 / received.max(1) as f64
         );
     }
+    Ok(())
+}
+
+async fn trivial_sender(args: TrivialArgs) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Lagging receivers lose frames (and the bench counts them as loss).
+    let (tx, _) = tokio::sync::broadcast::channel::<Bytes>(1 << 16);
+    let ready = Arc::new(AtomicUsize::new(0));
+    let accept = {
+        let (tx, ready) = (tx.clone(), ready.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (mut rx, ready) = (tx.subscribe(), ready.clone());
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let mut ws = tokio_tungstenite::accept_async(stream).await?;
+                    ws.send(Message::Text(r#"{"type":"connected"}"#.into()))
+                        .await?;
+                    ws.next().await.context("no subscribe")??;
+                    ws.send(Message::Text(r#"{"type":"subscribed","id":"s"}"#.into()))
+                        .await?;
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    // Everything already waiting goes out with one flush.
+                    while let Ok(frame) = rx.recv().await {
+                        let text = |b: Bytes| {
+                            Message::Text(String::from_utf8_lossy(&b).into_owned().into())
+                        };
+                        ws.feed(text(frame)).await?;
+                        while let Ok(more) = rx.try_recv() {
+                            ws.feed(text(more)).await?;
+                        }
+                        ws.flush().await?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+        })
+    };
+    while ready.load(Ordering::Relaxed) < args.subscribers {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("trivial sender: {} subscribed, sending", args.subscribers);
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for offset in 1..=args.rate * args.seconds {
+        tick.tick().await;
+        let frame = format!(
+            r#"{{"type":"message","payload":{{"channel":"bench","offset":{offset},"epoch":"t","data":{{"ts":{},"pad":"{pad}"}}}}}}"#,
+            unix_nanos()
+        );
+        let _ = tx.send(Bytes::from(frame));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    accept.abort();
     Ok(())
 }
 
