@@ -102,11 +102,11 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(name: Arc<str>) -> Self {
+    fn new(name: Arc<str>, epoch: Arc<str>) -> Self {
         Stream {
             name,
             offset: 0,
-            epoch: new_epoch(),
+            epoch,
             kept: VecDeque::new(),
         }
     }
@@ -137,6 +137,10 @@ impl Stream {
 /// In-process broker: one node. History lives in memory and its epoch
 /// changes on restart, so clients know recovery is impossible.
 pub struct MemoryBroker {
+    /// One epoch for every channel of this broker's lifetime: a restart
+    /// loses all memory history at once, and a channel nobody published to
+    /// needs no state to answer with a stable position.
+    epoch: Arc<str>,
     // Sharded by channel hash so publishers to different channels rarely
     // contend. Each shard's lock is also held while delivering, which keeps
     // per-channel delivery in offset order.
@@ -159,6 +163,7 @@ pub(crate) fn shard_of(channel: &str, n: usize) -> usize {
 impl MemoryBroker {
     pub fn new(deliver: Arc<dyn Deliver>) -> Self {
         MemoryBroker {
+            epoch: new_epoch(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             deliver,
         }
@@ -183,7 +188,7 @@ impl Broker for MemoryBroker {
         let mut shard = self.shard(channel);
         if !shard.contains_key(channel) {
             let name: Arc<str> = channel.into();
-            shard.insert(name.clone(), Stream::new(name));
+            shard.insert(name.clone(), Stream::new(name, self.epoch.clone()));
         }
         let stream = shard.get_mut(channel).expect("inserted above");
         stream.offset += 1;
@@ -213,12 +218,13 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let mut shard = self.shard(channel);
         let Some(stream) = shard.get_mut(channel) else {
-            // A channel nobody published to yet: position 0 of a new epoch.
-            let name: Arc<str> = channel.into();
-            let stream = Stream::new(name.clone());
-            let position = stream.position();
-            shard.insert(name, stream);
-            let complete = since.is_none_or(|s| s.offset == 0);
+            // A channel nobody published to yet: position 0. Nothing is
+            // stored, so subscribing to many names costs no memory.
+            let position = StreamPosition {
+                offset: 0,
+                epoch: self.epoch.clone(),
+            };
+            let complete = since.is_none_or(|s| s.offset == 0 && s.epoch == position.epoch);
             return Ok(HistoryPage {
                 position,
                 publications: vec![],

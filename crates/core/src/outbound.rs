@@ -66,8 +66,15 @@ pub struct Outbound {
     state: Mutex<State>,
     ready: Notify,
     limit: usize,
+    /// Queued bytes that make a batch worth writing without waiting for the
+    /// transport's write delay: frames held back to be batched must never
+    /// be what fills the queue of a client that reads fine.
+    batch_bytes: usize,
     latency: Option<Arc<Metrics>>,
 }
+
+/// Upper bound of `batch_bytes` (one tungstenite write buffer).
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +90,7 @@ impl Outbound {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             limit: limit_bytes,
+            batch_bytes: (limit_bytes / 4).clamp(1, MAX_BATCH_BYTES),
             latency: None,
         }
     }
@@ -123,16 +131,19 @@ impl Outbound {
             self.ready.notify_one();
             return Pushed::Overflow;
         }
+        let before = state.bytes;
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        let batch_full = before < self.batch_bytes && state.bytes >= self.batch_bytes;
         if let (Some(at), true) = (published_at, self.latency.is_some()) {
             state.oldest_published.get_or_insert(at);
         }
         let first = state.frames.len() == 1;
         drop(state);
-        // Only the first frame of a batch needs to wake the writer; later
-        // ones are picked up by the same drain.
-        if first {
+        // Only the first frame of a batch needs to wake the writer, and the
+        // one that makes the batch full (the writer may be waiting out its
+        // write delay); the others are picked up by the same drain.
+        if first || batch_full {
             self.ready.notify_one();
         }
         Pushed::Queued
@@ -169,6 +180,11 @@ impl Outbound {
     /// Whether frames are waiting.
     pub fn has_frames(&self) -> bool {
         !self.lock().frames.is_empty()
+    }
+
+    /// Whether enough is queued to write without waiting any longer.
+    pub fn batch_full(&self) -> bool {
+        self.lock().bytes >= self.batch_bytes
     }
 
     /// The close request, if any, without draining.

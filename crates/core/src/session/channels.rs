@@ -216,10 +216,15 @@ impl Session {
         if policy.join_leave {
             channels.announce("leave", channel, &client, None);
         }
+        // A session dropped while the runtime shuts down has nowhere to
+        // spawn; presence of a stopping node goes away with it anyway.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if policy.presence {
             let channels = channels.clone();
             let channel = channel.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 if let Err(e) = channels
                     .presence
                     .remove(&channel, &client.connection_id)

@@ -214,14 +214,20 @@ where
                     }
                     break Ended::Closed(code);
                 }
-                if flushing || write_due.is_some() {
-                    // Written when the flush completes or the delay ends.
+                if flushing {
+                    // Written when the flush completes.
+                    continue;
+                }
+                let batch_full = outbound.batch_full();
+                if write_due.is_some() && !batch_full {
+                    // Written when the delay ends.
                     continue;
                 }
                 let now = Instant::now();
+                write_due = None;
                 match last_write
                     .map(|t| t + limits.write_delay)
-                    .filter(|due| *due > now)
+                    .filter(|due| *due > now && !batch_full)
                 {
                     Some(due) => write_due = Some(due),
                     None => match start_batch(&mut socket, &outbound) {
@@ -241,7 +247,11 @@ where
                 // Frames queued during the flush go out as the next batch,
                 // after the write delay.
                 if outbound.has_frames() && write_due.is_none() {
-                    let earliest = last_write.map_or_else(Instant::now, |t| t + limits.write_delay);
+                    let earliest = if outbound.batch_full() {
+                        Instant::now()
+                    } else {
+                        last_write.map_or_else(Instant::now, |t| t + limits.write_delay)
+                    };
                     write_due = Some(earliest);
                 }
             }
