@@ -31,7 +31,7 @@ async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
             socket,
             handler,
             outbound,
-            limits: LIMITS,
+            limits: std::sync::Arc::new(LIMITS),
             on_end: |_| {},
         })))
     })

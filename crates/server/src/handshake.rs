@@ -371,7 +371,7 @@ impl Accepted {
             outbound.close(CloseCode::GoingAway);
         }
         state.metrics.connections_active.inc();
-        let limits = state.transport;
+        let limits = state.transport.clone();
         let started = std::time::Instant::now();
         match kind {
             Kind::Protocol => {
@@ -379,11 +379,8 @@ impl Accepted {
                     connection_id: admission.connection_id().clone(),
                     identity,
                     encoding,
-                    limits: &state.config.limits,
                     outbound: outbound.clone(),
-                    verifier: state.verifier.clone(),
-                    metrics: state.metrics.clone(),
-                    channels: state.channels.clone(),
+                    shared: state.sessions.clone(),
                 });
                 let finished = Finished {
                     state,

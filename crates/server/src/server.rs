@@ -20,6 +20,7 @@ use wsgate_core::channels::Channels;
 use wsgate_core::fanout::ChannelIndex;
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::session::SessionShared;
 use wsgate_protocol::CloseCode;
 
 use crate::auth::{JwksCache, JwtVerifier};
@@ -80,14 +81,22 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         heartbeat_timeout: Duration::from_secs(l.heartbeat_timeout_secs),
         write_delay: Duration::from_millis(config.transport.write_delay_ms),
     };
+    let verifier: Arc<dyn wsgate_core::auth::TokenVerifier> = Arc::new(verifier);
+    let sessions = Arc::new(SessionShared {
+        verifier: verifier.clone(),
+        metrics: metrics.clone(),
+        channels: channels.clone(),
+        limits: config.limits.clone(),
+    });
     let state = AppState(Arc::new(Inner {
         hub: Hub::new(l.max_connections, l.max_connections_per_user),
         channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
-        verifier: Arc::new(verifier),
+        verifier,
+        sessions,
         metrics,
         registry,
-        transport,
+        transport: Arc::new(transport),
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         started_at: Instant::now(),

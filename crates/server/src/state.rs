@@ -14,6 +14,7 @@ use wsgate_core::auth::TokenVerifier;
 use wsgate_core::channels::Channels;
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::session::SessionShared;
 
 use crate::config::Config;
 use crate::transport::TransportLimits;
@@ -26,7 +27,9 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    pub transport: TransportLimits,
+    pub transport: Arc<TransportLimits>,
+    /// What every session shares (verifier, metrics, channels, limits).
+    pub sessions: Arc<SessionShared>,
     pub shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,

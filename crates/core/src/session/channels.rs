@@ -55,7 +55,7 @@ impl Session {
                 self.send_error(id, ErrorCode::BadRequest, "invalid channel name", None)
             }
             Denied::Forbidden => {
-                self.ctx.metrics.violation("channel_forbidden");
+                self.ctx.shared.metrics.violation("channel_forbidden");
                 self.send_error(
                     id,
                     ErrorCode::Forbidden,
@@ -97,11 +97,11 @@ impl Session {
             },
         };
         // A subscription whose subscribe task failed is closed; forget it.
-        self.subscriptions.retain(|_, s| !s.is_closed());
-        if self.subscriptions.contains_key(channel) {
+        self.subscriptions.retain(|(_, s)| !s.is_closed());
+        if self.subscriptions.iter().any(|(c, _)| &**c == channel) {
             return self.send_error(id, ErrorCode::Conflict, "already subscribed", None);
         }
-        if self.subscriptions.len() >= self.ctx.max_subscriptions {
+        if self.subscriptions.len() >= self.ctx.shared.limits.max_subscriptions {
             return self.send_error(
                 id,
                 ErrorCode::BadRequest,
@@ -109,7 +109,7 @@ impl Session {
                 None,
             );
         }
-        let channels = self.ctx.channels.clone();
+        let channels = self.ctx.shared.channels.clone();
         let policy =
             match channels
                 .authorizer
@@ -129,11 +129,11 @@ impl Session {
         // backlog are out.
         channels.index.add(&channel, subscriber.clone());
         self.subscriptions
-            .insert(channel.clone(), subscriber.clone());
+            .push((channel.clone(), subscriber.clone()));
 
         let id = id.map(str::to_owned);
         let encoding = self.ctx.encoding;
-        let metrics = self.ctx.metrics.clone();
+        let metrics = self.ctx.shared.metrics.clone();
         let client = ClientInfo {
             user: self.ctx.identity.user.clone(),
             connection_id: self.ctx.connection_id.clone(),
@@ -191,9 +191,10 @@ impl Session {
         let Some(channel) = self.channel_arg(id, p) else {
             return;
         };
-        let Some((channel, subscriber)) = self.subscriptions.remove_entry(channel) else {
+        let Some(at) = self.subscriptions.iter().position(|(c, _)| &**c == channel) else {
             return self.send_error(id, ErrorCode::NotFound, "not subscribed", None);
         };
+        let (channel, subscriber) = self.subscriptions.swap_remove(at);
         self.leave(&channel, &subscriber);
         self.send("unsubscribed", id, json!({ "channel": &*channel }));
     }
@@ -201,7 +202,7 @@ impl Session {
     /// Removes one subscription from the index and, where enabled, from
     /// presence, announcing `leave`.
     pub(super) fn leave(&self, channel: &Arc<str>, subscriber: &Arc<Subscriber>) {
-        let channels = &self.ctx.channels;
+        let channels = &self.ctx.shared.channels;
         channels.index.remove(channel, subscriber);
         let Some(policy) = channels.authorizer.policy(channel) else {
             return;
@@ -243,7 +244,7 @@ impl Session {
         let Some(data) = p.get("data") else {
             return self.send_error(id, ErrorCode::BadRequest, "payload.data is required", None);
         };
-        let channels = self.ctx.channels.clone();
+        let channels = self.ctx.shared.channels.clone();
         let policy =
             match channels
                 .authorizer
@@ -258,7 +259,7 @@ impl Session {
         let value = data.clone();
         let channel = channel.to_owned();
         let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
         tokio::spawn(async move {
             let result = channels
                 .broker
@@ -293,7 +294,7 @@ impl Session {
         let Some(channel) = self.channel_arg(id, p) else {
             return;
         };
-        let channels = self.ctx.channels.clone();
+        let channels = self.ctx.shared.channels.clone();
         let policy =
             match channels
                 .authorizer
@@ -312,7 +313,7 @@ impl Session {
         }
         let channel = channel.to_owned();
         let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
         tokio::spawn(async move {
             let frame = match channels.presence.clients(&channel).await {
                 Ok(clients) => {
@@ -370,7 +371,7 @@ impl Session {
                 }
             },
         };
-        let channels = self.ctx.channels.clone();
+        let channels = self.ctx.shared.channels.clone();
         let policy =
             match channels
                 .authorizer
@@ -394,7 +395,7 @@ impl Session {
             .min(MAX_HISTORY_LIMIT);
         let channel = channel.to_owned();
         let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.metrics.clone());
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
         tokio::spawn(async move {
             let frame = match channels
                 .broker

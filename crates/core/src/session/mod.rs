@@ -7,7 +7,6 @@
 
 mod channels;
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,16 +34,21 @@ pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
 pub const MAX_DROPPED_IN_A_ROW: u32 = 10;
 
 /// Everything a session needs from its surroundings.
-pub struct SessionContext<'a> {
+pub struct SessionContext {
     pub connection_id: Arc<str>,
     pub identity: Identity,
     pub encoding: Encoding,
-    /// Read at start only (rate limit, the `connected` frame), not kept.
-    pub limits: &'a Limits,
     pub outbound: Arc<Outbound>,
+    pub shared: Arc<SessionShared>,
+}
+
+/// What every session of a server shares: one pointer per connection
+/// instead of one per field.
+pub struct SessionShared {
     pub verifier: Arc<dyn TokenVerifier>,
     pub metrics: Arc<Metrics>,
     pub channels: Arc<Channels>,
+    pub limits: Limits,
 }
 
 /// What a session keeps for its whole life; every byte here is paid by each
@@ -55,10 +59,7 @@ pub(crate) struct Kept {
     pub(crate) identity: Identity,
     pub(crate) encoding: Encoding,
     pub(crate) outbound: Arc<Outbound>,
-    verifier: Arc<dyn TokenVerifier>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) channels: Arc<Channels>,
-    pub(crate) max_subscriptions: usize,
+    pub(crate) shared: Arc<SessionShared>,
 }
 
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
@@ -70,7 +71,9 @@ type MessageLimiter =
 pub struct Session {
     pub(crate) ctx: Kept,
     /// This connection's subscriptions; empty map allocates nothing.
-    pub(crate) subscriptions: HashMap<Arc<str>, Arc<Subscriber>>,
+    /// A list, not a map: at most `max_subscriptions` (128) entries, and an
+    /// empty `Vec` is 24 bytes where an empty `HashMap` is 48.
+    pub(crate) subscriptions: Vec<(Arc<str>, Arc<Subscriber>)>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
     /// When `token_expiring` is due; `None` once sent.
@@ -108,9 +111,10 @@ fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
 
 impl Session {
     /// Creates the session and queues the `connected` frame.
-    pub fn start(ctx: SessionContext<'_>) -> Self {
-        let per_minute = NonZeroU32::new(ctx.limits.messages_per_minute).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(ctx.limits.message_burst).unwrap_or(NonZeroU32::MIN);
+    pub fn start(ctx: SessionContext) -> Self {
+        let per_minute =
+            NonZeroU32::new(ctx.shared.limits.messages_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(ctx.shared.limits.message_burst).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::direct_with_clock(
             Quota::per_minute(per_minute).allow_burst(burst),
             MonotonicClock,
@@ -120,9 +124,9 @@ impl Session {
             "connection_id": &*ctx.connection_id,
             "user": &*ctx.identity.user,
             "protocol": ctx.encoding.protocol_name(),
-            "heartbeat_secs": ctx.limits.heartbeat_secs,
-            "max_message_bytes": ctx.limits.max_message_bytes,
-            "messages_per_minute": ctx.limits.messages_per_minute,
+            "heartbeat_secs": ctx.shared.limits.heartbeat_secs,
+            "max_message_bytes": ctx.shared.limits.max_message_bytes,
+            "messages_per_minute": ctx.shared.limits.messages_per_minute,
             "expires_at": ctx.identity.expires_at,
         });
         let session = Session {
@@ -135,12 +139,9 @@ impl Session {
                 identity: ctx.identity,
                 encoding: ctx.encoding,
                 outbound: ctx.outbound,
-                verifier: ctx.verifier,
-                metrics: ctx.metrics,
-                channels: ctx.channels,
-                max_subscriptions: ctx.limits.max_subscriptions,
+                shared: ctx.shared,
             },
-            subscriptions: HashMap::new(),
+            subscriptions: Vec::new(),
         };
         session.send("connected", None, connected);
         session
@@ -151,7 +152,7 @@ impl Session {
     }
 
     pub(crate) fn send(&self, kind: &str, id: Option<&str>, payload: impl Serialize) {
-        self.ctx.metrics.message_out(kind);
+        self.ctx.shared.metrics.message_out(kind);
         // On overflow the queue itself requests close 4009.
         self.ctx
             .outbound
@@ -169,12 +170,12 @@ impl Session {
         if let Some((key, value)) = extra {
             payload[key] = value;
         }
-        self.ctx.metrics.error(code.as_str());
+        self.ctx.shared.metrics.error(code.as_str());
         self.send("error", id, payload);
     }
 
     fn dispatch(&mut self, frame: ClientFrame) {
-        self.ctx.metrics.message_in(&frame.kind);
+        self.ctx.shared.metrics.message_in(&frame.kind);
         let id = match &frame.id {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
@@ -225,7 +226,7 @@ impl Session {
             );
             return;
         };
-        match self.ctx.verifier.verify(token) {
+        match self.ctx.shared.verifier.verify(token) {
             Err(e) => {
                 tracing::info!(
                     connection_id = %self.ctx.connection_id,
@@ -233,7 +234,7 @@ impl Session {
                     reason = e.reason(),
                     "token refresh refused"
                 );
-                self.ctx.metrics.violation("refresh_invalid_token");
+                self.ctx.shared.metrics.violation("refresh_invalid_token");
                 self.send_error(id, ErrorCode::BadRequest, &e.to_string(), None);
             }
             Ok(identity) if identity.user != self.ctx.identity.user => {
@@ -242,7 +243,7 @@ impl Session {
                     user = %self.ctx.identity.user,
                     "token refresh for another user refused"
                 );
-                self.ctx.metrics.violation("refresh_other_user");
+                self.ctx.shared.metrics.violation("refresh_other_user");
                 self.send_error(id, ErrorCode::Forbidden, "token is for another user", None);
             }
             Ok(identity) => {
@@ -270,7 +271,7 @@ impl ConnectionHandler for Session {
     fn on_message(&mut self, msg: Incoming) -> Result<(), CloseCode> {
         if let Err(not_until) = self.limiter.check() {
             self.dropped_in_a_row += 1;
-            self.ctx.metrics.violation("rate_limited");
+            self.ctx.shared.metrics.violation("rate_limited");
             if self.dropped_in_a_row >= MAX_DROPPED_IN_A_ROW {
                 return Err(CloseCode::Policy);
             }
@@ -290,7 +291,7 @@ impl ConnectionHandler for Session {
             Incoming::Binary(b) => (b, true),
         };
         if binary != self.ctx.encoding.is_binary() {
-            self.ctx.metrics.violation("wrong_frame_kind");
+            self.ctx.shared.metrics.violation("wrong_frame_kind");
             return Err(CloseCode::InvalidMessage);
         }
         match ClientFrame::decode(self.ctx.encoding, bytes) {
@@ -299,7 +300,7 @@ impl ConnectionHandler for Session {
                 Ok(())
             }
             Err(_) => {
-                self.ctx.metrics.violation("invalid_frame");
+                self.ctx.shared.metrics.violation("invalid_frame");
                 Err(CloseCode::InvalidMessage)
             }
         }

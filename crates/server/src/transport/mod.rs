@@ -22,11 +22,11 @@ use wsgate_protocol::CloseCode;
 /// Bytes read from the socket at a time while no frame is in progress.
 /// tungstenite allocates and zero-fills this buffer for every connection and
 /// keeps it while idle (its default is 128 KiB, most of what an idle
-/// connection costs in a default axum server). Client commands (ping,
-/// subscribe, refresh) fit with their header in 256 bytes; a larger frame
-/// gets a buffer of exactly its size, reserved once its header is read, so
-/// it costs one more read, not a copy per chunk.
-pub const READ_BUFFER_BYTES: usize = 256;
+/// connection costs in a default axum server). Typical client commands
+/// (ping, subscribe, unsubscribe) fit with their header in 128 bytes; a
+/// larger frame gets a buffer of exactly its size, reserved once its header
+/// is read, so it costs one more read, not a copy per chunk.
+pub const READ_BUFFER_BYTES: usize = 128;
 /// Frames are collected up to this size before a write, so a batch drained
 /// from the outbound queue costs one syscall rather than one per frame.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
@@ -119,7 +119,8 @@ pub struct Connection<S, H, F> {
     pub socket: S,
     pub handler: H,
     pub outbound: Arc<Outbound>,
-    pub limits: TransportLimits,
+    /// Shared by every connection of a server (a pointer, not 56 bytes each).
+    pub limits: Arc<TransportLimits>,
     pub on_end: F,
 }
 
