@@ -4,8 +4,10 @@
 //! effect.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
 use crate::channels::{history_policy, Channels};
@@ -18,6 +20,9 @@ pub struct RawStream {
     channel: Arc<str>,
     subscriber: Arc<Subscriber>,
     channels: Arc<Channels>,
+    /// The token's `exp`: a stream ends with 4001 like `/ws` (there is no
+    /// `refresh_token` on a read-only stream; reconnect with a new token).
+    expire_at: Instant,
 }
 
 impl RawStream {
@@ -28,6 +33,7 @@ impl RawStream {
         channel: Arc<str>,
         filter: Option<Filter>,
         outbound: Arc<Outbound>,
+        expires_at: u64,
     ) -> Self {
         let subscriber = Subscriber::new(outbound, Delivery::Raw, filter);
         channels.index.add(&channel, subscriber.clone());
@@ -45,10 +51,16 @@ impl RawStream {
                 Err(_) => subscriber.go_live(None, &[], 0),
             }
         });
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expire_at = Instant::now() + Duration::from_secs(expires_at.saturating_sub(now_unix));
         RawStream {
             channel,
             subscriber,
             channels,
+            expire_at,
         }
     }
 }
@@ -61,6 +73,17 @@ impl ConnectionHandler for RawStream {
                     .outbound
                     .push(OutFrame::Text(Bytes::from_static(b"pong")));
             }
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.expire_at)
+    }
+
+    fn on_deadline(&mut self, now: Instant) -> Result<(), CloseCode> {
+        if now >= self.expire_at {
+            return Err(CloseCode::TokenExpired);
         }
         Ok(())
     }

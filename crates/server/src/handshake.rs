@@ -397,8 +397,13 @@ impl Accepted {
                 })))
             }
             Kind::Stream { channel, filter } => {
-                let handler =
-                    RawStream::start(state.channels.clone(), channel, filter, outbound.clone());
+                let handler = RawStream::start(
+                    state.channels.clone(),
+                    channel,
+                    filter,
+                    outbound.clone(),
+                    identity.expires_at,
+                );
                 let finished = Finished {
                     state,
                     admission,

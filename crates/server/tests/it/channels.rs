@@ -713,3 +713,19 @@ async fn metrics_channel_publishes_node_figures() {
     assert_eq!(env["payload"]["channel"], "metrics");
     assert_eq!(env["payload"]["data"]["metrics"]["connections"], 2);
 }
+
+#[tokio::test]
+async fn raw_stream_closes_4001_when_the_token_expires() {
+    let server = start().await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        server.url("/ws/events"),
+    )
+    .unwrap();
+    add_header(
+        &mut req,
+        "authorization",
+        &format!("Bearer {}", token_with_ttl("brief", 2)),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, 4001);
+}
