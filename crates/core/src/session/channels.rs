@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use wsgate_protocol::ErrorCode;
 
 use super::{out_frame, Session};
-use crate::broker::ClientInfo;
+use crate::broker::{BrokerError, ClientInfo};
 use crate::channel::Denied;
 use crate::channels::history_policy;
 use crate::fanout::{Delivery, Subscriber};
@@ -237,6 +237,35 @@ impl Session {
         }
     }
 
+    /// Runs a broker call off the read loop and answers `kind` with its
+    /// payload, or `error unavailable` when the broker fails.
+    fn reply_later<F>(&self, id: Option<&str>, kind: &'static str, call: F)
+    where
+        F: std::future::Future<Output = Result<Value, BrokerError>> + Send + 'static,
+    {
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
+        tokio::spawn(async move {
+            let frame = match call.await {
+                Ok(payload) => {
+                    metrics.message_out(kind);
+                    out_frame(encoding, kind, id.as_deref(), payload)
+                }
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    metrics.error(ErrorCode::Unavailable.as_str());
+                    out_frame(
+                        encoding,
+                        "error",
+                        id.as_deref(),
+                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+                    )
+                }
+            };
+            outbound.push(frame);
+        });
+    }
+
     pub(super) fn publish(&mut self, id: Option<&str>, p: &Map<String, Value>) {
         let Some(channel) = self.channel_arg(id, p) else {
             return;
@@ -258,35 +287,12 @@ impl Session {
         let bytes = Bytes::from(serde_json::to_vec(data).expect("a JSON value serializes"));
         let value = data.clone();
         let channel = channel.to_owned();
-        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
-        tokio::spawn(async move {
-            let result = channels
+        self.reply_later(id, "published", async move {
+            let p = channels
                 .broker
                 .publish(&channel, bytes, value, history_policy(&policy))
-                .await;
-            let frame = match result {
-                Ok(p) => {
-                    metrics.message_out("published");
-                    out_frame(
-                        encoding,
-                        "published",
-                        id.as_deref(),
-                        json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
-                    )
-                }
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    metrics.error(ErrorCode::Unavailable.as_str());
-                    out_frame(
-                        encoding,
-                        "error",
-                        id.as_deref(),
-                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-                    )
-                }
-            };
-            outbound.push(frame);
+                .await?;
+            Ok(json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}))
         });
     }
 
@@ -312,30 +318,9 @@ impl Session {
             );
         }
         let channel = channel.to_owned();
-        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
-        tokio::spawn(async move {
-            let frame = match channels.presence.clients(&channel).await {
-                Ok(clients) => {
-                    metrics.message_out("presence");
-                    out_frame(
-                        encoding,
-                        "presence",
-                        id.as_deref(),
-                        json!({"channel": channel, "clients": clients}),
-                    )
-                }
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    out_frame(
-                        encoding,
-                        "error",
-                        id.as_deref(),
-                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-                    )
-                }
-            };
-            outbound.push(frame);
+        self.reply_later(id, "presence", async move {
+            let clients = channels.presence.clients(&channel).await?;
+            Ok(json!({"channel": channel, "clients": clients}))
         });
     }
 
@@ -394,44 +379,22 @@ impl Session {
             .min(history.size)
             .min(MAX_HISTORY_LIMIT);
         let channel = channel.to_owned();
-        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
-        tokio::spawn(async move {
-            let frame = match channels
+        self.reply_later(id, "history", async move {
+            let page = channels
                 .broker
                 .history(&channel, since.as_ref(), limit, history)
-                .await
-            {
-                Ok(page) => {
-                    metrics.message_out("history");
-                    let publications: Vec<Value> = page
-                        .publications
-                        .iter()
-                        .map(|p| json!({"offset": p.offset, "data": &p.value}))
-                        .collect();
-                    out_frame(
-                        encoding,
-                        "history",
-                        id.as_deref(),
-                        json!({
-                            "channel": channel,
-                            "epoch": &*page.position.epoch,
-                            "offset": page.position.offset,
-                            "publications": publications,
-                        }),
-                    )
-                }
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    out_frame(
-                        encoding,
-                        "error",
-                        id.as_deref(),
-                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-                    )
-                }
-            };
-            outbound.push(frame);
+                .await?;
+            let publications: Vec<Value> = page
+                .publications
+                .iter()
+                .map(|p| json!({"offset": p.offset, "data": &p.value}))
+                .collect();
+            Ok(json!({
+                "channel": channel,
+                "epoch": &*page.position.epoch,
+                "offset": page.position.offset,
+                "publications": publications,
+            }))
         });
     }
 }

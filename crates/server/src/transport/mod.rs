@@ -343,12 +343,20 @@ where
             .start_send(Message::Close(Some(frame)))
             .is_ok()
         {
+            // Nothing more is read until the close frame is out: a client
+            // that floods without reading then blocks on its own sends
+            // instead of having them discarded while its close frame waits.
+            let mut sent = false;
             std::future::poll_fn(|cx| {
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
-                if let Poll::Ready(Err(_)) = Pin::new(&mut socket).poll_flush(cx) {
-                    return Poll::Ready(());
+                if !sent {
+                    match Pin::new(&mut socket).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => sent = true,
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
                 loop {
                     match Pin::new(&mut socket).poll_next(cx) {
