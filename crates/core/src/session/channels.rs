@@ -11,7 +11,7 @@ use wsgate_protocol::ErrorCode;
 
 use super::{out_frame, Session};
 use crate::broker::{BrokerError, ClientInfo};
-use crate::channel::Denied;
+use crate::channel::{Denied, NamespacePolicy};
 use crate::channels::history_policy;
 use crate::fanout::{Delivery, Subscriber};
 use crate::publication::{Filter, StreamPosition};
@@ -49,6 +49,43 @@ impl Session {
         }
     }
 
+    /// The channel's policy if this user may subscribe; otherwise answers
+    /// the error itself.
+    fn may_subscribe(&self, id: Option<&str>, channel: &str) -> Option<NamespacePolicy> {
+        let channels = &self.ctx.shared.channels;
+        match channels
+            .authorizer
+            .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
+        {
+            Ok(policy) => Some(policy.clone()),
+            Err(d) => {
+                self.denied(id, d);
+                None
+            }
+        }
+    }
+
+    /// An optional `{offset, epoch}` argument; `Err` after answering.
+    fn position_arg(
+        &self,
+        id: Option<&str>,
+        p: &Map<String, Value>,
+        key: &str,
+    ) -> Result<Option<StreamPosition>, ()> {
+        match p.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match parse_position(v) {
+                Some(pos) => Ok(Some(pos)),
+                None => {
+                    let message =
+                        format!("payload.{key} must be {{offset: integer, epoch: string}}");
+                    self.send_error(id, ErrorCode::BadRequest, &message, None);
+                    Err(())
+                }
+            },
+        }
+    }
+
     fn denied(&self, id: Option<&str>, d: Denied) {
         match d {
             Denied::BadName => {
@@ -82,19 +119,8 @@ impl Session {
                 )
             }
         };
-        let recover = match p.get("recover") {
-            None | Some(Value::Null) => None,
-            Some(v) => match parse_position(v) {
-                Some(pos) => Some(pos),
-                None => {
-                    return self.send_error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "payload.recover must be {offset: integer, epoch: string}",
-                        None,
-                    )
-                }
-            },
+        let Ok(recover) = self.position_arg(id, p, "recover") else {
+            return;
         };
         // A subscription whose subscribe task failed is closed; forget it.
         self.subscriptions.retain(|(_, s)| !s.is_closed());
@@ -109,15 +135,10 @@ impl Session {
                 None,
             );
         }
+        let Some(policy) = self.may_subscribe(id, channel) else {
+            return;
+        };
         let channels = self.ctx.shared.channels.clone();
-        let policy =
-            match channels
-                .authorizer
-                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
-            {
-                Ok(policy) => policy.clone(),
-                Err(d) => return self.denied(id, d),
-            };
         let subscriber = Subscriber::new(
             self.ctx.outbound.clone(),
             Delivery::Envelope(self.ctx.encoding),
@@ -300,15 +321,10 @@ impl Session {
         let Some(channel) = self.channel_arg(id, p) else {
             return;
         };
+        let Some(policy) = self.may_subscribe(id, channel) else {
+            return;
+        };
         let channels = self.ctx.shared.channels.clone();
-        let policy =
-            match channels
-                .authorizer
-                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
-            {
-                Ok(policy) => policy,
-                Err(d) => return self.denied(id, d),
-            };
         if !policy.presence {
             return self.send_error(
                 id,
@@ -328,19 +344,8 @@ impl Session {
         let Some(channel) = self.channel_arg(id, p) else {
             return;
         };
-        let since = match p.get("since") {
-            None | Some(Value::Null) => None,
-            Some(v) => match parse_position(v) {
-                Some(pos) => Some(pos),
-                None => {
-                    return self.send_error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "payload.since must be {offset: integer, epoch: string}",
-                        None,
-                    )
-                }
-            },
+        let Ok(since) = self.position_arg(id, p, "since") else {
+            return;
         };
         let limit = match p.get("limit") {
             None | Some(Value::Null) => None,
@@ -356,15 +361,10 @@ impl Session {
                 }
             },
         };
+        let Some(policy) = self.may_subscribe(id, channel) else {
+            return;
+        };
         let channels = self.ctx.shared.channels.clone();
-        let policy =
-            match channels
-                .authorizer
-                .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
-            {
-                Ok(policy) => policy,
-                Err(d) => return self.denied(id, d),
-            };
         if policy.history_size == 0 {
             return self.send_error(
                 id,
@@ -373,7 +373,7 @@ impl Session {
                 None,
             );
         }
-        let history = history_policy(policy);
+        let history = history_policy(&policy);
         let limit = limit
             .unwrap_or(history.size)
             .min(history.size)
