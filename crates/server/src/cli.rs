@@ -141,7 +141,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => f.merge(("listen", addr.to_string())),
         None => f,
     })?;
-    crate::telemetry::init(config.log.format);
+    let _log_guard = crate::telemetry::init(config.log.format);
     let mut dev_token = None;
     if args.dev {
         let secret = match &config.auth.hmac_secret {
