@@ -24,6 +24,21 @@ impl Identity {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The monotonic instant at which a Unix `exp` is reached: connection
+/// timers run on `Instant`s so paused-time tests and clock jumps behave.
+pub fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        + std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()))
+}
+
 /// Why a token was refused. The message never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

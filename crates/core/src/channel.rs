@@ -131,6 +131,14 @@ impl Authorizer {
         self.namespaces.get(namespace(channel))
     }
 
+    /// A valid name in a known namespace (unknown namespaces are denied).
+    pub fn lookup(&self, channel: &str) -> Result<&NamespacePolicy, Denied> {
+        if !valid_name(channel) {
+            return Err(Denied::BadName);
+        }
+        self.policy(channel).ok_or(Denied::Forbidden)
+    }
+
     /// Ownership of `user:` and `thread:` channels. Threads are owned by
     /// the user that created them; until thread storage exists, a thread
     /// channel is owned by nobody.
@@ -152,10 +160,7 @@ impl Authorizer {
         channel: &str,
         thread_owner: impl Fn(&str) -> Option<String>,
     ) -> Result<&NamespacePolicy, Denied> {
-        if !valid_name(channel) {
-            return Err(Denied::BadName);
-        }
-        let policy = self.policy(channel).ok_or(Denied::Forbidden)?;
+        let policy = self.lookup(channel)?;
         let by_claim = || {
             identity
                 .channels
@@ -184,10 +189,7 @@ impl Authorizer {
         channel: &str,
         thread_owner: impl Fn(&str) -> Option<String>,
     ) -> Result<&NamespacePolicy, Denied> {
-        if !valid_name(channel) {
-            return Err(Denied::BadName);
-        }
-        let policy = self.policy(channel).ok_or(Denied::Forbidden)?;
+        let policy = self.lookup(channel)?;
         let allowed = match &policy.publish {
             PublishPolicy::Server => false,
             PublishPolicy::Any => true,

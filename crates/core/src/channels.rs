@@ -56,13 +56,7 @@ impl Channels {
         data: Bytes,
         value: Value,
     ) -> Result<Arc<Publication>, PublishError> {
-        if !crate::channel::valid_name(channel) {
-            return Err(PublishError::BadName);
-        }
-        let policy = self
-            .authorizer
-            .policy(channel)
-            .ok_or(PublishError::UnknownNamespace)?;
+        let policy = self.authorizer.lookup(channel)?;
         let history = history_policy(policy);
         Ok(self.broker.publish(channel, data, value, history).await?)
     }

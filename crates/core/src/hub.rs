@@ -26,7 +26,6 @@ pub enum AdmitError {
 
 struct Slot {
     seq: u64,
-    connection_id: Arc<str>,
     /// Set once the upgrade completed and the connection has a queue.
     outbound: Option<Arc<Outbound>>,
 }
@@ -89,7 +88,6 @@ impl Hub {
         let connection_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         slots.push(Slot {
             seq,
-            connection_id: connection_id.clone(),
             outbound: None,
         });
         reg.total += 1;
@@ -129,15 +127,6 @@ impl Hub {
             n += 1;
         }
         n
-    }
-
-    /// Connection ids of `user`, oldest first.
-    pub fn user_connections(&self, user: &str) -> Vec<Arc<str>> {
-        let reg = self.lock();
-        reg.users
-            .get(user)
-            .map(|slots| slots.iter().map(|s| s.connection_id.clone()).collect())
-            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> HubStats {

@@ -4,12 +4,12 @@
 //! effect.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
+use crate::auth::expiry_instant;
 use crate::channels::{history_policy, Channels};
 use crate::fanout::{Delivery, Subscriber};
 use crate::handler::{ConnectionHandler, Incoming};
@@ -51,11 +51,7 @@ impl RawStream {
                 Err(_) => subscriber.go_live(None, &[], 0),
             }
         });
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let expire_at = Instant::now() + Duration::from_secs(expires_at.saturating_sub(now_unix));
+        let expire_at = expiry_instant(expires_at);
         RawStream {
             channel,
             subscriber,

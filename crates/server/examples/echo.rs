@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::handler::Echo;
+use wsgate_core::outbound::Outbound;
 
 const LIMITS: TransportLimits = TransportLimits {
     max_message_bytes: 32 << 20,
@@ -25,7 +26,7 @@ const LIMITS: TransportLimits = TransportLimits {
 
 async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
     transport::configure(upgrade, &LIMITS).on_upgrade(|socket| {
-        let outbound = transport::new_outbound(&LIMITS);
+        let outbound = std::sync::Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));
         let handler = Echo::new(outbound.clone());
         Box::pin(transport::drive(Box::new(Connection {
             socket,

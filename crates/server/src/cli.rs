@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{sign_hs256, Claims};
 use crate::config::{self, Config, Secret};
+use wsgate_core::auth::unix_now;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,10 +90,6 @@ fn load(file: Option<&Path>, extra: impl FnOnce(Figment) -> Figment) -> anyhow::
     Ok(Config::from_figment(&fig)?)
 }
 
-pub fn now_unix() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
 /// Runs the parsed command.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -107,7 +104,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             };
             let claims = Claims {
                 sub: Some(args.sub),
-                exp: Some(now_unix() + args.ttl.as_secs()),
+                exp: Some(unix_now() + args.ttl.as_secs()),
                 role: None,
                 roles: args.roles,
                 channels: args.channels,
@@ -157,7 +154,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let claims = Claims {
             sub: Some("dev".into()),
-            exp: Some(now_unix() + 24 * 3600),
+            exp: Some(unix_now() + 24 * 3600),
             role: None,
             roles: vec!["admin".into()],
             channels: vec![],

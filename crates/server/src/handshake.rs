@@ -1,8 +1,11 @@
-//! `GET /ws`: every decision — upgrade validity, per-IP rate, origin, token,
-//! connection caps — is made before the upgrade, so a refused client gets an
+//! `GET /ws` and the read-only streams (`/ws/metrics`, `/ws/events`,
+//! `/ws/stream/{channel}`): every decision — upgrade validity, per-IP rate,
+//! origin, token, connection caps, stream permission — is made before the
+//! upgrade, so a refused client gets an
 //! HTTP status, a JSON body and the right headers. Each outcome is counted
 //! and written as one audit line; the token never is.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -10,7 +13,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
@@ -197,48 +201,55 @@ enum Kind {
     },
 }
 
-pub async fn ws_handler(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+/// What every upgrade endpoint needs from the request. The upgrade is kept
+/// as a `Result` so an invalid one is refused with our JSON 400.
+pub struct UpgradeRequest {
+    state: AppState,
+    peer: SocketAddr,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    handshake(state, peer, headers, uri, upgrade, None)
+}
+
+impl FromRequestParts<AppState> for UpgradeRequest {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state).await;
+        // `server::run` serves with connect info; without it (a router used
+        // elsewhere) every client shares the unspecified address's limit.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        Ok(UpgradeRequest {
+            state: state.clone(),
+            peer,
+            headers: parts.headers.clone(),
+            uri: parts.uri.clone(),
+            upgrade,
+        })
+    }
+}
+
+/// `GET /ws`: the full protocol.
+pub async fn ws_handler(req: UpgradeRequest) -> Response {
+    handshake(req, None)
 }
 
 /// `/ws/metrics`: the built-in `metrics` channel as a raw stream.
-pub async fn metrics_stream(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    handshake(state, peer, headers, uri, upgrade, Some("metrics".into()))
+pub async fn metrics_stream(req: UpgradeRequest) -> Response {
+    handshake(req, Some("metrics".into()))
 }
 
 /// `/ws/events`: the built-in `events` channel as a raw stream.
-pub async fn events_stream(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    handshake(state, peer, headers, uri, upgrade, Some("events".into()))
+pub async fn events_stream(req: UpgradeRequest) -> Response {
+    handshake(req, Some("events".into()))
 }
 
 /// `/ws/stream/{channel}`.
-pub async fn channel_stream(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(channel): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    handshake(state, peer, headers, uri, upgrade, Some(channel))
+pub async fn channel_stream(Path(channel): Path<String>, req: UpgradeRequest) -> Response {
+    handshake(req, Some(channel))
 }
 
 /// Query parameters other than `token` are equality filters of a stream.
@@ -250,14 +261,14 @@ fn query_filter(uri: &Uri) -> Option<Filter> {
     (!pairs.is_empty()).then(|| Filter::from_pairs(pairs))
 }
 
-fn handshake(
-    state: AppState,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    stream: Option<String>,
-) -> Response {
+fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
+    let UpgradeRequest {
+        state,
+        peer,
+        headers,
+        uri,
+        upgrade,
+    } = req;
     let ip = peer.ip();
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let upgrade = match upgrade {
@@ -452,8 +463,13 @@ impl Finished {
     }
 }
 
+/// A bounded metric label: our close code, or `peer` when the client
+/// closed or went away.
 fn close_label(ended: &Ended) -> &'static str {
-    match ended.code() {
+    let Some(code) = ended.code() else {
+        return "peer";
+    };
+    match code {
         1000 => "1000",
         1001 => "1001",
         1002 => "1002",

@@ -147,7 +147,9 @@ async fn publish_node_metrics(state: AppState) {
         let hub = state.hub.stats();
         let payload = serde_json::json!({
             "type": "metrics",
-            "timestamp": jsonwebtoken::get_current_timestamp() * 1000,
+            "timestamp": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             "node": state.node,
             "metrics": {
                 "connections": hub.connections,

@@ -9,7 +9,7 @@ mod channels;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::NoOpMiddleware;
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use wsgate_protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
 
-use crate::auth::{Identity, TokenVerifier};
+use crate::auth::{expiry_instant, Identity, TokenVerifier};
 use crate::channels::Channels;
 use crate::fanout::Subscriber;
 use crate::handler::{ConnectionHandler, Incoming};
@@ -95,18 +95,11 @@ pub(crate) fn out_frame(
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Converts a Unix `exp` into the instants of the warning and the close.
 fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
-    let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
-    let now = Instant::now();
-    (Some(now + left.saturating_sub(TOKEN_WARNING)), now + left)
+    let close = expiry_instant(expires_at);
+    let left = close.saturating_duration_since(Instant::now());
+    (Some(close - left.min(TOKEN_WARNING)), close)
 }
 
 impl Session {
@@ -145,10 +138,6 @@ impl Session {
         };
         session.send("connected", None, connected);
         session
-    }
-
-    pub fn identity(&self) -> &Identity {
-        &self.ctx.identity
     }
 
     pub(crate) fn send(&self, kind: &str, id: Option<&str>, payload: impl Serialize) {

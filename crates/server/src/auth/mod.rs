@@ -3,7 +3,6 @@
 
 mod jwks;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -239,11 +238,6 @@ pub fn sign_hs256(secret: &str, claims: &Claims) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing cannot fail")
-}
-
-/// The set of `alg` names in the allow-list, for `/ws/config`.
-pub fn allowed_names(config: &AuthConfig) -> HashSet<String> {
-    config.algorithms.iter().cloned().collect()
 }
 
 #[cfg(test)]

@@ -109,15 +109,10 @@ fn known_channel(
     state: &AppState,
     channel: &str,
 ) -> Result<wsgate_core::channel::NamespacePolicy, ApiError> {
-    if !wsgate_core::channel::valid_name(channel) {
-        return Err(ApiError::bad_request("invalid channel name"));
+    match state.channels.authorizer.lookup(channel) {
+        Ok(policy) => Ok(policy.clone()),
+        Err(e) => Err(publish_error(e.into())),
     }
-    state
-        .channels
-        .authorizer
-        .policy(channel)
-        .cloned()
-        .ok_or_else(|| ApiError::bad_request("unknown channel namespace"))
 }
 
 pub async fn presence(

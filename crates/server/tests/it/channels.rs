@@ -612,16 +612,7 @@ async fn next_text(ws: &mut Ws) -> String {
 }
 
 async fn open_stream(server: &TestServer, path: &str, user: &str) -> Ws {
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        server.url(path),
-    )
-    .unwrap();
-    add_header(
-        &mut req,
-        "authorization",
-        &format!("Bearer {}", token(user)),
-    );
-    tokio_tungstenite::connect_async(req)
+    tokio_tungstenite::connect_async(server.request_at(path, Some(&token(user))))
         .await
         .expect("stream accepted")
         .0
@@ -654,30 +645,14 @@ async fn raw_streams_send_data_only_with_query_filters() {
 #[tokio::test]
 async fn raw_stream_permissions() {
     let server = start().await;
-    let url = |path: &str, user: &str| {
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                server.url(path),
-            )
-            .unwrap();
-        add_header(
-            &mut req,
-            "authorization",
-            &format!("Bearer {}", token(user)),
-        );
-        req
-    };
+    let url = |path: &str, user: &str| server.request_at(path, Some(&token(user)));
     let (status, _, body) = expect_rejection(url("/ws/stream/user:bob", "alice")).await;
     assert_eq!(status, 403, "{body}");
     let (status, _, _) = expect_rejection(url("/ws/stream/ops:alerts", "alice")).await;
     assert_eq!(status, 403);
     let (status, _, _) = expect_rejection(url("/ws/stream/bad%20name", "alice")).await;
     assert_eq!(status, 400);
-    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        server.url("/ws/events"),
-    )
-    .unwrap();
-    let (status, _, _) = expect_rejection(req).await;
+    let (status, _, _) = expect_rejection(server.request_at("/ws/events", None)).await;
     assert_eq!(status, 401, "same token rules as /ws");
     // Own user channel is fine.
     let mut ws = open_stream(&server, "/ws/stream/user:alice", "alice").await;
@@ -717,15 +692,7 @@ async fn metrics_channel_publishes_node_figures() {
 #[tokio::test]
 async fn raw_stream_closes_4001_when_the_token_expires() {
     let server = start().await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        server.url("/ws/events"),
-    )
-    .unwrap();
-    add_header(
-        &mut req,
-        "authorization",
-        &format!("Bearer {}", token_with_ttl("brief", 2)),
-    );
+    let req = server.request_at("/ws/events", Some(&token_with_ttl("brief", 2)));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(expect_close(&mut ws).await, 4001);
 }

@@ -341,12 +341,7 @@ async fn client_that_does_not_read_is_closed_4009() {
     // The metric is recorded once the connection task has finished closing.
     let mut counted = false;
     for _ in 0..100 {
-        let metrics = reqwest::get(server.http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics_text().await;
         if metrics.contains("wsgate_disconnects_total{code=\"4009\"} 1") {
             counted = true;
             break;

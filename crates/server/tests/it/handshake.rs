@@ -89,12 +89,7 @@ async fn token_problems_are_401() {
     );
     assert_401(&server, Some(&none), "algorithm").await;
 
-    let metrics = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     for reason in [
         "token_missing",
         "token_signature",

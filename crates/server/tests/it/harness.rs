@@ -64,6 +64,16 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task)
@@ -75,7 +85,12 @@ impl TestServer {
 
     /// A request for `/ws` with `Authorization: Bearer <token>`.
     pub fn request(&self, token: Option<&str>) -> Request<()> {
-        let mut req = self.url("/ws").into_client_request().unwrap();
+        self.request_at("/ws", token)
+    }
+
+    /// A WebSocket request for `path` with `Authorization: Bearer <token>`.
+    pub fn request_at(&self, path: &str, token: Option<&str>) -> Request<()> {
+        let mut req = self.url(path).into_client_request().unwrap();
         if let Some(t) = token {
             req.headers_mut().insert(
                 "authorization",

@@ -72,12 +72,7 @@ async fn metrics_have_bounded_labels_and_no_secrets() {
     next_json(&mut ws).await;
     send_json(&mut ws, serde_json::json!({"type": "drop-table-users"})).await;
     next_json(&mut ws).await;
-    let text = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     for name in [
         "wsgate_connections_active 1",
         "wsgate_connections_total{result=\"accepted\"} 1",
@@ -93,6 +88,23 @@ async fn metrics_have_bounded_labels_and_no_secrets() {
     assert!(!text.contains("metric-user"));
     assert!(!text.contains("drop-table-users"));
     assert!(!text.contains(&t));
+
+    // A client that closes is counted as `peer`, not under a code the
+    // server never sent.
+    ws.close(None).await.unwrap();
+    let mut counted = false;
+    for _ in 0..100 {
+        if server
+            .metrics_text()
+            .await
+            .contains("wsgate_disconnects_total{code=\"peer\"} 1")
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(counted);
 }
 
 #[tokio::test]
