@@ -21,6 +21,7 @@ use governor::clock::Clock;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::channel::Denied;
+use wsgate_core::handler::ConnectionHandler;
 use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
 use wsgate_core::outbound::Outbound;
@@ -31,7 +32,7 @@ use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::transport::{self, Connection, Ended};
+use crate::transport::{self, Connection, Ended, TransportLimits};
 
 /// A refused handshake: the HTTP error and the bounded reason label.
 pub struct Rejection {
@@ -384,6 +385,23 @@ impl Accepted {
         state.metrics.connections_active.inc();
         let limits = state.transport.clone();
         let started = std::time::Instant::now();
+        // Generic over the handler, so each kind gets its own exactly-sized
+        // connection future.
+        fn run<H: ConnectionHandler>(
+            socket: WebSocket,
+            handler: H,
+            outbound: Arc<Outbound>,
+            limits: Arc<TransportLimits>,
+            finished: Finished,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(transport::drive(Box::new(Connection {
+                socket,
+                handler,
+                outbound,
+                limits,
+                on_end: move |ended| finished.record(ended),
+            })))
+        }
         match kind {
             Kind::Protocol => {
                 let session = Session::start(SessionContext {
@@ -393,19 +411,8 @@ impl Accepted {
                     outbound: outbound.clone(),
                     shared: state.sessions.clone(),
                 });
-                let finished = Finished {
-                    state,
-                    admission,
-                    started,
-                    _tracked: tracked,
-                };
-                Box::pin(transport::drive(Box::new(Connection {
-                    socket,
-                    handler: session,
-                    outbound,
-                    limits,
-                    on_end: move |ended| finished.record(ended),
-                })))
+                let finished = Finished::new(state, admission, started, tracked);
+                run(socket, session, outbound, limits, finished)
             }
             Kind::Stream { channel, filter } => {
                 let handler = RawStream::start(
@@ -415,19 +422,8 @@ impl Accepted {
                     outbound.clone(),
                     identity.expires_at,
                 );
-                let finished = Finished {
-                    state,
-                    admission,
-                    started,
-                    _tracked: tracked,
-                };
-                Box::pin(transport::drive(Box::new(Connection {
-                    socket,
-                    handler,
-                    outbound,
-                    limits,
-                    on_end: move |ended| finished.record(ended),
-                })))
+                let finished = Finished::new(state, admission, started, tracked);
+                run(socket, handler, outbound, limits, finished)
             }
         }
     }
@@ -442,6 +438,20 @@ struct Finished {
 }
 
 impl Finished {
+    fn new(
+        state: AppState,
+        admission: Admission,
+        started: std::time::Instant,
+        tracked: TaskTrackerToken,
+    ) -> Self {
+        Finished {
+            state,
+            admission,
+            started,
+            _tracked: tracked,
+        }
+    }
+
     fn record(self, ended: Ended) {
         let m = &self.state.metrics;
         m.connections_active.dec();
