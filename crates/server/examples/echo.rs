@@ -1,16 +1,21 @@
 //! An echo server on `ws://ADDR/` for the Autobahn conformance suite. It
-//! runs the same transport as `/ws` (`wsgate::transport::drive`), with
+//! runs the same upgrade and transport as `/ws` (`wsgate::transport`), with
 //! authentication off and the message limit raised to 32 MiB so the suite's
-//! 16 MiB cases fit.
+//! 16 MiB cases fit. permessage-deflate is offered as `/ws` offers it with
+//! `transport.compression = true`; `--no-compression` turns it off.
 //!
 //!     cargo run --release --example echo -- 127.0.0.1:9001
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use wsgate::transport::deflate::Deflate;
+use wsgate::transport::upgrade::Upgrade;
 use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::handler::Echo;
 use wsgate_core::outbound::Outbound;
@@ -24,15 +29,24 @@ const LIMITS: TransportLimits = TransportLimits {
     write_delay: Duration::ZERO,
 };
 
-async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
-    transport::configure(upgrade, &LIMITS).on_upgrade(|socket| {
-        let outbound = std::sync::Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));
+async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let upgrade = match Upgrade::from_parts(&mut parts) {
+        Ok(u) => u,
+        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let negotiated = deflate.and_then(|d| d.negotiate(&parts.headers));
+    let codec = negotiated.as_ref().map(|n| n.codec().clone());
+    let config = transport::websocket_config(&LIMITS);
+    upgrade.respond(config, None, negotiated, move |socket| {
+        let outbound = Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));
         let handler = Echo::new(outbound.clone());
         Box::pin(transport::drive(Box::new(Connection {
             socket,
             handler,
             outbound,
-            limits: std::sync::Arc::new(LIMITS),
+            limits: Arc::new(LIMITS),
+            deflate: codec,
             on_end: |_| {},
         })))
     })
@@ -40,12 +54,19 @@ async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9001".into())
-        .parse()?;
+    let mut addr: SocketAddr = "127.0.0.1:9001".parse()?;
+    let mut compression = true;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--no-compression" => compression = false,
+            a => addr = a.parse()?,
+        }
+    }
+    // The server's defaults: level 1, frames under 256 bytes uncompressed.
+    let deflate = compression.then(|| Deflate::new(1, 256, LIMITS.max_message_bytes));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("echo listening on ws://{addr}/");
-    axum::serve(listener, Router::new().route("/", get(echo))).await?;
+    eprintln!("echo listening on ws://{addr}/ (permessage-deflate: {compression})");
+    let app = Router::new().route("/", get(move |req| echo(deflate.clone(), req)));
+    axum::serve(listener, app).await?;
     Ok(())
 }

@@ -116,6 +116,12 @@ pub struct OriginsConfig {
 pub struct TransportConfig {
     /// `WSGATE_TRANSPORT__COMPRESSION`: permessage-deflate (false).
     pub compression: bool,
+    /// `WSGATE_TRANSPORT__COMPRESSION_LEVEL` (1): deflate level 1 (fastest)
+    /// to 9 (smallest).
+    pub compression_level: u32,
+    /// `WSGATE_TRANSPORT__COMPRESSION_MIN_BYTES` (256): frames shorter
+    /// than this go out uncompressed, where deflate saves little or nothing.
+    pub compression_min_bytes: usize,
     /// `WSGATE_TRANSPORT__WRITE_DELAY_MS` (25): least time between two
     /// writes to one socket while frames keep coming. A frame to an idle
     /// socket is written at once; frames that follow within the window are
@@ -128,6 +134,8 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             compression: false,
+            compression_level: 1,
+            compression_min_bytes: 256,
             write_delay_ms: 25,
         }
     }
@@ -407,10 +415,10 @@ impl Config {
         if self.transport.write_delay_ms > 1000 {
             return Err(invalid("transport.write_delay_ms", "must be at most 1000"));
         }
-        if self.transport.compression {
+        if !(1..=9).contains(&self.transport.compression_level) {
             return Err(invalid(
-                "transport.compression",
-                "permessage-deflate is not supported yet; leave it false",
+                "transport.compression_level",
+                "must be between 1 and 9",
             ));
         }
         for key in &self.api.keys {

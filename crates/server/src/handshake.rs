@@ -11,8 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Uri};
@@ -32,6 +30,8 @@ use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::transport::deflate::Deflate;
+use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
 use crate::transport::{self, Connection, Ended, TransportLimits};
 
 /// A refused handshake: the HTTP error and the bounded reason label.
@@ -203,20 +203,21 @@ enum Kind {
 }
 
 /// What every upgrade endpoint needs from the request. The upgrade is kept
-/// as a `Result` so an invalid one is refused with our JSON 400.
+/// as a `Result` so an invalid one is refused with our JSON 400 after the
+/// rate limit has counted it.
 pub struct UpgradeRequest {
     state: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, UpgradeError>,
 }
 
 impl FromRequestParts<AppState> for UpgradeRequest {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        let upgrade = WebSocketUpgrade::from_request_parts(parts, state).await;
+        let upgrade = Upgrade::from_parts(parts);
         // `server::run` serves with connect info; without it (a router used
         // elsewhere) every client shares the unspecified address's limit.
         let peer = parts
@@ -275,7 +276,7 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
-            let r = Rejection::new(ApiError::bad_request(e.body_text()), "bad_upgrade");
+            let r = Rejection::new(ApiError::bad_request(e.to_string()), "bad_upgrade");
             return reject(&state.metrics, ip, origin, r);
         }
     };
@@ -328,11 +329,13 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         protocol = encoding.protocol_name(),
         stream = matches!(kind, Kind::Stream { .. }),
     );
-    let mut upgrade = transport::configure(upgrade, &state.transport);
-    if selected {
-        // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
-        upgrade = upgrade.protocols([encoding.protocol_name()]);
-    }
+    // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
+    let protocol = selected.then(|| encoding.protocol_name());
+    let negotiated = state
+        .deflate
+        .as_ref()
+        .and_then(|d| d.negotiate(&headers));
+    let config = transport::websocket_config(&state.transport);
     // One box for everything the connection needs: the upgrade callback
     // then captures a pointer, not a few hundred bytes that would stay in
     // the upgrade task for the connection's whole life.
@@ -343,10 +346,11 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         admission,
         encoding,
         kind,
+        deflate: negotiated.as_ref().map(|n| n.codec().clone()),
     });
-    upgrade
-        .on_failed_upgrade(|error| tracing::debug!(%error, "upgrade failed"))
-        .on_upgrade(move |socket| accepted.start(socket))
+    upgrade.respond(config, protocol, negotiated, move |socket| {
+        accepted.start(socket)
+    })
 }
 
 /// A handshake that passed every check, waiting for the upgrade.
@@ -356,6 +360,8 @@ struct Accepted {
     admission: Admission,
     encoding: Encoding,
     kind: Kind,
+    /// Set when permessage-deflate was agreed.
+    deflate: Option<Arc<Deflate>>,
     /// Lets shutdown wait for this connection.
     tracked: TaskTrackerToken,
 }
@@ -365,13 +371,14 @@ impl Accepted {
     /// its exact size is allocated once. Takes the box the handshake made so
     /// the upgrade callback only ever held a pointer.
     #[allow(clippy::boxed_local)]
-    fn start(self: Box<Self>, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn start(self: Box<Self>, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let Accepted {
             state,
             identity,
             admission,
             encoding,
             kind,
+            deflate,
             tracked,
         } = *self;
         let outbound = Arc::new(Outbound::with_latency(
@@ -388,10 +395,11 @@ impl Accepted {
         // Generic over the handler, so each kind gets its own exactly-sized
         // connection future.
         fn run<H: ConnectionHandler>(
-            socket: WebSocket,
+            socket: Socket,
             handler: H,
             outbound: Arc<Outbound>,
             limits: Arc<TransportLimits>,
+            deflate: Option<Arc<Deflate>>,
             finished: Finished,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
             Box::pin(transport::drive(Box::new(Connection {
@@ -399,6 +407,7 @@ impl Accepted {
                 handler,
                 outbound,
                 limits,
+                deflate,
                 on_end: move |ended| finished.record(ended),
             })))
         }
@@ -412,7 +421,7 @@ impl Accepted {
                     shared: state.sessions.clone(),
                 });
                 let finished = Finished::new(state, admission, started, tracked);
-                run(socket, session, outbound, limits, finished)
+                run(socket, session, outbound, limits, deflate, finished)
             }
             Kind::Stream { channel, filter } => {
                 let handler = RawStream::start(
@@ -423,7 +432,7 @@ impl Accepted {
                     identity.expires_at,
                 );
                 let finished = Finished::new(state, admission, started, tracked);
-                run(socket, handler, outbound, limits, finished)
+                run(socket, handler, outbound, limits, deflate, finished)
             }
         }
     }

@@ -27,6 +27,7 @@ use crate::auth::{JwksCache, JwtVerifier};
 use crate::config::Config;
 use crate::http;
 use crate::state::{AppState, Inner};
+use crate::transport::deflate::Deflate;
 use crate::transport::TransportLimits;
 
 /// How long start-up waits for the first JWKS fetch before serving anyway
@@ -97,6 +98,13 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         metrics,
         registry,
         transport: Arc::new(transport),
+        deflate: config.transport.compression.then(|| {
+            Deflate::new(
+                config.transport.compression_level,
+                config.transport.compression_min_bytes,
+                config.limits.max_message_bytes,
+            )
+        }),
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         started_at: Instant::now(),

@@ -17,6 +17,7 @@ use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
 
 use crate::config::Config;
+use crate::transport::deflate::Deflate;
 use crate::transport::TransportLimits;
 
 pub struct Inner {
@@ -28,6 +29,8 @@ pub struct Inner {
     pub registry: Registry,
     pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     pub transport: Arc<TransportLimits>,
+    /// permessage-deflate, when `transport.compression` is on.
+    pub deflate: Option<Arc<Deflate>>,
     /// What every session shares (verifier, metrics, channels, limits).
     pub sessions: Arc<SessionShared>,
     pub shutdown: CancellationToken,

@@ -2,9 +2,12 @@
 //! enforces frame size and heartbeats, feeds a [`ConnectionHandler`], and
 //! writes the handler's outbound queue in batches.
 //!
-//! The loop is generic over the socket (any `Stream + Sink` of axum
+//! The loop is generic over the socket (any `Stream + Sink` of tungstenite
 //! messages), so it is the same code for `/ws` and for the Autobahn echo
 //! example.
+
+pub mod deflate;
+pub mod upgrade;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +15,17 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use futures_util::{Sink, Stream};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Error as WsError, Message};
 use tokio::time::Instant;
 use wsgate_core::handler::{ConnectionHandler, Incoming};
 use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
+
+use self::deflate::Deflate;
 
 /// Bytes read from the socket at a time while no frame is in progress.
 /// tungstenite allocates and zero-fills this buffer for every connection and
@@ -48,8 +56,8 @@ pub struct TransportLimits {
 
 /// Sets every limit of the WebSocket library explicitly (its defaults are a
 /// 64 MiB message, 16 MiB frames and 128 KiB buffers per connection).
-pub fn configure(upgrade: WebSocketUpgrade, limits: &TransportLimits) -> WebSocketUpgrade {
-    upgrade
+pub fn websocket_config(limits: &TransportLimits) -> WebSocketConfig {
+    WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Our outbound queue is the real bound on what waits for a client;
@@ -57,8 +65,8 @@ pub fn configure(upgrade: WebSocketUpgrade, limits: &TransportLimits) -> WebSock
         .max_write_buffer_size(
             limits.outbound_queue_bytes + WRITE_BUFFER_BYTES + limits.max_message_bytes,
         )
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
         .accept_unmasked_frames(false)
 }
 
@@ -90,19 +98,31 @@ enum ReadError {
     Gone,
 }
 
-fn classify(err: axum::Error) -> ReadError {
-    use tungstenite::error::{CapacityError, Error};
-    let inner = err.into_inner();
-    match inner.downcast_ref::<Error>() {
-        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => ReadError::TooBig,
-        Some(Error::Capacity(_)) => ReadError::Protocol(1002),
-        Some(Error::Utf8(_)) => ReadError::Protocol(1007),
-        Some(Error::Protocol(_)) => ReadError::Protocol(1002),
+fn classify(err: WsError) -> ReadError {
+    use tungstenite::error::CapacityError;
+    match err {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => ReadError::TooBig,
+        WsError::Capacity(_) => ReadError::Protocol(1002),
+        WsError::Utf8(_) => ReadError::Protocol(1007),
+        WsError::Protocol(_) => ReadError::Protocol(1002),
+        // A compressed frame that does not inflate (see `deflate`).
+        WsError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => ReadError::Protocol(1007),
         _ => ReadError::Gone,
     }
 }
 
-fn to_message(frame: OutFrame) -> Message {
+/// The message for one outbound frame: compressed when deflate was agreed
+/// and it pays off.
+fn to_message(frame: OutFrame, deflate: Option<&Deflate>) -> Message {
+    let (bytes, opcode) = match &frame {
+        OutFrame::Binary(b) => (b, Data::Binary),
+        OutFrame::Text(b) => (b, Data::Text),
+    };
+    if let Some(compressed) = deflate.and_then(|d| d.compress(bytes)) {
+        let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
+        frame.header_mut().rsv1 = true;
+        return Message::Frame(frame);
+    }
     match frame {
         OutFrame::Binary(b) => Message::Binary(b),
         // Text frames hold JSON we encoded or text a client sent, both
@@ -124,6 +144,8 @@ pub struct Connection<S, H, F> {
     pub outbound: Arc<Outbound>,
     /// Shared by every connection of a server (a pointer, not 56 bytes each).
     pub limits: Arc<TransportLimits>,
+    /// Set when permessage-deflate was agreed on this connection.
+    pub deflate: Option<Arc<Deflate>>,
     pub on_end: F,
 }
 
@@ -132,7 +154,7 @@ enum Event {
     Outbound,
     /// A pending flush finished (`false`: the socket failed).
     Flushed(bool),
-    Read(Option<Result<Message, axum::Error>>),
+    Read(Option<Result<Message, WsError>>),
     Timer,
 }
 
@@ -151,7 +173,7 @@ enum Event {
 /// `on_end` runs when the close handshake is over.
 pub async fn drive<S, H, F>(parts: Box<Connection<S, H, F>>)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     H: ConnectionHandler,
     F: FnOnce(Ended),
 {
@@ -160,8 +182,10 @@ where
         mut handler,
         outbound,
         limits,
+        deflate,
         on_end,
     } = *parts;
+    let deflate = deflate.as_deref();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + limits.heartbeat;
     // True while written frames wait in the socket's buffer. No new batch is
@@ -213,7 +237,7 @@ where
                 if let Some(code) = outbound.close_requested() {
                     // Close requests are never delayed. Frames queued before
                     // it go out first, unless the socket is still busy.
-                    if !flushing && start_batch(&mut socket, &outbound).is_err() {
+                    if !flushing && start_batch(&mut socket, &outbound, deflate).is_err() {
                         break Ended::ByPeer;
                     }
                     break Ended::Closed(code);
@@ -234,7 +258,7 @@ where
                     .filter(|due| *due > now && !batch_full)
                 {
                     Some(due) => write_due = Some(due),
-                    None => match start_batch(&mut socket, &outbound) {
+                    None => match start_batch(&mut socket, &outbound, deflate) {
                         Err(()) => break Ended::ByPeer,
                         Ok((sent, _)) => {
                             flushing = sent;
@@ -280,7 +304,7 @@ where
                         flushing = true;
                         Ok(())
                     }
-                    Message::Pong(_) => Ok(()),
+                    Message::Pong(_) | Message::Frame(_) => Ok(()),
                 };
                 if let Err(code) = result {
                     break Ended::Closed(code);
@@ -290,7 +314,7 @@ where
                 let now = Instant::now();
                 if !flushing && write_due.is_some_and(|d| now >= d) {
                     write_due = None;
-                    match start_batch(&mut socket, &outbound) {
+                    match start_batch(&mut socket, &outbound, deflate) {
                         Err(()) => break Ended::ByPeer,
                         Ok((sent, close)) => {
                             if let Some(code) = close {
@@ -336,12 +360,12 @@ where
         // heartbeat timer is reused for the deadline.
         timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
         let frame = CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         };
         // Whatever the handler queued before deciding to close (error
         // frames, delayed replies) goes out before the close frame.
-        let _ = start_batch(&mut socket, &outbound);
+        let _ = start_batch(&mut socket, &outbound, deflate);
         if Pin::new(&mut socket)
             .start_send(Message::Close(Some(frame)))
             .is_ok()
@@ -378,9 +402,13 @@ where
 /// Hands every queued frame to the socket's write buffer without waiting;
 /// returns whether anything was written (a flush is then due) and the close
 /// request, if any.
-fn start_batch<S>(socket: &mut S, outbound: &Outbound) -> Result<(bool, Option<CloseCode>), ()>
+fn start_batch<S>(
+    socket: &mut S,
+    outbound: &Outbound,
+    deflate: Option<&Deflate>,
+) -> Result<(bool, Option<CloseCode>), ()>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     let (frames, close) = outbound.take();
     let sent = !frames.is_empty();
@@ -388,7 +416,7 @@ where
         // tokio-tungstenite accepts frames into its buffer even while a
         // previous write would block; `max_write_buffer_size` bounds it.
         Pin::new(&mut *socket)
-            .start_send(to_message(frame))
+            .start_send(to_message(frame, deflate))
             .map_err(|_| ())?;
     }
     Ok((sent, close))

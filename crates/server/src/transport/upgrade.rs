@@ -1,0 +1,153 @@
+//! The HTTP/1.1 upgrade to WebSocket (RFC 6455 §4.2), done here rather than
+//! by axum's `WebSocketUpgrade` because the socket needs a layer beneath
+//! tungstenite for permessage-deflate ([`super::deflate`]) and a response
+//! header (`Sec-WebSocket-Extensions`) that axum's extractor cannot add.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Version};
+use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::deflate::{Inflating, Negotiated};
+
+/// The byte stream under tungstenite: the upgraded connection, with
+/// compressed frames inflated on the way in when deflate was negotiated.
+pub type Io = Inflating<TokioIo<hyper::upgrade::Upgraded>>;
+/// A WebSocket connection as the transport drives it.
+pub type Socket = WebSocketStream<Io>;
+
+/// Why a request is not a valid WebSocket upgrade; answered with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("WebSocket upgrades need HTTP/1.1")]
+    Version,
+    #[error("WebSocket upgrades must use GET")]
+    Method,
+    #[error("the Connection header must contain `upgrade`")]
+    Connection,
+    #[error("the Upgrade header must be `websocket`")]
+    Upgrade,
+    #[error("the Sec-WebSocket-Version header must be 13")]
+    WebSocketVersion,
+    #[error("the Sec-WebSocket-Key header is missing or not a 16-byte base64 nonce")]
+    Key,
+    #[error("this connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+/// A request that is a valid WebSocket upgrade; nothing is answered yet.
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl Upgrade {
+    /// Checks the upgrade headers and takes the connection's upgrade handle
+    /// from the request.
+    pub fn from_parts(parts: &mut Parts) -> Result<Self, UpgradeError> {
+        if parts.version != Version::HTTP_11 {
+            return Err(UpgradeError::Version);
+        }
+        if parts.method != Method::GET {
+            return Err(UpgradeError::Method);
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(UpgradeError::Connection);
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(UpgradeError::Upgrade);
+        }
+        if parts.headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
+        {
+            return Err(UpgradeError::WebSocketVersion);
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            // A base64 encoding of 16 bytes is 24 characters.
+            .filter(|k| k.len() == 24)
+            .cloned()
+            .ok_or(UpgradeError::Key)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(UpgradeError::NotUpgradable)?;
+        Ok(Upgrade { key, on_upgrade })
+    }
+
+    /// Answers 101 and runs `start(socket)` on a task of its own once the
+    /// connection is switched. `protocol` is the selected subprotocol;
+    /// `deflate` the negotiated permessage-deflate parameters.
+    pub fn respond<F>(
+        self,
+        config: WebSocketConfig,
+        protocol: Option<&'static str>,
+        deflate: Option<Negotiated>,
+        start: F,
+    ) -> Response
+    where
+        F: FnOnce(Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static,
+    {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::try_from(accept).expect("base64 is a valid header value"),
+        );
+        if let Some(protocol) = protocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol),
+            );
+        }
+        if let Some(deflate) = &deflate {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, deflate.response_header());
+        }
+
+        let on_upgrade = self.on_upgrade;
+        // The switch happens in a boxed future of its own, so the task that
+        // lives as long as the connection holds two pointers, not the
+        // upgrade's state.
+        let switch: Pin<Box<dyn Future<Output = Option<Socket>> + Send>> = Box::pin(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade failed");
+                    return None;
+                }
+            };
+            let io = Inflating::new(TokioIo::new(upgraded), deflate);
+            Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
+        });
+        tokio::spawn(async move {
+            // A `let` statement, so the finished switch is freed before the
+            // connection runs (an `if let` would keep it to the end).
+            let socket = switch.await;
+            if let Some(socket) = socket {
+                start(socket).await;
+            }
+        });
+        response
+    }
+}
