@@ -36,7 +36,7 @@ async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
         Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let negotiated = deflate.and_then(|d| d.negotiate(&parts.headers));
-    let codec = negotiated.as_ref().map(|n| n.codec().clone());
+    let codec = negotiated.clone();
     let config = transport::websocket_config(&LIMITS);
     upgrade.respond(config, None, negotiated, move |socket| {
         let outbound = Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));

@@ -30,7 +30,7 @@ use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::transport::deflate::Deflate;
+use crate::transport::deflate::Negotiated;
 use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
 use crate::transport::{self, Connection, Ended, TransportLimits};
 
@@ -331,10 +331,7 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     );
     // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
     let protocol = selected.then(|| encoding.protocol_name());
-    let negotiated = state
-        .deflate
-        .as_ref()
-        .and_then(|d| d.negotiate(&headers));
+    let negotiated = state.deflate.as_ref().and_then(|d| d.negotiate(&headers));
     let config = transport::websocket_config(&state.transport);
     // One box for everything the connection needs: the upgrade callback
     // then captures a pointer, not a few hundred bytes that would stay in
@@ -346,7 +343,7 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         admission,
         encoding,
         kind,
-        deflate: negotiated.as_ref().map(|n| n.codec().clone()),
+        deflate: negotiated.clone(),
     });
     upgrade.respond(config, protocol, negotiated, move |socket| {
         accepted.start(socket)
@@ -361,7 +358,7 @@ struct Accepted {
     encoding: Encoding,
     kind: Kind,
     /// Set when permessage-deflate was agreed.
-    deflate: Option<Arc<Deflate>>,
+    deflate: Option<Negotiated>,
     /// Lets shutdown wait for this connection.
     tracked: TaskTrackerToken,
 }
@@ -399,7 +396,7 @@ impl Accepted {
             handler: H,
             outbound: Arc<Outbound>,
             limits: Arc<TransportLimits>,
-            deflate: Option<Arc<Deflate>>,
+            deflate: Option<Negotiated>,
             finished: Finished,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
             Box::pin(transport::drive(Box::new(Connection {

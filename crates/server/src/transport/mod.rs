@@ -16,16 +16,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, Stream};
+use tokio::time::Instant;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message};
-use tokio::time::Instant;
 use wsgate_core::handler::{ConnectionHandler, Incoming};
 use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
 
-use self::deflate::Deflate;
+use self::deflate::Negotiated;
 
 /// Bytes read from the socket at a time while no frame is in progress.
 /// tungstenite allocates and zero-fills this buffer for every connection and
@@ -113,7 +113,7 @@ fn classify(err: WsError) -> ReadError {
 
 /// The message for one outbound frame: compressed when deflate was agreed
 /// and it pays off.
-fn to_message(frame: OutFrame, deflate: Option<&Deflate>) -> Message {
+fn to_message(frame: OutFrame, deflate: Option<&Negotiated>) -> Message {
     let (bytes, opcode) = match &frame {
         OutFrame::Binary(b) => (b, Data::Binary),
         OutFrame::Text(b) => (b, Data::Text),
@@ -145,7 +145,7 @@ pub struct Connection<S, H, F> {
     /// Shared by every connection of a server (a pointer, not 56 bytes each).
     pub limits: Arc<TransportLimits>,
     /// Set when permessage-deflate was agreed on this connection.
-    pub deflate: Option<Arc<Deflate>>,
+    pub deflate: Option<Negotiated>,
     pub on_end: F,
 }
 
@@ -185,7 +185,7 @@ where
         deflate,
         on_end,
     } = *parts;
-    let deflate = deflate.as_deref();
+    let deflate = deflate.as_ref();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + limits.heartbeat;
     // True while written frames wait in the socket's buffer. No new batch is
@@ -405,7 +405,7 @@ where
 fn start_batch<S>(
     socket: &mut S,
     outbound: &Outbound,
-    deflate: Option<&Deflate>,
+    deflate: Option<&Negotiated>,
 ) -> Result<(bool, Option<CloseCode>), ()>
 where
     S: Sink<Message, Error = WsError> + Unpin,

@@ -43,18 +43,6 @@ async fn start() -> TestServer {
     TestServer::with(channels_config).await
 }
 
-async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(server.http("/api/publish"))
-        .header("x-api-key", API_KEY)
-        .json(&json!({"channel": channel, "data": data}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 /// Sends a command and returns the reply with the same id, skipping other
 /// frames.
 async fn call(ws: &mut Ws, kind: &str, id: &str, payload: Value) -> Value {

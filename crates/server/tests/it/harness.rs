@@ -216,3 +216,16 @@ pub async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let body = resp.json().await.unwrap_or(json!(null));
     (status, body)
 }
+
+/// Publishes through the server API and returns its `{offset, epoch}`.
+pub async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(server.http("/api/publish"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"channel": channel, "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}

@@ -2,6 +2,7 @@
 //! clients over real sockets.
 
 mod channels;
+mod compression;
 mod connection;
 mod handshake;
 mod harness;
