@@ -54,9 +54,8 @@ impl Subscriber {
 
     fn frame(&self, p: &Publication) -> OutFrame {
         match self.delivery {
-            Delivery::Envelope(Encoding::Json) => OutFrame::Text(p.frame(Encoding::Json)),
-            Delivery::Envelope(Encoding::Msgpack) => OutFrame::Binary(p.frame(Encoding::Msgpack)),
-            Delivery::Raw => OutFrame::Text(p.data.clone()),
+            Delivery::Envelope(encoding) => OutFrame::Shared(p.frame(encoding).clone()),
+            Delivery::Raw => OutFrame::Shared(p.raw_frame().clone()),
         }
     }
 

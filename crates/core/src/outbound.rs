@@ -10,7 +10,7 @@
 //! An idle queue holds no buffer: `VecDeque::new` does not allocate.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -26,12 +26,70 @@ pub enum OutFrame {
     /// encoder or from a text frame the client sent).
     Text(Bytes),
     Binary(Bytes),
+    /// The same frame queued for many connections (a publication).
+    Shared(Arc<SharedFrame>),
 }
+
+/// A frame written to many connections: a publication's bytes, plus their
+/// compressed form, made by the first connection that needs it and reused
+/// by the others. (permessage-deflate without context takeover turns the
+/// same bytes into the same output, so a publication is compressed once,
+/// not once per subscriber.)
+#[derive(Debug)]
+pub struct SharedFrame {
+    bytes: Bytes,
+    binary: bool,
+    compressed: OnceLock<Option<Bytes>>,
+}
+
+impl SharedFrame {
+    /// A text frame; `bytes` must be UTF-8.
+    pub fn text(bytes: Bytes) -> Arc<Self> {
+        Arc::new(SharedFrame {
+            bytes,
+            binary: false,
+            compressed: OnceLock::new(),
+        })
+    }
+
+    pub fn binary(bytes: Bytes) -> Arc<Self> {
+        Arc::new(SharedFrame {
+            bytes,
+            binary: true,
+            compressed: OnceLock::new(),
+        })
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The compressed form: `compress` runs for the first caller only, and
+    /// its answer (`None`: send uncompressed) is what every caller gets.
+    pub fn compressed(&self, compress: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+        self.compressed
+            .get_or_init(|| compress(&self.bytes))
+            .clone()
+    }
+}
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.binary == other.binary && self.bytes == other.bytes
+    }
+}
+
+impl Eq for SharedFrame {}
 
 impl OutFrame {
     pub fn len(&self) -> usize {
         match self {
             OutFrame::Text(b) | OutFrame::Binary(b) => b.len(),
+            OutFrame::Shared(f) => f.bytes.len(),
         }
     }
 
@@ -200,6 +258,25 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_frame_is_compressed_once() {
+        let frame = SharedFrame::text(Bytes::from_static(b"{\"type\":\"message\"}"));
+        let calls = std::cell::Cell::new(0);
+        let compress = |b: &[u8]| {
+            calls.set(calls.get() + 1);
+            Some(Bytes::copy_from_slice(&b[..4]))
+        };
+        let first = frame.compressed(compress);
+        let second = frame.compressed(|_| panic!("made once"));
+        assert_eq!(first, second);
+        assert_eq!(first.as_deref(), Some(&b"{\"ty"[..]));
+        assert_eq!(calls.get(), 1);
+        // "Not worth compressing" is remembered too.
+        let plain = SharedFrame::binary(Bytes::from_static(b"x"));
+        assert_eq!(plain.compressed(|_| None), None);
+        assert_eq!(plain.compressed(|_| panic!("made once")), None);
+    }
 
     fn text(n: usize) -> OutFrame {
         OutFrame::Text(Bytes::from(vec![b'a'; n]))

@@ -8,6 +8,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use wsgate_protocol::{Encoding, ServerFrame};
 
+use crate::outbound::SharedFrame;
+
 /// Where a channel's stream stands: the last offset and the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamPosition {
@@ -27,9 +29,11 @@ pub struct Publication {
     /// `data` parsed once, for filters and MessagePack.
     pub value: Value,
     /// `{"type":"message","payload":{…}}` in JSON.
-    json_frame: Bytes,
+    json_frame: Arc<SharedFrame>,
     /// The same in MessagePack, made on first use.
-    msgpack_frame: OnceLock<Bytes>,
+    msgpack_frame: OnceLock<Arc<SharedFrame>>,
+    /// `data` alone, for raw streams, made on first use.
+    raw_frame: OnceLock<Arc<SharedFrame>>,
     pub published_at: Instant,
 }
 
@@ -69,19 +73,19 @@ impl Publication {
             epoch,
             data,
             value,
-            json_frame: Bytes::from(frame),
+            json_frame: SharedFrame::text(Bytes::from(frame)),
             msgpack_frame: OnceLock::new(),
+            raw_frame: OnceLock::new(),
             published_at: Instant::now(),
         })
     }
 
     /// The `message` frame in the connection's encoding.
-    pub fn frame(&self, encoding: Encoding) -> Bytes {
+    pub fn frame(&self, encoding: Encoding) -> &Arc<SharedFrame> {
         match encoding {
-            Encoding::Json => self.json_frame.clone(),
-            Encoding::Msgpack => self
-                .msgpack_frame
-                .get_or_init(|| {
+            Encoding::Json => &self.json_frame,
+            Encoding::Msgpack => self.msgpack_frame.get_or_init(|| {
+                SharedFrame::binary(
                     ServerFrame::new(
                         "message",
                         None,
@@ -92,10 +96,16 @@ impl Publication {
                             data: &self.value,
                         },
                     )
-                    .encode(Encoding::Msgpack)
-                })
-                .clone(),
+                    .encode(Encoding::Msgpack),
+                )
+            }),
         }
+    }
+
+    /// `data` as one text frame, for raw streams.
+    pub fn raw_frame(&self) -> &Arc<SharedFrame> {
+        self.raw_frame
+            .get_or_init(|| SharedFrame::text(self.data.clone()))
     }
 
     /// Top-level equality: every key of `filter` is in `data` with an equal
@@ -170,12 +180,12 @@ mod tests {
         let data = Bytes::from_static(br#"{"a":1,"s":"x"}"#);
         let value: Value = serde_json::from_slice(&data).unwrap();
         let p = Publication::new("chat:1".into(), 7, "ep".into(), data, value);
-        let frame: Value = serde_json::from_slice(&p.frame(Encoding::Json)).unwrap();
+        let frame: Value = serde_json::from_slice(p.frame(Encoding::Json).bytes()).unwrap();
         assert_eq!(
             frame,
             json!({"type":"message","payload":{"channel":"chat:1","offset":7,"epoch":"ep","data":{"a":1,"s":"x"}}})
         );
-        let mp: Value = rmp_serde_decode(&p.frame(Encoding::Msgpack));
+        let mp: Value = rmp_serde_decode(p.frame(Encoding::Msgpack).bytes());
         assert_eq!(mp, frame);
     }
 

@@ -112,28 +112,37 @@ fn classify(err: WsError) -> ReadError {
 }
 
 /// The message for one outbound frame: compressed when deflate was agreed
-/// and it pays off.
+/// and it pays off. A shared frame (a publication) is compressed once for
+/// all its subscribers.
 fn to_message(frame: OutFrame, deflate: Option<&Negotiated>) -> Message {
-    let (bytes, opcode) = match &frame {
-        OutFrame::Binary(b) => (b, Data::Binary),
-        OutFrame::Text(b) => (b, Data::Text),
+    let (bytes, binary) = match &frame {
+        OutFrame::Text(b) => (b, false),
+        OutFrame::Binary(b) => (b, true),
+        OutFrame::Shared(f) => (f.bytes(), f.is_binary()),
     };
-    if let Some(compressed) = deflate.and_then(|d| d.compress(bytes)) {
-        let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
-        frame.header_mut().rsv1 = true;
-        return Message::Frame(frame);
+    if let Some(deflate) = deflate {
+        let compressed = match &frame {
+            OutFrame::Shared(f) => f.compressed(|b| deflate.compress(b)),
+            _ => deflate.compress(bytes),
+        };
+        if let Some(compressed) = compressed {
+            let opcode = if binary { Data::Binary } else { Data::Text };
+            let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
+            frame.header_mut().rsv1 = true;
+            return Message::Frame(frame);
+        }
     }
-    match frame {
-        OutFrame::Binary(b) => Message::Binary(b),
-        // Text frames hold JSON we encoded or text a client sent, both
-        // UTF-8. Converting re-checks that per frame (no unchecked
-        // constructor without `unsafe`); `perf` of the fan-out bench puts it
-        // under 1% of server CPU. Should the bytes ever not be UTF-8, they
-        // still go out, as binary, rather than being dropped.
-        OutFrame::Text(b) => match Utf8Bytes::try_from(b.clone()) {
-            Ok(t) => Message::Text(t),
-            Err(_) => Message::Binary(b),
-        },
+    if binary {
+        return Message::Binary(bytes.clone());
+    }
+    // Text frames hold JSON we encoded or text a client sent, both UTF-8.
+    // Converting re-checks that per frame (no unchecked constructor without
+    // `unsafe`); `perf` of the fan-out bench puts it under 1% of server CPU.
+    // Should the bytes ever not be UTF-8, they still go out, as binary,
+    // rather than being dropped.
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(t) => Message::Text(t),
+        Err(_) => Message::Binary(bytes.clone()),
     }
 }
 
