@@ -19,7 +19,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use tokio_tungstenite::tungstenite::protocol::Role;
+
 use crate::auth::{sign_hs256, Claims};
+use crate::transport::deflate::{Deflate, Inflating};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -83,6 +86,10 @@ pub struct FanoutArgs {
     /// rate × seconds publications.
     #[arg(long)]
     pub no_publish: bool,
+    /// Subscribers offer permessage-deflate (the server needs
+    /// `transport.compression = true`) and inflate what arrives.
+    #[arg(long)]
+    pub deflate: bool,
     #[arg(long)]
     pub pid: Option<u32>,
 }
@@ -110,6 +117,23 @@ pub struct ConnsArgs {
     /// Seconds to hold the connections idle before the second reading.
     #[arg(long, default_value_t = 5)]
     pub hold_secs: u64,
+    /// Offer permessage-deflate (the server needs `transport.compression`).
+    #[arg(long)]
+    pub deflate: bool,
+}
+
+/// Bytes sent over the loopback interface so far (`lo` in /proc/net/dev):
+/// during a fan-out run almost all of it is the server's frames, plus TCP/IP
+/// headers and the clients' ACKs.
+fn loopback_bytes() -> anyhow::Result<u64> {
+    let dev = std::fs::read_to_string("/proc/net/dev").context("cannot read /proc/net/dev")?;
+    dev.lines()
+        .find_map(|l| l.trim_start().strip_prefix("lo:"))
+        // Receive fields come first: bytes, packets, errs, drop, fifo,
+        // frame, compressed, multicast; then transmit bytes.
+        .and_then(|v| v.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .context("no lo interface in /proc/net/dev")
 }
 
 /// RSS in KiB and CPU time (user, system) of a process.
@@ -180,20 +204,26 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
                 name: None,
             },
         );
-        let (url, target) = (args.url.clone(), url.addr);
+        let (url, target, deflate) = (args.url.clone(), url.addr, args.deflate);
         let (opened, failed) = (opened.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let result = async {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
                 let stream = socket.connect(target).await?;
-                let mut req = url.into_client_request()?;
-                req.headers_mut().insert(
-                    "authorization",
-                    HeaderValue::from_str(&format!("Bearer {token}"))?,
-                );
-                let (mut ws, _) =
-                    tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+                let mut ws = if deflate {
+                    deflate_handshake(stream, &url_lite::parse(&url)?, &token, config).await?
+                } else {
+                    let mut req = url.into_client_request()?;
+                    req.headers_mut().insert(
+                        "authorization",
+                        HeaderValue::from_str(&format!("Bearer {token}"))?,
+                    );
+                    let io = Inflating::new(stream, None);
+                    tokio_tungstenite::client_async_with_config(req, io, Some(config))
+                        .await?
+                        .0
+                };
                 // The handshake counts once the session sent `connected`.
                 ws.next().await.context("closed before connected")??;
                 anyhow::Ok(ws)
@@ -275,30 +305,78 @@ struct SubscriberReport {
     latency: hdrhistogram::Histogram<u64>,
 }
 
+type BenchSocket = tokio_tungstenite::WebSocketStream<Inflating<tokio::net::TcpStream>>;
+
+/// The upgrade request written by hand, so that the bytes after the 101
+/// response can go to the inflating layer under tungstenite.
+async fn deflate_handshake(
+    mut stream: tokio::net::TcpStream,
+    url: &url_lite::Url,
+    token: &str,
+    config: WebSocketConfig,
+) -> anyhow::Result<BenchSocket> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        url.path, url.addr
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > 16 * 1024 || stream.read_buf(&mut buf).await? == 0 {
+            bail!("no handshake response");
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 101") {
+        bail!("handshake refused: {}", head.lines().next().unwrap_or(""));
+    }
+    if !head.contains("sec-websocket-extensions: permessage-deflate") {
+        bail!("the server did not agree to permessage-deflate (is transport.compression on?)");
+    }
+    let codec = Deflate::new(1, usize::MAX, 1 << 20);
+    let io = Inflating::client(stream, codec, &buf[end..]);
+    Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await)
+}
+
 async fn open_subscriber(
     url: &str,
     target: SocketAddr,
     source: IpAddr,
     token: &str,
     channel: &str,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    deflate: bool,
+) -> anyhow::Result<BenchSocket> {
     use futures_util::SinkExt;
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
-    let mut req = url.into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}"))?,
-    );
     let config = WebSocketConfig::default()
         // Large enough for many frames per read, small enough that
         // tungstenite's zero-fill of it per read stays cheap.
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(1 << 20));
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    let mut ws = if deflate {
+        deflate_handshake(stream, &url_lite::parse(url)?, token, config).await?
+    } else {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        // No extension offered: the layer passes everything through.
+        let io = Inflating::new(stream, None);
+        tokio_tungstenite::client_async_with_config(req, io, Some(config))
+            .await?
+            .0
+    };
     ws.next().await.context("closed before connected")??;
     let sub = format!(r#"{{"type":"subscribe","id":"s","payload":{{"channel":"{channel}"}}}}"#);
     ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
@@ -340,9 +418,10 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             1 + (i % args.sources.max(1) as usize) as u8,
         ));
         let (url, channel, sem) = (args.url.clone(), args.channel.clone(), sem.clone());
+        let deflate = args.deflate;
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
-            open_subscriber(&url, target, source, &token, &channel).await
+            open_subscriber(&url, target, source, &token, &channel, deflate).await
         }));
     }
     let mut sockets = Vec::with_capacity(args.subscribers);
@@ -397,11 +476,12 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     let before = args.pid.map(proc_sample).transpose()?;
+    let wire_before = loopback_bytes().ok();
     let started = Instant::now();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.publishers)
         .build()?;
-    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let pad = text_pad(args.payload.saturating_sub(40));
     let per_publisher = total_pubs / args.publishers as u64;
     let mut publishers = Vec::new();
     let publishing = if args.no_publish {
@@ -504,7 +584,37 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             cpu.as_nanos() as f64 / received.max(1) as f64
         );
     }
+    if let (Some(w0), Ok(w1)) = (wire_before, loopback_bytes()) {
+        let wire = w1.saturating_sub(w0);
+        println!(
+            "loopback carried {:.1} MB: {:.0} B per delivery (frames + TCP/IP + ACKs)",
+            wire as f64 / 1e6,
+            wire as f64 / received.max(1) as f64
+        );
+    }
     Ok(())
+}
+
+/// `len` bytes of words and numbers, deterministic: text that deflates about
+/// as well as typical JSON values do (a run of one letter would flatter
+/// compression).
+fn text_pad(len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "alpha", "site", "status", "ok", "warning", "node", "eu-west", "latency", "cpu",
+        "memory", "queue", "user", "session", "agent", "thread", "event",
+    ];
+    let mut x: u32 = 0x2545_f491;
+    let mut pad = String::with_capacity(len + 16);
+    while pad.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        pad.push_str(WORDS[(x % 16) as usize]);
+        pad.push_str(&(x % 1000).to_string());
+        pad.push(' ');
+    }
+    pad.truncate(len);
+    pad
 }
 
 async fn trivial_sender(args: TrivialArgs) -> anyhow::Result<()> {
@@ -570,17 +680,25 @@ mod url_lite {
 
     pub struct Url {
         pub addr: SocketAddr,
+        /// The path and query, `/` when absent.
+        pub path: String,
     }
 
     pub fn parse(url: &str) -> anyhow::Result<Url> {
         let rest = url
             .strip_prefix("ws://")
             .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?;
-        let authority = rest.split('/').next().unwrap_or(rest);
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
         let addr = authority
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
-        Ok(Url { addr })
+        Ok(Url {
+            addr,
+            path: path.to_string(),
+        })
     }
 }

@@ -255,19 +255,20 @@ pub struct Inflating<T> {
 }
 
 impl<T> Inflating<T> {
+    /// The server side: client frames are masked.
     pub fn new(io: T, deflate: Option<Negotiated>) -> Self {
         Inflating {
             io,
-            state: deflate.map(|n| {
-                Box::new(InflateState {
-                    codec: n.codec,
-                    raw: BytesMut::new(),
-                    out: BytesMut::new(),
-                    frame: FrameState::Header,
-                    message: MessageState::None,
-                    decompress: None,
-                })
-            }),
+            state: deflate.map(|n| InflateState::new(n.codec, true, &[])),
+        }
+    }
+
+    /// The client side (`wsgate bench`): server frames are unmasked.
+    /// `already_read` holds bytes that came after the handshake response.
+    pub fn client(io: T, codec: Arc<Deflate>, already_read: &[u8]) -> Self {
+        Inflating {
+            io,
+            state: Some(InflateState::new(codec, false, already_read)),
         }
     }
 }
@@ -296,6 +297,8 @@ enum MessageState {
 
 struct InflateState {
     codec: Arc<Deflate>,
+    /// Whether the peer's frames are masked (it is a client).
+    masked: bool,
     /// Bytes read from the socket, not yet looked at.
     raw: BytesMut,
     /// Rewritten bytes waiting for tungstenite.
@@ -342,19 +345,23 @@ fn parse_header(buf: &[u8]) -> Option<Header> {
     })
 }
 
-/// Writes a masked (all-zero key) client frame header for `len` bytes.
-fn put_header(out: &mut BytesMut, first_byte: u8, len: usize) {
+/// Writes a frame header for `len` bytes; a masked one gets an all-zero
+/// key, which leaves the payload as it is.
+fn put_header(out: &mut BytesMut, first_byte: u8, len: usize, masked: bool) {
+    let mask_bit = if masked { 0x80 } else { 0 };
     out.put_u8(first_byte);
     if len < 126 {
-        out.put_u8(0x80 | len as u8);
+        out.put_u8(mask_bit | len as u8);
     } else if len <= usize::from(u16::MAX) {
-        out.put_u8(0x80 | 126);
+        out.put_u8(mask_bit | 126);
         out.put_u16(len as u16);
     } else {
-        out.put_u8(0x80 | 127);
+        out.put_u8(mask_bit | 127);
         out.put_u64(len as u64);
     }
-    out.put_slice(&[0; 4]);
+    if masked {
+        out.put_slice(&[0; 4]);
+    }
 }
 
 const FIN: u8 = 0x80;
@@ -362,6 +369,18 @@ const RSV1: u8 = 0x40;
 const RSV23: u8 = 0x30;
 
 impl InflateState {
+    fn new(codec: Arc<Deflate>, masked: bool, already_read: &[u8]) -> Box<Self> {
+        Box::new(InflateState {
+            codec,
+            masked,
+            raw: BytesMut::from(already_read),
+            out: BytesMut::new(),
+            frame: FrameState::Header,
+            message: MessageState::None,
+            decompress: None,
+        })
+    }
+
     /// Moves what can be moved from `raw` to `out`; whether anything
     /// changed.
     fn process(&mut self) -> io::Result<bool> {
@@ -381,7 +400,7 @@ impl InflateState {
                     };
                 }
                 let compressed = data
-                    && h.masked
+                    && h.masked == self.masked
                     && h.first_byte & RSV23 == 0
                     && match opcode {
                         1 | 2 => rsv1,
@@ -489,9 +508,9 @@ impl InflateState {
         match result {
             // A header announcing one byte over the limit: tungstenite
             // refuses it with 1009 before reading any payload.
-            Inflated::OverLimit => put_header(&mut self.out, first_byte, limit + 1),
+            Inflated::OverLimit => put_header(&mut self.out, first_byte, limit + 1, self.masked),
             Inflated::Within => {
-                put_header(&mut self.out, first_byte, inflated.len());
+                put_header(&mut self.out, first_byte, inflated.len(), self.masked);
                 self.out.put_slice(&inflated);
             }
         }
