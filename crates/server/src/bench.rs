@@ -600,8 +600,8 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 /// compression).
 fn text_pad(len: usize) -> String {
     const WORDS: [&str; 16] = [
-        "alpha", "site", "status", "ok", "warning", "node", "eu-west", "latency", "cpu",
-        "memory", "queue", "user", "session", "agent", "thread", "event",
+        "alpha", "site", "status", "ok", "warning", "node", "eu-west", "latency", "cpu", "memory",
+        "queue", "user", "session", "agent", "thread", "event",
     ];
     let mut x: u32 = 0x2545_f491;
     let mut pad = String::with_capacity(len + 16);

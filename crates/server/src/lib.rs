@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod http;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod telemetry;
 pub mod transport;
 

@@ -27,6 +27,7 @@ use crate::auth::{JwksCache, JwtVerifier};
 use crate::config::Config;
 use crate::http;
 use crate::state::{AppState, Inner};
+use crate::storage::Storage;
 use crate::transport::deflate::Deflate;
 use crate::transport::TransportLimits;
 
@@ -60,6 +61,10 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     if config.broker.url.expose() != "memory" {
         anyhow::bail!("broker.url: only \"memory\" is implemented so far (Redis comes with the scaling issue)");
     }
+    let storage = Storage::open(config.storage.url.expose())
+        .await
+        .context("storage.url")?;
+    tracing::info!(kind = storage.kind(), "storage open, migrations applied");
     let index = Arc::new(ChannelIndex::new(metrics.clone()));
     let channels = Arc::new(Channels {
         authorizer: Authorizer::new(
@@ -105,6 +110,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
                 config.limits.max_message_bytes,
             )
         }),
+        storage,
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         started_at: Instant::now(),
@@ -231,5 +237,6 @@ pub async fn run(
             "grace period over; dropping remaining connections"
         ),
     }
+    state.storage.close().await;
     Ok(())
 }

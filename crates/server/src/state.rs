@@ -17,6 +17,7 @@ use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
 
 use crate::config::Config;
+use crate::storage::Storage;
 use crate::transport::deflate::Deflate;
 use crate::transport::TransportLimits;
 
@@ -33,6 +34,8 @@ pub struct Inner {
     pub deflate: Option<Arc<Deflate>>,
     /// What every session shares (verifier, metrics, channels, limits).
     pub sessions: Arc<SessionShared>,
+    /// Threads and messages; probed by `/ready`.
+    pub storage: Storage,
     pub shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,

@@ -17,15 +17,35 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 /// 200 when every dependency answers, else 503 naming the failed ones.
-pub async fn ready() -> Response {
-    // The memory broker is in-process and always answers; storage and the
-    // Redis broker add their probes here when they are implemented.
-    let checks = json!({ "broker": "ok" });
-    (
-        StatusCode::OK,
-        Json(json!({ "status": "ready", "checks": checks })),
-    )
-        .into_response()
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let storage = state.storage.ping().await;
+    // The memory broker is in-process and always answers; the Redis broker
+    // adds its probe here.
+    let checks = json!({
+        "storage": if storage.is_ok() { "ok" } else { "failed" },
+        "broker": "ok",
+    });
+    match storage {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "checks": checks })),
+        )
+            .into_response(),
+        Err(error) => {
+            state.metrics.storage_errors.inc();
+            tracing::warn!(%error, "readiness: storage failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "error": "unavailable",
+                    "message": format!("storage ({}): {error}", state.storage.kind()),
+                    "status": "not_ready",
+                    "checks": checks,
+                })),
+            )
+                .into_response()
+        }
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

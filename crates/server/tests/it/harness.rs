@@ -26,8 +26,23 @@ pub struct TestServer {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A new empty directory under the system's temp dir.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wsgate-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn base_config() -> Config {
     let mut c = Config::default();
+    // Each server its own SQLite file, never ./wsgate-data.
+    c.storage.url = Secret::new(format!(
+        "sqlite://{}/wsgate.db",
+        temp_dir("store").display()
+    ));
     c.auth.hmac_secret = Some(Secret::new(SECRET));
     c.api.keys = vec![Secret::new(API_KEY)];
     // Tests open many connections from 127.0.0.1.

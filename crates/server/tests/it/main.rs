@@ -9,3 +9,4 @@ mod harness;
 mod jwks;
 mod ops;
 mod process;
+mod storage;

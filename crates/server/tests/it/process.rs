@@ -16,11 +16,19 @@ use crate::harness::*;
 const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
 fn wsgate() -> Command {
+    wsgate_in(&temp_dir("cwd"))
+}
+
+/// The binary with a clean environment, running in `dir`.
+fn wsgate_in(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     // Start from a clean environment so a developer's WSGATE_ variables do
     // not leak in.
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // `--dev` keeps its SQLite store in ./wsgate-data: a directory of
+        // the test's own.
+        .current_dir(dir)
         .kill_on_drop(true);
     cmd
 }
@@ -115,10 +123,13 @@ struct Spawned {
     addr: std::net::SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The server's working directory.
+    cwd: std::path::PathBuf,
 }
 
 async fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
-    let mut cmd = wsgate();
+    let cwd = temp_dir("cwd");
+    let mut cmd = wsgate_in(&cwd);
     cmd.arg("serve")
         .args(args)
         .env("RUST_LOG", "debug")
@@ -164,6 +175,7 @@ async fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
         addr,
         logs,
         stdout,
+        cwd,
     }
 }
 
@@ -309,8 +321,6 @@ async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
 
 #[tokio::test]
 async fn dev_mode_needs_no_configuration_and_prints_a_token() {
-    let dir = std::env::temp_dir().join(format!("wsgate-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut s = spawn_serve(&["--dev", "--listen", "127.0.0.1:0"], &[]).await;
     let mut token = None;
     for _ in 0..100 {
@@ -335,6 +345,11 @@ async fn dev_mode_needs_no_configuration_and_prints_a_token() {
     )
     .await;
     assert_eq!(status, 200, "the dev token is an admin token");
+    // Storage defaults to SQLite in ./wsgate-data, created and ready.
+    assert!(s.cwd.join("wsgate-data/wsgate.db").is_file());
+    let (status, ready) = get_json(&format!("http://{}/ready", s.addr), &[]).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["storage"], "ok");
     sigterm(&s.child);
     assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
 }

@@ -1,0 +1,7 @@
+-- The store's own facts: when it was created and by which schema.
+-- Threads and messages arrive in later migrations.
+CREATE TABLE wsgate_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO wsgate_meta (key, value) VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));

@@ -1,0 +1,201 @@
+//! The store and `/ready`: SQLite files and a real PostgreSQL
+//! (127.0.0.1:5432, or `TEST_POSTGRES_URL`), each test in a database of its
+//! own; losing PostgreSQL is a TCP relay in front of it being cut.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{Connection, Executor, Row};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use wsgate::config::Secret;
+
+use crate::harness::*;
+
+fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh database on the test PostgreSQL; dropped by [`drop_database`].
+async fn create_database() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "wsgate_it_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let base = postgres_base();
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    (format!("{prefix}/{name}"), name)
+}
+
+async fn drop_database(name: &str) {
+    let mut admin = sqlx::PgConnection::connect(&postgres_base()).await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+}
+
+async fn ready(server: &TestServer) -> (u16, Value) {
+    get_json(&server.http("/ready"), &[]).await
+}
+
+#[tokio::test]
+async fn sqlite_store_is_created_and_migrated_at_start() {
+    let dir = temp_dir("sqlite");
+    let file = dir.join("nested/dir/wsgate.db");
+    let url = format!("sqlite://{}", file.display());
+    let server = TestServer::with(|c| c.storage.url = Secret::new(url.clone())).await;
+    let (status, body) = ready(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["storage"], "ok");
+    assert!(file.is_file(), "the file and its directories are created");
+    server.stop().await;
+
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let versions: Vec<i64> = sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    let created: String = sqlx::query("SELECT value FROM wsgate_meta WHERE key = 'created_at'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(created.ends_with('Z'), "{created}");
+    db.close().await.unwrap();
+
+    // A second start on the same file applies nothing twice.
+    let server = TestServer::with(|c| c.storage.url = Secret::new(url.clone())).await;
+    assert_eq!(ready(&server).await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_store_is_migrated_and_ready() {
+    let (url, name) = create_database().await;
+    let server = TestServer::with(|c| c.storage.url = Secret::new(url.clone())).await;
+    let (status, body) = ready(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["storage"], "ok");
+    server.stop().await;
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query("SELECT count(*) FROM wsgate_meta")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    db.close().await.unwrap();
+    drop_database(&name).await;
+}
+
+/// Forwards TCP connections from `listen` to `target` until dropped;
+/// dropping it cuts every relayed connection.
+struct Relay {
+    /// Aborted on drop, and with it the relayed connections it owns.
+    _tasks: JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(listen: SocketAddr, target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(listen).await.unwrap();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { _tasks: tasks }
+    }
+}
+
+#[tokio::test]
+async fn ready_reports_a_lost_store_and_its_return() {
+    let (url, name) = create_database().await;
+    let target: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = Relay::start(port, target).await;
+    let via_relay = url.replacen("127.0.0.1:5432", &port.to_string(), 1);
+    assert_ne!(via_relay, url, "the test URL points at 127.0.0.1:5432");
+    let server = TestServer::with(|c| c.storage.url = Secret::new(via_relay)).await;
+    assert_eq!(ready(&server).await.0, 200);
+
+    drop(relay);
+    let (status, body) = ready(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(body["checks"]["storage"], "failed");
+    assert_eq!(body["checks"]["broker"], "ok");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("storage (postgres)"),
+        "{body}"
+    );
+    assert!(
+        server
+            .metrics_text()
+            .await
+            .contains("wsgate_storage_errors_total"),
+        "counted"
+    );
+
+    // PostgreSQL is back: ready again, without a restart.
+    let _relay = Relay::start(port, target).await;
+    let mut answered = 0;
+    for _ in 0..50 {
+        answered = ready(&server).await.0;
+        if answered == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, 200);
+    server.stop().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_stops_the_start_with_a_clear_error() {
+    let mut config = base_config();
+    // Nothing listens on port 1.
+    config.storage.url = Secret::new("postgres://postgres@127.0.0.1:1/test");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = wsgate::run(config, listener, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("storage.url: cannot open the store"),
+        "{text}"
+    );
+}
