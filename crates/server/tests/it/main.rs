@@ -1,6 +1,7 @@
 //! wsgate's integration tests: one binary, a real server per test, real
 //! clients over real sockets.
 
+mod browser;
 mod channels;
 mod compression;
 mod connection;

@@ -1,0 +1,107 @@
+//! A real browser against the real server: Debian's Chromium, driven by
+//! `tests/browser/deflate.mjs` (playwright-core). `scripts/test.sh` and
+//! `.ci/run` install both; without them this test fails and says how to
+//! install them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::response::Html;
+use axum::routing::get;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::harness::*;
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+/// Serves a blank page, so the browser has a real `http://` origin.
+async fn page_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/",
+        get(|| async { Html("<!doctype html><title>wsgate browser test</title>") }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The browser script's next report; fails on its `error` reports.
+async fn next_event(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the browser reports within 60 s")
+        .unwrap()
+        .expect("the browser script reports before it exits");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_ne!(v["event"], "error", "{v}");
+    v
+}
+
+#[tokio::test]
+async fn chromium_agrees_deflate_and_exchanges_compressed_messages() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: `apt-get install chromium` (scripts/test.sh does it)"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix tests/browser` (scripts/test.sh does it)"
+    );
+    let page = page_server().await;
+    let origin = page.clone();
+    let server = TestServer::with(|c| {
+        c.transport.compression = true;
+        c.origins.allowed = vec![origin];
+    })
+    .await;
+
+    let mut child = Command::new("node")
+        .arg(browser_dir().join("deflate.mjs"))
+        .args([&page, &server.url("/ws"), &token("browser-user")])
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let subscribed = next_event(&mut lines).await;
+    assert_eq!(subscribed["event"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["protocol"], "wsgate.v1.json");
+    assert_eq!(
+        subscribed["extensions"],
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
+    // Large enough to be sent compressed (over compression_min_bytes).
+    let data = json!({"rows": (0..50).map(|i| json!({"id": i, "site": "eu-west", "ok": true})).collect::<Vec<_>>()});
+    api_publish(&server, "browser", data.clone()).await;
+
+    let mut got_message = false;
+    let mut got_pong = false;
+    while !(got_message && got_pong) {
+        let v = next_event(&mut lines).await;
+        match v["event"].as_str() {
+            Some("message") => {
+                assert_eq!(v["data"], data);
+                got_message = true;
+            }
+            Some("pong") => {
+                assert_eq!(v["id"], "big");
+                got_pong = true;
+            }
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the browser script exits")
+        .unwrap();
+    assert!(status.success());
+    server.stop().await;
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine too: installs what the tests need
+# when it is missing, then runs `cargo nextest run --workspace` (extra
+# arguments are passed on, e.g. a test name filter).
+#   - cargo-nextest
+#   - PostgreSQL on 127.0.0.1:5432 running (the storage tests; started if
+#     installed but stopped)
+#   - Chromium (Debian package) and playwright-core (tests/browser) for the
+#     browser test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "test.sh: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+fi
+
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "test.sh: installing chromium (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core (tests/browser)"
+  npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi
+
+exec cargo nextest run --workspace "$@"
