@@ -211,19 +211,7 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
                 let stream = socket.connect(target).await?;
-                let mut ws = if deflate {
-                    deflate_handshake(stream, &url_lite::parse(&url)?, &token, config).await?
-                } else {
-                    let mut req = url.into_client_request()?;
-                    req.headers_mut().insert(
-                        "authorization",
-                        HeaderValue::from_str(&format!("Bearer {token}"))?,
-                    );
-                    let io = Inflating::new(stream, None);
-                    tokio_tungstenite::client_async_with_config(req, io, Some(config))
-                        .await?
-                        .0
-                };
+                let mut ws = handshake(stream, &url, &token, config, deflate).await?;
                 // The handshake counts once the session sent `connected`.
                 ws.next().await.context("closed before connected")??;
                 anyhow::Ok(ws)
@@ -345,6 +333,32 @@ async fn deflate_handshake(
     Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await)
 }
 
+/// A client connection with `Authorization: Bearer <token>`, offering
+/// permessage-deflate when `deflate` is set.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    url: &str,
+    token: &str,
+    config: WebSocketConfig,
+    deflate: bool,
+) -> anyhow::Result<BenchSocket> {
+    if deflate {
+        return deflate_handshake(stream, &url_lite::parse(url)?, token, config).await;
+    }
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    // No extension offered: the layer passes everything through.
+    let io = Inflating::new(stream, None);
+    Ok(
+        tokio_tungstenite::client_async_with_config(req, io, Some(config))
+            .await?
+            .0,
+    )
+}
+
 async fn open_subscriber(
     url: &str,
     target: SocketAddr,
@@ -363,20 +377,7 @@ async fn open_subscriber(
         // tungstenite's zero-fill of it per read stays cheap.
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(1 << 20));
-    let mut ws = if deflate {
-        deflate_handshake(stream, &url_lite::parse(url)?, token, config).await?
-    } else {
-        let mut req = url.into_client_request()?;
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-        // No extension offered: the layer passes everything through.
-        let io = Inflating::new(stream, None);
-        tokio_tungstenite::client_async_with_config(req, io, Some(config))
-            .await?
-            .0
-    };
+    let mut ws = handshake(stream, url, token, config, deflate).await?;
     ws.next().await.context("closed before connected")??;
     let sub = format!(r#"{{"type":"subscribe","id":"s","payload":{{"channel":"{channel}"}}}}"#);
     ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
