@@ -431,7 +431,18 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     }
     eprintln!("{} subscribers ready", sockets.len());
 
+    if args.publishers == 0 || args.rate == 0 {
+        bail!("--publishers and --rate must be at least 1");
+    }
     let total_pubs = args.rate * args.seconds;
+    // Publications are split evenly between the publishers; what does not
+    // divide is not sent, and no reader waits for it.
+    let per_publisher = total_pubs / args.publishers as u64;
+    let sent = if args.no_publish {
+        total_pubs
+    } else {
+        per_publisher * args.publishers as u64
+    };
     let mut readers = Vec::with_capacity(sockets.len());
     for mut ws in sockets {
         readers.push(tokio::spawn(async move {
@@ -446,7 +457,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             let offset_key = memchr::memmem::Finder::new(b"\"offset\":");
             let ts_key = memchr::memmem::Finder::new(b"\"ts\":");
             let mut expect: Option<u64> = None;
-            while report.received < total_pubs {
+            while report.received < sent {
                 let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
                 let Ok(Some(Ok(msg))) = next else { break };
                 let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
@@ -483,7 +494,6 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.publishers)
         .build()?;
     let pad = text_pad(args.payload.saturating_sub(40));
-    let per_publisher = total_pubs / args.publishers as u64;
     let mut publishers = Vec::new();
     let publishing = if args.no_publish {
         0
@@ -538,11 +548,6 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         latency.add(&r.latency).ok();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let sent = if args.no_publish {
-        total_pubs
-    } else {
-        per_publisher * args.publishers as u64
-    };
     let expected = sent * args.subscribers as u64;
     if args.no_publish {
         println!(
