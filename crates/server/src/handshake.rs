@@ -277,7 +277,15 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         Ok(u) => u,
         Err(e) => {
             let r = Rejection::new(ApiError::bad_request(e.to_string()), "bad_upgrade");
-            return reject(&state.metrics, ip, origin, r);
+            let mut response = reject(&state.metrics, ip, origin, r);
+            if e == UpgradeError::WebSocketVersion {
+                // RFC 6455 §4.4: name the version we speak.
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    axum::http::HeaderValue::from_static("13"),
+                );
+            }
+            return response;
         }
     };
     let (encoding, selected) = match negotiate_encoding(&headers) {

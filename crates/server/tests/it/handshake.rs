@@ -32,6 +32,61 @@ async fn not_an_upgrade_is_400_json() {
 }
 
 #[tokio::test]
+async fn each_malformed_upgrade_is_400_naming_its_fault() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let good = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let cases: [(&str, &str, &str); 5] = [
+        ("connection", "keep-alive", "Connection"),
+        ("upgrade", "h2c", "Upgrade"),
+        ("sec-websocket-version", "8", "Sec-WebSocket-Version"),
+        ("sec-websocket-key", "c2hvcnQ=", "Sec-WebSocket-Key"),
+        ("sec-websocket-key", "", "Sec-WebSocket-Key"),
+    ];
+    for (name, value, named) in cases {
+        let mut req = client.get(server.http("/ws"));
+        for (k, v) in good {
+            if k != name {
+                req = req.header(k, v);
+            }
+        }
+        if !value.is_empty() {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}: {value}");
+        let version = resp.headers().get("sec-websocket-version").cloned();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{name}: {body}"
+        );
+        if name == "sec-websocket-version" {
+            assert_eq!(version.unwrap(), "13", "RFC 6455 §4.4");
+        }
+    }
+    let resp = good
+        .iter()
+        .fold(client.post(server.http("/ws")), |r, (k, v)| {
+            r.header(*k, *v)
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status() == 400 || resp.status() == 405,
+        "{}",
+        resp.status()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn token_problems_are_401() {
     let server = TestServer::with(|c| {
         c.auth.issuer = Some("https://issuer.test".into());
