@@ -6,8 +6,8 @@
 //!   client_no_context_takeover`. Every message is then compressed on its
 //!   own, so no connection keeps a compression window (~300 KiB of state)
 //!   between messages: compressors and decompressors come from small pools
-//!   shared by the server, and an idle compressed connection costs what an
-//!   uncompressed one does. Offers that limit our window
+//!   shared by the server, and an idle compressed connection costs 0.19 KiB
+//!   more than an uncompressed one (docs/benchmarks.md). Offers that limit our window
 //!   (`server_max_window_bits` below 15: the pure-Rust miniz_oxide backend
 //!   always uses 32 KiB) or carry unknown or repeated parameters are
 //!   declined; the connection then runs uncompressed.
@@ -16,8 +16,9 @@
 //!   and replaces each compressed frame by its inflated payload as a frame
 //!   without RSV1. tungstenite therefore checks the *decompressed* size
 //!   against `max_message_bytes` (1009), and inflating stops one byte past
-//!   that limit, so a small compressed bomb never expands in memory.
-//! - **Outbound**: [`Deflate::compress`] makes the payload of a frame with
+//!   that limit, so a small compressed bomb never expands in memory. Its
+//!   client side ([`Inflating::client`]) serves `wsgate bench`.
+//! - **Outbound**: [`Negotiated::compress`] makes the payload of a frame with
 //!   RSV1 set, which tungstenite writes as given. Frames shorter than
 //!   `min_bytes`, or that would not shrink, go out uncompressed (RFC 7692
 //!   allows either per message).
