@@ -88,7 +88,7 @@ impl Storage {
         }
     }
 
-    /// One round trip to the database, bounded by [`ANSWER_WITHIN`].
+    /// One round trip to the database, bounded by 2 s (`ANSWER_WITHIN`).
     pub async fn ping(&self) -> Result<(), StorageError> {
         let query = async {
             match self {
