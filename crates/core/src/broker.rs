@@ -1,7 +1,7 @@
 //! The `Broker` (publications, offsets, history) and `Presence` interfaces,
 //! with their in-process memory implementations. A Redis implementation
-//! replaces them without touching connection code; `tests/broker_contract`
-//! holds the contract every implementation must pass.
+//! replaces them without touching connection code; `core::contract`
+//! (feature `contract`) holds the suite every implementation must pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -167,20 +167,15 @@ impl Authorizer {
                 .iter()
                 .any(|p| pattern_matches(p, channel))
         };
+        // The token's `channels` claim adds channels, except in owner-only
+        // namespaces: nobody reads another user's private channel.
         let allowed = match &policy.subscribe {
             SubscribePolicy::Any => true,
             SubscribePolicy::Owner => Self::owns(identity, channel, &thread_owner),
             SubscribePolicy::Role(role) => identity.has_role(role) || by_claim(),
             SubscribePolicy::Claim => by_claim(),
         };
-        // The token's `channels` claim adds channels, except in owner-only
-        // namespaces: nobody reads another user's private channel.
-        let allowed = allowed || (policy.subscribe != SubscribePolicy::Owner && by_claim());
-        if allowed {
-            Ok(policy)
-        } else {
-            Err(Denied::Forbidden)
-        }
+        allowed.then_some(policy).ok_or(Denied::Forbidden)
     }
 
     pub fn can_publish(
@@ -196,11 +191,7 @@ impl Authorizer {
             PublishPolicy::Owner => Self::owns(identity, channel, &thread_owner),
             PublishPolicy::Role(role) => identity.has_role(role),
         };
-        if allowed {
-            Ok(policy)
-        } else {
-            Err(Denied::Forbidden)
-        }
+        allowed.then_some(policy).ok_or(Denied::Forbidden)
     }
 }
 

@@ -70,9 +70,9 @@ type MessageLimiter =
 
 pub struct Session {
     pub(crate) ctx: Kept,
-    /// This connection's subscriptions; empty map allocates nothing.
-    /// A list, not a map: at most `max_subscriptions` (128) entries, and an
-    /// empty `Vec` is 24 bytes where an empty `HashMap` is 48.
+    /// This connection's subscriptions. A list, not a map: at most
+    /// `max_subscriptions` (128) entries, and an empty `Vec` is 24 bytes
+    /// and allocates nothing, where an empty `HashMap` is 48.
     pub(crate) subscriptions: Vec<(Arc<str>, Arc<Subscriber>)>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
