@@ -11,7 +11,7 @@ use crate::broker::{Broker, BrokerError, ClientInfo, HistoryPolicy, Presence};
 use crate::channel::{Authorizer, Denied, NamespacePolicy};
 use crate::fanout::ChannelIndex;
 use crate::outbound::Outbound;
-use crate::publication::Publication;
+use crate::publication::{Publication, StreamPosition};
 
 pub struct Channels {
     pub authorizer: Authorizer,
@@ -40,6 +40,9 @@ impl From<Denied> for PublishError {
     }
 }
 
+/// Most publications one history answer carries.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
 pub fn history_policy(policy: &NamespacePolicy) -> HistoryPolicy {
     HistoryPolicy {
         size: policy.history_size,
@@ -59,6 +62,36 @@ impl Channels {
         let policy = self.authorizer.lookup(channel)?;
         let history = history_policy(policy);
         Ok(self.broker.publish(channel, data, value, history).await?)
+    }
+
+    /// The payload of a `history` reply and of the server API's history:
+    /// publications after `since` (the newest ones without it), at most
+    /// `limit`, which defaults to and is capped by the namespace's history
+    /// size and [`MAX_HISTORY_LIMIT`].
+    pub async fn history(
+        &self,
+        channel: &str,
+        policy: &NamespacePolicy,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<Value, BrokerError> {
+        let history = history_policy(policy);
+        let limit = limit
+            .unwrap_or(history.size)
+            .min(history.size)
+            .min(MAX_HISTORY_LIMIT);
+        let page = self.broker.history(channel, since, limit, history).await?;
+        let publications: Vec<Value> = page
+            .publications
+            .iter()
+            .map(|p| json!({"offset": p.offset, "data": &p.value}))
+            .collect();
+        Ok(json!({
+            "channel": channel,
+            "epoch": &*page.position.epoch,
+            "offset": page.position.offset,
+            "publications": publications,
+        }))
     }
 
     /// Sends `join` or `leave` to the channel's other subscribers on this

@@ -7,17 +7,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use wsgate_protocol::ErrorCode;
+use wsgate_protocol::{Encoding, ErrorCode};
 
 use super::{out_frame, Session};
 use crate::broker::{BrokerError, ClientInfo};
 use crate::channel::{Denied, NamespacePolicy};
 use crate::channels::history_policy;
 use crate::fanout::{Delivery, Subscriber};
+use crate::metrics::Metrics;
+use crate::outbound::OutFrame;
 use crate::publication::{Filter, StreamPosition};
-
-/// Most publications one `history` reply carries.
-const MAX_HISTORY_LIMIT: usize = 1000;
 
 fn parse_position(v: &Value) -> Option<StreamPosition> {
     let obj = v.as_object()?;
@@ -31,6 +30,24 @@ fn parse_position(v: &Value) -> Option<StreamPosition> {
 /// thread channel has an owner.
 fn no_thread_owner(_: &str) -> Option<String> {
     None
+}
+
+/// The `error unavailable` answer to a command whose broker call failed,
+/// counted as a broker error.
+fn unavailable(
+    metrics: &Metrics,
+    encoding: Encoding,
+    id: Option<&str>,
+    e: &BrokerError,
+) -> OutFrame {
+    metrics.broker_errors.inc();
+    metrics.error(ErrorCode::Unavailable.as_str());
+    out_frame(
+        encoding,
+        "error",
+        id,
+        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
+    )
 }
 
 impl Session {
@@ -168,15 +185,9 @@ impl Session {
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
-                    metrics.broker_errors.inc();
-                    metrics.error(ErrorCode::Unavailable.as_str());
                     channels.index.remove(&channel, &subscriber);
-                    subscriber.outbound.push(out_frame(
-                        encoding,
-                        "error",
-                        id.as_deref(),
-                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-                    ));
+                    let frame = unavailable(&metrics, encoding, id.as_deref(), &e);
+                    subscriber.outbound.push(frame);
                     return;
                 }
             };
@@ -272,16 +283,7 @@ impl Session {
                     metrics.message_out(kind);
                     out_frame(encoding, kind, id.as_deref(), payload)
                 }
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    metrics.error(ErrorCode::Unavailable.as_str());
-                    out_frame(
-                        encoding,
-                        "error",
-                        id.as_deref(),
-                        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-                    )
-                }
+                Err(e) => unavailable(&metrics, encoding, id.as_deref(), &e),
             };
             outbound.push(frame);
         });
@@ -373,28 +375,11 @@ impl Session {
                 None,
             );
         }
-        let history = history_policy(&policy);
-        let limit = limit
-            .unwrap_or(history.size)
-            .min(history.size)
-            .min(MAX_HISTORY_LIMIT);
         let channel = channel.to_owned();
         self.reply_later(id, "history", async move {
-            let page = channels
-                .broker
-                .history(&channel, since.as_ref(), limit, history)
-                .await?;
-            let publications: Vec<Value> = page
-                .publications
-                .iter()
-                .map(|p| json!({"offset": p.offset, "data": &p.value}))
-                .collect();
-            Ok(json!({
-                "channel": channel,
-                "epoch": &*page.position.epoch,
-                "offset": page.position.offset,
-                "publications": publications,
-            }))
+            channels
+                .history(&channel, &policy, since.as_ref(), limit)
+                .await
         });
     }
 }

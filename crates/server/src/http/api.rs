@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use wsgate_core::channels::{history_policy, PublishError};
+use wsgate_core::channels::PublishError;
 use wsgate_core::publication::StreamPosition;
 
 use super::error::ApiError;
@@ -170,23 +170,10 @@ pub async fn history(
             ))
         }
     };
-    let history = history_policy(&policy);
-    let limit = q.limit.unwrap_or(history.size).min(history.size);
-    let page = state
+    let answer = state
         .channels
-        .broker
-        .history(&channel, since.as_ref(), limit, history)
+        .history(&channel, &policy, since.as_ref(), q.limit)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let publications: Vec<Value> = page
-        .publications
-        .iter()
-        .map(|p| json!({"offset": p.offset, "data": &p.value}))
-        .collect();
-    Ok(Json(json!({
-        "channel": channel,
-        "epoch": &*page.position.epoch,
-        "offset": page.position.offset,
-        "publications": publications,
-    })))
+    Ok(Json(answer))
 }
