@@ -18,34 +18,40 @@ pub async fn health() -> Json<serde_json::Value> {
 
 /// 200 when every dependency answers, else 503 naming the failed ones.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let storage = state.storage.ping().await;
-    // The memory broker is in-process and always answers; the Redis broker
-    // adds its probe here.
+    let (storage, broker) = tokio::join!(state.storage.ping(), state.channels.broker.ping());
+    let mut failed = Vec::new();
+    if let Err(error) = &storage {
+        state.metrics.storage_errors.inc();
+        failed.push(format!("storage ({}): {error}", state.storage.kind()));
+    }
+    if let Err(error) = &broker {
+        state.metrics.broker_errors.inc();
+        failed.push(format!("broker: {error}"));
+    }
+    let status = |ok: bool| if ok { "ok" } else { "failed" };
     let checks = json!({
-        "storage": if storage.is_ok() { "ok" } else { "failed" },
-        "broker": "ok",
+        "storage": status(storage.is_ok()),
+        "broker": status(broker.is_ok()),
     });
-    match storage {
-        Ok(()) => (
+    if failed.is_empty() {
+        return (
             StatusCode::OK,
             Json(json!({ "status": "ready", "checks": checks })),
         )
-            .into_response(),
-        Err(error) => {
-            state.metrics.storage_errors.inc();
-            tracing::warn!(%error, "readiness: storage failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "error": "unavailable",
-                    "message": format!("storage ({}): {error}", state.storage.kind()),
-                    "status": "not_ready",
-                    "checks": checks,
-                })),
-            )
-                .into_response()
-        }
+            .into_response();
     }
+    let message = failed.join("; ");
+    tracing::warn!(%message, "not ready");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": "unavailable",
+            "message": message,
+            "status": "not_ready",
+            "checks": checks,
+        })),
+    )
+        .into_response()
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -117,19 +123,12 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
     if has_api_key(state, headers) {
         return Ok(());
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let Some(token) = bearer else {
+    let Some(token) = crate::auth::bearer_token(headers) else {
         return Err(ApiError::unauthorized(
             "an admin token or X-API-Key is required",
         ));
     };
-    match state.verifier.verify(token.trim()) {
+    match state.verifier.verify(token) {
         Ok(id) if id.has_role("admin") => Ok(()),
         Ok(_) => Err(ApiError::forbidden("role admin is required")),
         Err(e) => Err(ApiError::unauthorized(e.to_string())),
