@@ -103,12 +103,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 );
             };
             let claims = Claims {
-                sub: Some(args.sub),
-                exp: Some(unix_now() + args.ttl.as_secs()),
-                role: None,
                 roles: args.roles,
                 channels: args.channels,
                 name: args.name,
+                ..Claims::new(args.sub, unix_now() + args.ttl.as_secs())
             };
             println!("{}", sign_hs256(secret.expose(), &claims));
             Ok(())
@@ -153,12 +151,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         let claims = Claims {
-            sub: Some("dev".into()),
-            exp: Some(unix_now() + 24 * 3600),
-            role: None,
             roles: vec!["admin".into()],
-            channels: vec![],
             name: Some("Developer".into()),
+            ..Claims::new("dev", unix_now() + 24 * 3600)
         };
         dev_token = Some(sign_hs256(secret.expose(), &claims));
     } else if config.auth.hmac_secret.is_none()

@@ -28,6 +28,7 @@ use wsgate_core::session::{Session, SessionContext};
 use wsgate_core::stream::RawStream;
 use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
+use crate::auth::bearer_token;
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::transport::deflate::Negotiated;
@@ -91,16 +92,8 @@ pub fn find_token<'a>(
     uri: &'a Uri,
     allow_query: bool,
 ) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut parts = value.splitn(2, ' ');
-        if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
-            if scheme.eq_ignore_ascii_case("bearer") {
-                return Some(token.trim().into());
-            }
-        }
+    if let Some(token) = bearer_token(headers) {
+        return Some(token.into());
     }
     if let Some(token) =
         offered_protocols(headers).find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))

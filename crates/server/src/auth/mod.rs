@@ -48,6 +48,33 @@ pub struct Claims {
     pub name: Option<String>,
 }
 
+impl Claims {
+    /// `sub` and `exp` only; callers add roles or channels.
+    pub fn new(sub: impl Into<String>, exp: u64) -> Self {
+        Claims {
+            sub: Some(sub.into()),
+            exp: Some(exp),
+            role: None,
+            roles: vec![],
+            channels: vec![],
+            name: None,
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme matched
+/// without regard to case), for the handshake and the admin endpoints.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 fn parse_algorithm(name: &str) -> Option<Algorithm> {
     Some(match name {
         "HS256" => Algorithm::HS256,

@@ -131,14 +131,7 @@ pub fn now() -> u64 {
 }
 
 pub fn claims(user: &str, ttl_secs: i64) -> Claims {
-    Claims {
-        sub: Some(user.into()),
-        exp: Some((now() as i64 + ttl_secs) as u64),
-        role: None,
-        roles: vec![],
-        channels: vec![],
-        name: None,
-    }
+    Claims::new(user, (now() as i64 + ttl_secs) as u64)
 }
 
 pub fn token(user: &str) -> String {
