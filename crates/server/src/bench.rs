@@ -122,6 +122,17 @@ pub struct ConnsArgs {
     pub deflate: bool,
 }
 
+/// Connection `i`'s source address: 127.0.0.1 … 127.0.0.`sources`, round
+/// robin, so many connections stay clear of one address's port range.
+fn source_address(i: usize, sources: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        1 + (i % sources.max(1) as usize) as u8,
+    ))
+}
+
 /// Bytes sent over the loopback interface so far (`lo` in /proc/net/dev):
 /// during a fan-out run almost all of it is the server's frames, plus TCP/IP
 /// headers and the clients' ACKs.
@@ -187,23 +198,8 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let permit = sem.clone().acquire_owned().await?;
-        let source = IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % args.sources as usize) as u8,
-        ));
-        let token = sign_hs256(
-            &args.secret,
-            &Claims {
-                sub: Some(format!("bench-{i}")),
-                exp: Some(exp),
-                role: None,
-                roles: vec![],
-                channels: vec![],
-                name: None,
-            },
-        );
+        let source = source_address(i, args.sources);
+        let token = sign_hs256(&args.secret, &Claims::new(format!("bench-{i}"), exp));
         let (url, target, deflate) = (args.url.clone(), url.addr, args.deflate);
         let (opened, failed) = (opened.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
@@ -401,23 +397,8 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut opening = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let token = sign_hs256(
-            &args.secret,
-            &Claims {
-                sub: Some(format!("fan-{i}")),
-                exp: Some(exp),
-                role: None,
-                roles: vec![],
-                channels: vec![],
-                name: None,
-            },
-        );
-        let source = IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % args.sources.max(1) as usize) as u8,
-        ));
+        let token = sign_hs256(&args.secret, &Claims::new(format!("fan-{i}"), exp));
+        let source = source_address(i, args.sources);
         let (url, channel, sem) = (args.url.clone(), args.channel.clone(), sem.clone());
         let deflate = args.deflate;
         opening.push(tokio::spawn(async move {
