@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use wsgate_core::channel::{NamespacePolicy, PublishPolicy, SubscribePolicy};
 use wsgate_core::limits::Limits;
 
 /// A secret string: never printed, never serialized in clear.
@@ -184,22 +185,37 @@ pub struct ChannelsConfig {
     pub namespaces: Vec<NamespaceConfig>,
 }
 
+/// `role:<role>` with a non-empty role.
+fn role_of(s: &str) -> Option<String> {
+    s.strip_prefix("role:")
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+}
+
+fn subscribe_policy(s: &str) -> Option<SubscribePolicy> {
+    Some(match s {
+        "any" => SubscribePolicy::Any,
+        "owner" => SubscribePolicy::Owner,
+        "claim" => SubscribePolicy::Claim,
+        other => SubscribePolicy::Role(role_of(other)?),
+    })
+}
+
+fn publish_policy(s: &str) -> Option<PublishPolicy> {
+    Some(match s {
+        "server" => PublishPolicy::Server,
+        "any" => PublishPolicy::Any,
+        "owner" => PublishPolicy::Owner,
+        other => PublishPolicy::Role(role_of(other)?),
+    })
+}
+
 impl NamespaceConfig {
-    /// The core policy; `validate` has already checked the strings.
-    pub fn policy(&self) -> wsgate_core::channel::NamespacePolicy {
-        use wsgate_core::channel::{NamespacePolicy, PublishPolicy, SubscribePolicy};
-        let subscribe = match self.subscribe.as_str() {
-            "any" => SubscribePolicy::Any,
-            "owner" => SubscribePolicy::Owner,
-            "claim" => SubscribePolicy::Claim,
-            other => SubscribePolicy::Role(other.trim_start_matches("role:").to_string()),
-        };
-        let publish = match self.publish.as_str() {
-            "server" => PublishPolicy::Server,
-            "any" => PublishPolicy::Any,
-            "owner" => PublishPolicy::Owner,
-            other => PublishPolicy::Role(other.trim_start_matches("role:").to_string()),
-        };
+    /// The core policy; `validate` has already checked the strings (an
+    /// unchecked bad one falls back to the most restrictive policy).
+    pub fn policy(&self) -> NamespacePolicy {
+        let subscribe = subscribe_policy(&self.subscribe).unwrap_or(SubscribePolicy::Owner);
+        let publish = publish_policy(&self.publish).unwrap_or(PublishPolicy::Server);
         NamespacePolicy {
             history_size: self.history_size,
             history_ttl: std::time::Duration::from_secs(self.history_ttl_secs),
@@ -447,23 +463,13 @@ impl Config {
             ));
         }
         for ns in &self.channels.namespaces {
-            let sub_ok = ["any", "owner", "claim"].contains(&ns.subscribe.as_str())
-                || ns
-                    .subscribe
-                    .strip_prefix("role:")
-                    .is_some_and(|r| !r.is_empty());
-            if !sub_ok {
+            if subscribe_policy(&ns.subscribe).is_none() {
                 return Err(invalid(
                     "channels.namespaces.subscribe",
                     format!("{:?} is not any, owner, claim or role:<role>", ns.subscribe),
                 ));
             }
-            let pub_ok = ["server", "any", "owner"].contains(&ns.publish.as_str())
-                || ns
-                    .publish
-                    .strip_prefix("role:")
-                    .is_some_and(|r| !r.is_empty());
-            if !pub_ok {
+            if publish_policy(&ns.publish).is_none() {
                 return Err(invalid(
                     "channels.namespaces.publish",
                     format!("{:?} is not server, any, owner or role:<role>", ns.publish),
