@@ -114,36 +114,30 @@ fn classify(err: WsError) -> ReadError {
 /// The message for one outbound frame: compressed when deflate was agreed
 /// and it pays off. A shared frame (a publication) is compressed once for
 /// all its subscribers.
+///
+/// Frames go to tungstenite as raw `Frame`s, which it writes as given: text
+/// frames hold JSON we encoded or text a client sent (checked when read), so
+/// their UTF-8 is not checked again for every subscriber, and the RSV1 bit
+/// of a compressed frame needs the raw form anyway.
 fn to_message(frame: OutFrame, deflate: Option<&Negotiated>) -> Message {
-    let (bytes, binary) = match &frame {
-        OutFrame::Text(b) => (b, false),
-        OutFrame::Binary(b) => (b, true),
-        OutFrame::Shared(f) => (f.bytes(), f.is_binary()),
+    let (bytes, data) = match &frame {
+        OutFrame::Text(b) => (b, Data::Text),
+        OutFrame::Binary(b) => (b, Data::Binary),
+        OutFrame::Shared(f) if f.is_binary() => (f.bytes(), Data::Binary),
+        OutFrame::Shared(f) => (f.bytes(), Data::Text),
     };
-    if let Some(deflate) = deflate {
-        let compressed = match &frame {
-            OutFrame::Shared(f) => f.compressed(|b| deflate.compress(b)),
-            _ => deflate.compress(bytes),
-        };
-        if let Some(compressed) = compressed {
-            let opcode = if binary { Data::Binary } else { Data::Text };
-            let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
-            frame.header_mut().rsv1 = true;
-            return Message::Frame(frame);
-        }
-    }
-    if binary {
-        return Message::Binary(bytes.clone());
-    }
-    // Text frames hold JSON we encoded or text a client sent, both UTF-8.
-    // Converting re-checks that per frame (no unchecked constructor without
-    // `unsafe`); `perf` of the fan-out bench puts it under 1% of server CPU.
-    // Should the bytes ever not be UTF-8, they still go out, as binary,
-    // rather than being dropped.
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(t) => Message::Text(t),
-        Err(_) => Message::Binary(bytes.clone()),
-    }
+    let compressed = deflate.and_then(|d| match &frame {
+        OutFrame::Shared(f) => f.compressed(|b| d.compress(b)),
+        _ => d.compress(bytes),
+    });
+    let rsv1 = compressed.is_some();
+    let mut out = Frame::message(
+        compressed.unwrap_or_else(|| bytes.clone()),
+        OpCode::Data(data),
+        true,
+    );
+    out.header_mut().rsv1 = rsv1;
+    Message::Frame(out)
 }
 
 /// What one connection task runs: see [`drive`].
