@@ -59,23 +59,31 @@ impl Subscriber {
         }
     }
 
+    fn wants(&self, p: &Publication) -> bool {
+        self.filter.as_ref().is_none_or(|f| p.matches(f))
+    }
+
     fn push(&self, p: &Publication) {
-        if self.filter.as_ref().is_some_and(|f| !p.matches(f)) {
-            return;
-        }
         // On overflow the queue requests close 4009 itself.
         self.outbound.push_published(self.frame(p), p.published_at);
     }
 
-    fn deliver(&self, p: &Arc<Publication>) {
+    /// Queues `p` (or keeps it until [`Subscriber::go_live`]) unless the
+    /// filter excludes it; whether it was taken.
+    fn deliver(&self, p: &Arc<Publication>) -> bool {
+        if !self.wants(p) {
+            return false;
+        }
         if self.live.load(Ordering::Acquire) {
-            return self.push(p);
+            self.push(p);
+            return true;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match pending.as_mut() {
             Some(buffer) => buffer.push(p.clone()),
             None => self.push(p),
         }
+        true
     }
 
     /// Sends `reply`, then `backlog`, then whatever arrived meanwhile with an
@@ -95,9 +103,12 @@ impl Subscriber {
             self.outbound.push(reply);
         }
         for p in backlog {
-            self.push(p);
+            if self.wants(p) {
+                self.push(p);
+            }
             last_offset = last_offset.max(p.offset);
         }
+        // Filtered on arrival already.
         for p in pending.take().unwrap_or_default() {
             if p.offset > last_offset {
                 self.push(&p);
@@ -164,15 +175,6 @@ impl ChannelIndex {
         }
     }
 
-    /// Subscribers on this node.
-    pub fn count(&self, channel: &str) -> usize {
-        let shard = self
-            .shard(channel)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        shard.get(channel).map_or(0, Vec::len)
-    }
-
     /// Sends a frame that is not a publication (join/leave) to the channel's
     /// envelope subscribers except `except` (the client it is about);
     /// `make` encodes it once per encoding.
@@ -219,11 +221,41 @@ impl Deliver for ChannelIndex {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(list) = shard.get(&*publication.channel) {
-            for s in list {
-                s.deliver(publication);
-            }
+            let taken: u64 = list.iter().map(|s| u64::from(s.deliver(publication))).sum();
             // One counter update per publication, not per delivery.
-            self.metrics.deliveries.inc_by(list.len() as u64);
+            self.metrics.deliveries.inc_by(taken);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filtered_out_subscribers_get_nothing_and_are_not_counted() {
+        let metrics = Arc::new(Metrics::register(&mut Default::default()));
+        let index = ChannelIndex::new(metrics.clone());
+        let all = Arc::new(Outbound::new(1 << 16));
+        let critical_only = Arc::new(Outbound::new(1 << 16));
+        let filter = Filter::Exact(json!({"severity": "critical"}).as_object().unwrap().clone());
+        for (outbound, filter) in [(&all, None), (&critical_only, Some(filter))] {
+            let s = Subscriber::new(outbound.clone(), Delivery::Raw, filter);
+            s.go_live(None, &[], 0);
+            index.add("events", s);
+        }
+        let data = json!({"severity": "info"});
+        let p = Publication::new(
+            "events".into(),
+            1,
+            "e".into(),
+            Bytes::from(data.to_string()),
+            data,
+        );
+        index.deliver(&p);
+        assert_eq!(all.take().0.len(), 1);
+        assert!(critical_only.take().0.is_empty());
+        assert_eq!(metrics.deliveries.get(), 1);
     }
 }

@@ -250,7 +250,8 @@ impl Outbound {
         self.lock().close
     }
 
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }
 }
