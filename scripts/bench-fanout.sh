@@ -16,17 +16,10 @@ if [ "${5:-}" = "--deflate" ]; then
   EXTRA=(--deflate)
 fi
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-ulimit -n 20000
-export WSGATE_AUTH__HMAC_SECRET=${WSGATE_AUTH__HMAC_SECRET:-bench-secret-bench-secret-bench-secret}
-export WSGATE_API__KEYS='["bench-api-key-0123456789"]'
-export WSGATE_LIMITS__MAX_CONNECTIONS=20000 WSGATE_LIMITS__HANDSHAKES_PER_MINUTE_PER_IP=1000000
-export WSGATE_LIMITS__MAX_CONNECTIONS_PER_USER=20000
-export WSGATE_LISTEN=127.0.0.1:8091 RUST_LOG=${RUST_LOG:-warn}
-taskset -c 0 ./target/release/wsgate serve > /tmp/wsgate-bench-fanout.log 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-sleep 1
+source scripts/bench-server.sh
+export WSGATE_API__KEYS='["bench-api-key-0123456789"]' WSGATE_LIMITS__MAX_CONNECTIONS_PER_USER=20000
+export RUST_LOG=${RUST_LOG:-warn}
+start_bench_server 127.0.0.1:8091 /tmp/wsgate-bench-fanout.log
 BENCH_API_KEY=bench-api-key-0123456789 taskset -c 1 ./target/release/wsgate bench fanout \
   --url ws://127.0.0.1:8091/ws --api http://127.0.0.1:8091 \
   -n "$N" --rate "$RATE" --seconds "$SECONDS_" --payload "$PAYLOAD" --pid "$PID" "${EXTRA[@]}"
