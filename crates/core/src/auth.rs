@@ -34,10 +34,17 @@ pub fn unix_now() -> u64 {
 
 /// The monotonic instant at which a Unix `exp` is reached: connection
 /// timers run on `Instant`s so paused-time tests and clock jumps behave.
+///
+/// Clamped to [`MAX_TIMER`] ahead: an `exp` centuries away would overflow
+/// `Instant` arithmetic (a panic in the connection task), and a deadline
+/// further off than any process lives is the same as none.
 pub fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
-    tokio::time::Instant::now()
-        + std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()))
+    let left = std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()));
+    tokio::time::Instant::now() + left.min(MAX_TIMER)
 }
+
+/// The furthest a connection timer is set: about 30 years.
+pub const MAX_TIMER: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Why a token was refused. The message never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,4 +93,17 @@ impl AuthError {
 /// provide their own.
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Identity, AuthError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_far_expiry_does_not_overflow() {
+        let now = tokio::time::Instant::now();
+        let far = expiry_instant(u64::MAX);
+        assert!(far > now + MAX_TIMER - std::time::Duration::from_secs(5));
+        assert!(expiry_instant(0) <= tokio::time::Instant::now());
+    }
 }

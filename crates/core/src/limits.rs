@@ -16,6 +16,19 @@ pub struct Limits {
     /// Handshakes per minute from one IP address (default 60): cheap defence
     /// against reconnect storms and token guessing. 429 beyond it.
     pub handshakes_per_minute_per_ip: u32,
+    /// Seconds a client has to send a complete request head (default 10),
+    /// also the longest a keep-alive connection may idle between requests:
+    /// a socket that never completes a request must not hold a file
+    /// descriptor for ever.
+    pub header_timeout_secs: u64,
+    /// Connections from one IP address (IPv6: one /64) that have not
+    /// upgraded to WebSocket yet (default 64; a browser opens at most 6 per
+    /// host). Beyond it new sockets are closed at once: half-sent requests
+    /// from one address cannot exhaust the server's file descriptors.
+    pub pending_connections_per_ip: usize,
+    /// Connections from all addresses that have not upgraded yet (default
+    /// 4096), for floods from many addresses.
+    pub max_pending_connections: usize,
     /// Largest frame a client may send, after decompression (default 8192).
     /// Commands are small; a bigger frame is an attack or a bug. Close 1009.
     pub max_message_bytes: usize,
@@ -43,6 +56,9 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_user: 3,
             handshakes_per_minute_per_ip: 60,
+            header_timeout_secs: 10,
+            pending_connections_per_ip: 64,
+            max_pending_connections: 4096,
             max_message_bytes: 8192,
             messages_per_minute: 30,
             message_burst: 10,
@@ -66,6 +82,15 @@ impl Limits {
             (
                 "limits.handshakes_per_minute_per_ip",
                 self.handshakes_per_minute_per_ip as u64,
+            ),
+            ("limits.header_timeout_secs", self.header_timeout_secs),
+            (
+                "limits.pending_connections_per_ip",
+                self.pending_connections_per_ip as u64,
+            ),
+            (
+                "limits.max_pending_connections",
+                self.max_pending_connections as u64,
             ),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
             (
@@ -91,6 +116,9 @@ impl Limits {
                 "limits.heartbeat_timeout_secs",
                 "must be greater than limits.heartbeat_secs",
             ));
+        }
+        if self.header_timeout_secs > 3600 {
+            return Err(("limits.header_timeout_secs", "must be at most 3600"));
         }
         if self.max_message_bytes > 64 << 20 {
             return Err(("limits.max_message_bytes", "must be at most 64 MiB"));

@@ -19,6 +19,8 @@ fn token_validation(c: &mut Criterion) {
         roles: vec!["member".into()],
         channels: vec!["chat:*".into()],
         name: Some("Bench User".into()),
+        iss: None,
+        aud: None,
     };
     let token = sign_hs256(secret, &claims);
     c.bench_function("verify_hs256", |b| {

@@ -107,7 +107,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 channels: args.channels,
                 name: args.name,
                 ..Claims::new(args.sub, unix_now() + args.ttl.as_secs())
-            };
+            }
+            .for_config(&config.auth);
             println!("{}", sign_hs256(secret.expose(), &claims));
             Ok(())
         }
@@ -154,7 +155,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             roles: vec!["admin".into()],
             name: Some("Developer".into()),
             ..Claims::new("dev", unix_now() + 24 * 3600)
-        };
+        }
+        .for_config(&config.auth);
         dev_token = Some(sign_hs256(secret.expose(), &claims));
     } else if config.auth.hmac_secret.is_none()
         && config.auth.public_key_pem.is_none()

@@ -44,6 +44,67 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A URL as `config print` shows it: user-info and query string (where
+/// credentials and API keys hide) replaced by `redacted`; a string that is
+/// not a URL is not shown at all.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<redacted>".into();
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        // Only URLs that cannot carry user-info fail these, and those have
+        // none to hide.
+        let _ = u.set_username("redacted");
+        let _ = u.set_password(None);
+    }
+    if u.query().is_some() {
+        u.set_query(Some("redacted"));
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(Some("redacted"));
+    }
+    u.to_string()
+}
+
+fn serialize_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+fn serialize_opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serialize_url(url, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Keys whose values are secret: an error about one names the key and
+/// never repeats the value.
+const SECRET_KEYS: &[&str] = &[
+    "auth.hmac_secret",
+    "api.keys",
+    "agent.api_key",
+    "storage.url",
+    "broker.url",
+    "auth.jwks_url",
+    "agent.url",
+];
+
+/// One figment error as text, without the value when the key is secret.
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let secret = SECRET_KEYS
+        .iter()
+        .any(|k| key == *k || key.starts_with(&format!("{k}.")));
+    if !secret {
+        return e.to_string();
+    }
+    let expected = match &e.kind {
+        figment::error::Kind::InvalidType(_, expected) => format!(": expected {expected}"),
+        _ => String::new(),
+    };
+    format!("invalid value for `{key}` (not shown: the key is secret){expected}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -70,6 +131,8 @@ pub struct AuthConfig {
     /// public key in PEM.
     pub public_key_pem: Option<PathBuf>,
     /// `WSGATE_AUTH__JWKS_URL`: a JWKS document; keys cached by `kid`.
+    /// `https://` (or `http://` to a loopback address).
+    #[serde(serialize_with = "serialize_opt_url")]
     pub jwks_url: Option<String>,
     /// `WSGATE_AUTH__JWKS_REFRESH_SECS`: background refresh period (300).
     pub jwks_refresh_secs: u64,
@@ -263,6 +326,7 @@ impl Default for BrokerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     pub kind: String,
+    #[serde(serialize_with = "serialize_url")]
     pub url: String,
     pub model: String,
     pub api_key: Option<Secret>,
@@ -368,7 +432,7 @@ impl Config {
     pub fn from_figment(fig: &Figment) -> Result<Self, ConfigError> {
         let config: Config = fig.extract().map_err(|e| {
             // figment reports every error with the key path it concerns.
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            let msgs: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
             ConfigError::Parse(msgs.join("; "))
         })?;
         config.validate()?;
@@ -413,8 +477,11 @@ impl Config {
             }
         }
         if let Some(url) = &auth.jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(invalid("auth.jwks_url", "must be an http(s) URL"));
+            if !jwks_url_allowed(url) {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    "must be an https:// URL (http:// only for a loopback address)",
+                ));
             }
         }
         if auth.jwks_refresh_secs == 0 {
@@ -501,6 +568,21 @@ impl Config {
         // Serializing a plain struct of strings, numbers and tables to TOML
         // cannot fail.
         toml::to_string_pretty(self).expect("configuration serializes to TOML")
+    }
+}
+
+/// Keys fetched over plain HTTP could be swapped by anyone on the path,
+/// so a JWKS URL is `https://`, or `http://` to this machine only.
+fn jwks_url_allowed(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
+        _ => false,
     }
 }
 
@@ -627,5 +709,62 @@ mod tests {
         assert!(!printed.contains(&"k".repeat(20)));
         assert!(printed.contains("<redacted>"));
         assert!(!format!("{c:?}").contains(&"x".repeat(40)));
+    }
+
+    #[test]
+    fn url_credentials_and_queries_are_redacted() {
+        let mut c = Config::default();
+        c.auth.jwks_url = Some("https://u:pass-word-1@idp.example/jwks.json?sig=s3cr3t".into());
+        c.agent.url = "https://llm.example/v1?key=agent-k3y#frag".into();
+        let printed = c.to_redacted_toml();
+        for leaked in ["pass-word-1", "s3cr3t", "agent-k3y", "frag"] {
+            assert!(!printed.contains(leaked), "{leaked} in {printed}");
+        }
+        assert!(printed.contains("https://redacted@idp.example/jwks.json?redacted"));
+        assert!(printed.contains("https://llm.example/v1?redacted"));
+        assert_eq!(redact_url("not a url"), "<redacted>");
+        assert_eq!(
+            redact_url("http://127.0.0.1:9000/run"),
+            "http://127.0.0.1:9000/run"
+        );
+    }
+
+    #[test]
+    fn errors_on_secret_keys_do_not_repeat_the_value() {
+        Jail::expect_with(|jail| {
+            // A table where a list is expected: figment would quote it.
+            jail.set_env("WSGATE_API__KEYS", "{a=\"leaky-api-key-1234567\"}");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(!err.contains("leaky-api-key"), "{err}");
+            assert!(err.contains("api.keys"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "WSGATE_AUTH__HMAC_SECRET",
+                "[\"leaky-secret-0123456789abcdef0123\"]",
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(!err.contains("leaky-secret"), "{err}");
+            assert!(err.contains("auth.hmac_secret"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jwks_url_must_be_https_unless_loopback() {
+        let check = |url: &str| {
+            let mut c = Config::default();
+            c.auth.jwks_url = Some(url.into());
+            c.validate().is_ok()
+        };
+        assert!(check("https://idp.example/.well-known/jwks.json"));
+        assert!(check("http://127.0.0.1:8081/jwks.json"));
+        assert!(check("http://[::1]:8081/jwks.json"));
+        assert!(check("http://localhost/jwks.json"));
+        assert!(!check("http://idp.example/jwks.json"));
+        assert!(!check("http://10.0.0.1/jwks.json"));
+        assert!(!check("ftp://idp.example/jwks.json"));
+        assert!(!check("jwks.json"));
     }
 }

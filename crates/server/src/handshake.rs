@@ -30,6 +30,7 @@ use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
 
 use crate::auth::bearer_token;
 use crate::http::error::ApiError;
+use crate::listener::ip_key;
 use crate::state::AppState;
 use crate::transport::deflate::Negotiated;
 use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
@@ -127,27 +128,39 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     {
         return true;
     }
+    // The request's own host, reached over HTTP or HTTPS: TLS may end at a
+    // proxy in front, so either scheme is the page's own. Any other scheme
+    // (`ftp://host`, `chrome-extension://…`) is not a page of this server.
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     match (origin.split_once("://"), host) {
-        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        (Some((scheme, authority)), Some(host)) => {
+            (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && authority.eq_ignore_ascii_case(host)
+        }
         _ => false,
     }
 }
 
-/// Checks that are the same for `/ws` and the read-only streams.
+/// The per-IP handshake rate (IPv6 by /64), checked before anything else
+/// so that malformed upgrade requests count against it too.
+fn check_ip_rate(state: &AppState, ip: IpAddr) -> Result<(), Rejection> {
+    let Err(not_until) = state.handshakes_per_ip.check_key(&ip_key(ip)) else {
+        return Ok(());
+    };
+    let wait = not_until.wait_time_from(state.handshakes_per_ip.clock().now());
+    Err(Rejection::new(
+        ApiError::rate_limited("too many handshakes from this address", wait.as_secs() + 1),
+        "ip_rate",
+    ))
+}
+
+/// Checks that are the same for `/ws` and the read-only streams, after the
+/// per-IP rate.
 pub fn admit(
     state: &AppState,
-    ip: IpAddr,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<(Identity, Admission), Rejection> {
-    if let Err(not_until) = state.handshakes_per_ip.check_key(&ip) {
-        let wait = not_until.wait_time_from(state.handshakes_per_ip.clock().now());
-        return Err(Rejection::new(
-            ApiError::rate_limited("too many handshakes from this address", wait.as_secs() + 1),
-            "ip_rate",
-        ));
-    }
     if !origin_allowed(headers, &state.config.origins.allowed) {
         return Err(Rejection::new(
             ApiError::forbidden("origin not allowed"),
@@ -170,17 +183,23 @@ pub fn admit(
     Ok((identity, admission))
 }
 
-fn reject(metrics: &Metrics, ip: IpAddr, origin: Option<&str>, r: Rejection) -> Response {
-    metrics.rejection(r.reason);
-    tracing::info!(
-        target: "wsgate::audit",
-        event = "handshake",
-        result = "rejected",
-        reason = r.reason,
-        status = r.error.status.as_u16(),
-        %ip,
-        origin,
-    );
+fn reject(state: &AppState, ip: IpAddr, origin: Option<&str>, r: Rejection) -> Response {
+    state.metrics.rejection(r.reason);
+    let now = std::time::Instant::now();
+    if let Some(left_out) = state.rejection_log.admit(r.reason, ip_key(ip), now) {
+        tracing::info!(
+            target: "wsgate::audit",
+            event = "handshake",
+            result = "rejected",
+            reason = r.reason,
+            status = r.error.status.as_u16(),
+            %ip,
+            origin,
+            // Rejections of the same reason and address not logged since
+            // the last line (see `audit`).
+            left_out,
+        );
+    }
     r.error.into_response()
 }
 
@@ -266,11 +285,14 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     } = req;
     let ip = peer.ip();
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if let Err(r) = check_ip_rate(&state, ip) {
+        return reject(&state, ip, origin, r);
+    }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
             let r = Rejection::new(ApiError::bad_request(e.to_string()), "bad_upgrade");
-            let mut response = reject(&state.metrics, ip, origin, r);
+            let mut response = reject(&state, ip, origin, r);
             if e == UpgradeError::WebSocketVersion {
                 // RFC 6455 §4.4: name the version we speak.
                 response.headers_mut().insert(
@@ -283,11 +305,11 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     };
     let (encoding, selected) = match negotiate_encoding(&headers) {
         Ok(x) => x,
-        Err(r) => return reject(&state.metrics, ip, origin, r),
+        Err(r) => return reject(&state, ip, origin, r),
     };
-    let (identity, admission) = match admit(&state, ip, &headers, &uri) {
+    let (identity, admission) = match admit(&state, &headers, &uri) {
         Ok(x) => x,
-        Err(r) => return reject(&state.metrics, ip, origin, r),
+        Err(r) => return reject(&state, ip, origin, r),
     };
     let kind = match stream {
         None => Kind::Protocol,
@@ -306,14 +328,14 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
                         ApiError::bad_request("invalid channel name"),
                         "bad_channel",
                     );
-                    return reject(&state.metrics, ip, origin, r);
+                    return reject(&state, ip, origin, r);
                 }
                 Err(Denied::Forbidden) => {
                     let r = Rejection::new(
                         ApiError::forbidden("stream channel not permitted"),
                         "channel_forbidden",
                     );
-                    return reject(&state.metrics, ip, origin, r);
+                    return reject(&state, ip, origin, r);
                 }
             }
         }
@@ -387,7 +409,6 @@ impl Accepted {
         if state.shutdown.is_cancelled() {
             outbound.close(CloseCode::GoingAway);
         }
-        state.metrics.connections_active.inc();
         let limits = state.transport.clone();
         let started = std::time::Instant::now();
         // Generic over the handler, so each kind gets its own exactly-sized
@@ -445,12 +466,14 @@ struct Finished {
 }
 
 impl Finished {
+    /// Counts the connection as active until this is dropped.
     fn new(
         state: AppState,
         admission: Admission,
         started: std::time::Instant,
         tracked: TaskTrackerToken,
     ) -> Self {
+        state.metrics.connections_active.inc();
         Finished {
             state,
             admission,
@@ -461,7 +484,6 @@ impl Finished {
 
     fn record(self, ended: Ended) {
         let m = &self.state.metrics;
-        m.connections_active.dec();
         m.connection_duration
             .observe(self.started.elapsed().as_secs_f64());
         Metrics::count(&m.disconnects, "code", close_label(&ended));
@@ -475,8 +497,16 @@ impl Finished {
             duration_ms = self.started.elapsed().as_millis() as u64,
             "disconnected"
         );
-        // Dropping `admission` frees the slot; `_tracked` tells shutdown.
-        drop(self.admission);
+        // Dropping `self` frees the slot and tells shutdown.
+    }
+}
+
+/// The active-connections gauge, the slot and the tracker token are given
+/// back on every exit path: a normal end (after `record`) and a
+/// connection task that panicked or was dropped.
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.state.metrics.connections_active.dec();
     }
 }
 

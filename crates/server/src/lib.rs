@@ -1,12 +1,14 @@
 //! wsgate's server: configuration, authentication, the WebSocket transport,
 //! HTTP endpoints and the `run` entry point.
 
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod handshake;
 pub mod http;
+pub mod listener;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -2,13 +2,11 @@
 //! binary only parses flags and calls this; tests bind `127.0.0.1:0` and
 //! call it too.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use governor::{Quota, RateLimiter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -58,6 +56,9 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     let verifier = JwtVerifier::new(&config.auth, jwks).context("auth configuration")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    registry
+        .sub_registry_with_prefix("wsgate")
+        .register_collector(Box::new(crate::telemetry::LogDrops));
     if config.broker.url.expose() != "memory" {
         anyhow::bail!("broker.url: only \"memory\" is implemented so far (Redis comes with the scaling issue)");
     }
@@ -98,6 +99,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         hub: Hub::new(l.max_connections, l.max_connections_per_user),
         channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
+        rejection_log: Default::default(),
         verifier,
         sessions,
         metrics,
@@ -202,20 +204,18 @@ pub async fn run(
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    // Frames are small and latency matters more than packet count: no Nagle
-    // delay between the 101 response and the `connected` frame, or between
-    // a reply and the client's next command.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    let serve = axum::serve(
+    // HTTP connections (until they upgrade) on their own tracker: shutdown
+    // closes the idle ones at once and waits for the rest with the
+    // WebSocket connections.
+    let http_connections = TaskTracker::new();
+    let server = tokio::spawn(crate::listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+        app,
+        state.config.limits.clone(),
+        state.metrics.clone(),
+        shutdown.clone(),
+        http_connections.clone(),
+    ));
 
     shutdown.cancelled().await;
     let closing = state.hub.close_all(CloseCode::GoingAway);
@@ -226,8 +226,9 @@ pub async fn run(
     );
     state.connections.close();
     let drained = tokio::time::timeout(grace, async {
-        state.connections.wait().await;
         let _ = server.await;
+        http_connections.close();
+        tokio::join!(state.connections.wait(), http_connections.wait());
     })
     .await;
     match drained {

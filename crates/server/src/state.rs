@@ -16,6 +16,7 @@ use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
 
+use crate::audit::RejectionLog;
 use crate::config::Config;
 use crate::storage::Storage;
 use crate::transport::deflate::Deflate;
@@ -28,7 +29,10 @@ pub struct Inner {
     pub channels: Arc<Channels>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// Keyed by [`crate::listener::ip_key`] (IPv6 by /64).
     pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Which rejected handshakes get an audit line.
+    pub rejection_log: RejectionLog,
     pub transport: Arc<TransportLimits>,
     /// permessage-deflate, when `transport.compression` is on.
     pub deflate: Option<Arc<Deflate>>,

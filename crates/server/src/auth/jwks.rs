@@ -96,19 +96,36 @@ impl JwksCache {
     /// Fetches the document and replaces the keys; on any error the old keys
     /// stay.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let resp = self
+        let mut resp = self
             .client
             .get(&self.url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| JwksError::Fetch(e.without_url().to_string()))?;
-        let body = resp
-            .bytes()
+        // A declared length over the cap is refused before reading; an
+        // undeclared (chunked) or lying one is read with a running cap, so
+        // a huge answer never sits in memory whole.
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err(JwksError::Parse(format!(
+                "larger than {MAX_JWKS_BYTES} bytes"
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| JwksError::Fetch(e.without_url().to_string()))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(JwksError::Parse("document too large".into()));
+            .map_err(|e| JwksError::Fetch(e.without_url().to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(JwksError::Parse(format!(
+                    "larger than {MAX_JWKS_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
         }
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| JwksError::Parse(e.to_string()))?;

@@ -46,6 +46,13 @@ pub struct Claims {
     pub channels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Kept as raw JSON so that `null`, a number or a missing claim are all
+    /// seen as what they are (not an issuer) when `auth.issuer` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<serde_json::Value>,
+    /// A string or an array of strings; raw for the same reason as `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
 }
 
 impl Claims {
@@ -58,7 +65,17 @@ impl Claims {
             roles: vec![],
             channels: vec![],
             name: None,
+            iss: None,
+            aud: None,
         }
+    }
+
+    /// Adds the configured `iss` and `aud`, so tokens minted by `wsgate
+    /// token` and `--dev` pass the server's own checks.
+    pub fn for_config(mut self, auth: &AuthConfig) -> Self {
+        self.iss = auth.issuer.clone().map(serde_json::Value::String);
+        self.aud = auth.audience.clone().map(serde_json::Value::String);
+        self
     }
 }
 
@@ -94,6 +111,10 @@ pub struct JwtVerifier {
     public: Option<(AlgorithmFamily, DecodingKey)>,
     jwks: Option<Arc<JwksCache>>,
     validation: Validation,
+    /// `auth.issuer` / `auth.audience`: checked here rather than by
+    /// jsonwebtoken, which skips a claim that is missing or not a string.
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl JwtVerifier {
@@ -137,19 +158,15 @@ impl JwtVerifier {
         // jsonwebtoken rejects any `exp` not strictly in the future once
         // leeway is 0; that is the contract.
         validation.reject_tokens_expiring_in_less_than = 0;
-        match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-        }
+        validation.validate_aud = false;
         Ok(JwtVerifier {
             algorithms,
             hmac,
             public,
             jwks,
             validation,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
         })
     }
 
@@ -199,6 +216,10 @@ fn raw_alg(token: &str) -> Option<String> {
 
 /// Longest token accepted; anything longer is not a token we issued.
 const MAX_TOKEN_BYTES: usize = 8192;
+/// Latest `exp` accepted: 9999-12-31T23:59:59Z. Beyond it a timestamp is
+/// not a date (and loses precision in JavaScript clients that read
+/// `expires_at`).
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
@@ -241,6 +262,28 @@ impl TokenVerifier for JwtVerifier {
         };
         if sub.is_empty() || sub.len() > 255 {
             return Err(AuthError::MissingClaim);
+        }
+        if exp > MAX_EXP {
+            return Err(AuthError::Malformed);
+        }
+        // When configured, `iss` and `aud` are required: a token minted by
+        // another service that shares the key must not get in.
+        if let Some(issuer) = &self.issuer {
+            if c.iss.as_ref().and_then(serde_json::Value::as_str) != Some(issuer.as_str()) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let ok = match &c.aud {
+                Some(serde_json::Value::String(a)) => a == audience,
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str() == Some(audience.as_str()))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::WrongAudience);
+            }
         }
         let mut roles = c.roles;
         if let Some(role) = c.role {
@@ -290,6 +333,8 @@ mod tests {
             roles: vec!["ops".into()],
             channels: vec![],
             name: None,
+            iss: None,
+            aud: None,
         }
     }
 
@@ -333,5 +378,65 @@ mod tests {
             JwtVerifier::new(&config, None),
             Err(KeyError::NoKeyFor(_))
         ));
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let config = AuthConfig {
+            hmac_secret: Some(Secret::new(SECRET)),
+            issuer: Some("https://idp.example".into()),
+            audience: Some("wsgate".into()),
+            ..AuthConfig::default()
+        };
+        let v = JwtVerifier::new(&config, None).unwrap();
+        let sign = |iss: Option<serde_json::Value>, aud: Option<serde_json::Value>| {
+            let claims = Claims {
+                iss,
+                aud,
+                ..Claims::new("alice", now() + 60)
+            };
+            v.verify(&sign_hs256(SECRET, &claims))
+        };
+        let iss = || Some(serde_json::json!("https://idp.example"));
+        let aud = || Some(serde_json::json!("wsgate"));
+        assert!(sign(iss(), aud()).is_ok());
+        assert!(sign(iss(), Some(serde_json::json!(["other", "wsgate"]))).is_ok());
+        for bad_iss in [
+            None,
+            Some(serde_json::json!(null)),
+            Some(serde_json::json!(7)),
+        ] {
+            assert_eq!(sign(bad_iss, aud()), Err(AuthError::WrongIssuer));
+        }
+        assert_eq!(
+            sign(Some(serde_json::json!("https://evil.example")), aud()),
+            Err(AuthError::WrongIssuer)
+        );
+        for bad_aud in [
+            None,
+            Some(serde_json::json!(null)),
+            Some(serde_json::json!(7)),
+            Some(serde_json::json!("other")),
+            Some(serde_json::json!(["other"])),
+        ] {
+            assert_eq!(sign(iss(), bad_aud), Err(AuthError::WrongAudience));
+        }
+        // Tokens minted for this configuration pass.
+        let minted = Claims::new("alice", now() + 60).for_config(&config);
+        assert!(v.verify(&sign_hs256(SECRET, &minted)).is_ok());
+    }
+
+    #[test]
+    fn an_absurd_exp_is_refused() {
+        let v = verifier();
+        assert_eq!(
+            v.verify(&sign_hs256(SECRET, &claims(u64::MAX))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            v.verify(&sign_hs256(SECRET, &claims(MAX_EXP + 1))),
+            Err(AuthError::Malformed)
+        );
+        assert!(v.verify(&sign_hs256(SECRET, &claims(MAX_EXP))).is_ok());
     }
 }

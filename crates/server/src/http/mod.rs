@@ -34,8 +34,60 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Largest body of an error response rewritten by [`json_errors`]; the
+/// rejections it rewrites are one-line texts.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Every error response in the one JSON shape, `{"error", "message"}`:
+/// our handlers already answer so, and this rewrites the ones axum makes
+/// itself (a path that does not decode, a method not allowed, a body over
+/// the limit, a query that does not parse), which are plain text or empty.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let code = match status.as_u16() {
+        400 | 422 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        503 => "unavailable",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Security headers on every HTTP response. A `101 Switching Protocols`

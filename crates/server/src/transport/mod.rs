@@ -99,8 +99,11 @@ enum ReadError {
 }
 
 fn classify(err: WsError) -> ReadError {
-    use tungstenite::error::CapacityError;
+    use tungstenite::error::{CapacityError, ProtocolError};
     match err {
+        // The client dropped TCP without a close frame: it went away, it
+        // did not break the protocol (no close frame can reach it anyway).
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadError::Gone,
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => ReadError::TooBig,
         WsError::Capacity(_) => ReadError::Protocol(1002),
         WsError::Utf8(_) => ReadError::Protocol(1007),

@@ -47,6 +47,7 @@ pub fn base_config() -> Config {
     c.api.keys = vec![Secret::new(API_KEY)];
     // Tests open many connections from 127.0.0.1.
     c.limits.handshakes_per_minute_per_ip = 10_000;
+    c.limits.pending_connections_per_ip = 10_000;
     c.shutdown_grace_secs = 2;
     c
 }

@@ -65,3 +65,39 @@ async fn jwks_keys_survive_the_endpoint_going_down() {
     assert_eq!(next_json(&mut ws2).await["payload"]["user"], "j2");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_jwks_is_refused_without_reading_it_whole() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    // A chunked answer that never ends (no Content-Length to check first).
+    let app = axum::Router::new().route(
+        "/endless",
+        get(move || {
+            let counter = counter.clone();
+            async move {
+                axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+                    counter.fetch_add(64 * 1024, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64 * 1024]))
+                }))
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let cache = wsgate::auth::JwksCache::new(format!("http://{addr}/endless"));
+    let started = std::time::Instant::now();
+    let err = cache.refresh().await.unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Reading stopped at the cap (plus what was in flight), far below what
+    // buffering until the fetch timeout would have taken in.
+    let read = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read < 64 << 20, "{read} bytes produced");
+    server.abort();
+}

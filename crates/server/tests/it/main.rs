@@ -6,6 +6,7 @@ mod channels;
 mod compression;
 mod connection;
 mod handshake;
+mod hardening;
 mod harness;
 mod jwks;
 mod ops;
