@@ -14,7 +14,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use wsgate::transport::deflate::Deflate;
+use wsgate_deflate::Deflate;
 use wsgate::transport::upgrade::Upgrade;
 use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::handler::Echo;

@@ -36,7 +36,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// Load generators (see docs/benchmarks.md).
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(wsgate_bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +94,7 @@ fn load(file: Option<&Path>, extra: impl FnOnce(Figment) -> Figment) -> anyhow::
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(cmd) => crate::bench::main(cmd),
+        Command::Bench(cmd) => wsgate_bench::main(cmd),
         Command::Token(args) => {
             let config = load(args.config.as_deref(), |f| f)?;
             let Some(secret) = &config.auth.hmac_secret else {

@@ -32,7 +32,7 @@ use crate::auth::bearer_token;
 use crate::http::error::ApiError;
 use crate::listener::ip_key;
 use crate::state::AppState;
-use crate::transport::deflate::Negotiated;
+use wsgate_deflate::Negotiated;
 use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
 use crate::transport::{self, Connection, Ended, TransportLimits};
 

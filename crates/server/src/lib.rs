@@ -3,7 +3,7 @@
 
 pub mod audit;
 pub mod auth;
-pub mod bench;
+
 pub mod cli;
 pub mod config;
 pub mod handshake;

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::http;
 use crate::state::{AppState, Inner};
 use crate::storage::Storage;
-use crate::transport::deflate::Deflate;
+use wsgate_deflate::Deflate;
 use crate::transport::TransportLimits;
 
 /// How long start-up waits for the first JWKS fetch before serving anyway

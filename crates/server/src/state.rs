@@ -19,7 +19,7 @@ use wsgate_core::session::SessionShared;
 use crate::audit::RejectionLog;
 use crate::config::Config;
 use crate::storage::Storage;
-use crate::transport::deflate::Deflate;
+use wsgate_deflate::Deflate;
 use crate::transport::TransportLimits;
 
 pub struct Inner {

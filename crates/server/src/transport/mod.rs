@@ -6,7 +6,7 @@
 //! messages), so it is the same code for `/ws` and for the Autobahn echo
 //! example.
 
-pub mod deflate;
+
 pub mod upgrade;
 
 use std::future::Future;
@@ -25,7 +25,7 @@ use wsgate_core::handler::{ConnectionHandler, Incoming};
 use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
 
-use self::deflate::Negotiated;
+use wsgate_deflate::Negotiated;
 
 /// Bytes read from the socket at a time while no frame is in progress.
 /// tungstenite allocates and zero-fills this buffer for every connection and

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::deflate::{Inflating, Negotiated};
+use wsgate_deflate::{Inflating, Negotiated};
 
 /// The byte stream under tungstenite: the upgraded connection, with
 /// compressed frames inflated on the way in when deflate was negotiated.

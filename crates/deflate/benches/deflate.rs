@@ -2,9 +2,9 @@
 //! publication pays it once for all its subscribers (`SharedFrame`); a
 //! reply pays it per frame.
 
-use axum::http::{header, HeaderMap, HeaderValue};
 use criterion::{criterion_group, criterion_main, Criterion};
-use wsgate::transport::deflate::Deflate;
+use http::{header, HeaderMap, HeaderValue};
+use wsgate_deflate::Deflate;
 
 /// A 1 KiB `message` frame with text-like JSON data.
 fn frame() -> Vec<u8> {

@@ -21,8 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::auth::{sign_hs256, Claims};
-use crate::transport::deflate::{Deflate, Inflating};
+use wsgate_deflate::{Deflate, Inflating};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -199,7 +198,7 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
     for i in 0..args.connections {
         let permit = sem.clone().acquire_owned().await?;
         let source = source_address(i, args.sources);
-        let token = sign_hs256(&args.secret, &Claims::new(format!("bench-{i}"), exp));
+        let token = sign_hs256(&args.secret, &format!("bench-{i}"), exp);
         let (url, target, deflate) = (args.url.clone(), url.addr, args.deflate);
         let (opened, failed) = (opened.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
@@ -260,6 +259,17 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
     }
     drop(sockets);
     Ok(())
+}
+
+/// An HS256 token for `sub`, as the server's `wsgate token` would sign it.
+fn sign_hs256(secret: &str, sub: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": sub, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    // Encoding a JSON object with an HMAC key cannot fail.
+    .expect("HS256 signing cannot fail")
 }
 
 fn unix_nanos() -> u64 {
@@ -397,7 +407,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut opening = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let token = sign_hs256(&args.secret, &Claims::new(format!("fan-{i}"), exp));
+        let token = sign_hs256(&args.secret, &format!("fan-{i}"), exp);
         let source = source_address(i, args.sources);
         let (url, channel, sem) = (args.url.clone(), args.channel.clone(), sem.clone());
         let deflate = args.deflate;

@@ -29,9 +29,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use axum::http::header::{self, HeaderMap, HeaderValue};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use http::header::{self, HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What a message compressed with a sync flush ends with; RFC 7692 §7.2.1
