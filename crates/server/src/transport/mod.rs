@@ -6,7 +6,7 @@
 //! messages), so it is the same code for `/ws` and for the Autobahn echo
 //! example.
 
-
+pub mod scheduler;
 pub mod upgrade;
 
 use std::future::Future;
@@ -26,6 +26,8 @@ use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
 
 use wsgate_deflate::Negotiated;
+
+use self::scheduler::WriteScheduler;
 
 /// Bytes read from the socket at a time while no frame is in progress.
 /// tungstenite allocates and zero-fills this buffer for every connection and
@@ -194,13 +196,7 @@ where
     let deflate = deflate.as_ref();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + limits.heartbeat;
-    // True while written frames wait in the socket's buffer. No new batch is
-    // drained meanwhile: frames wait in the bounded outbound queue instead.
-    let mut flushing = false;
-    // When the last batch was handed to the socket, and when the next one
-    // may go (see `TransportLimits::write_delay`).
-    let mut last_write: Option<Instant> = None;
-    let mut write_due: Option<Instant> = None;
+    let mut writes = WriteScheduler::new(limits.write_delay);
     let timer = tokio::time::sleep_until(next_ping);
     tokio::pin!(timer);
     let notified = outbound.ready();
@@ -211,7 +207,7 @@ where
         if let Some(d) = handler.deadline() {
             deadline = deadline.min(d);
         }
-        if let Some(d) = write_due {
+        if let Some(d) = writes.deadline() {
             deadline = deadline.min(d);
         }
         if timer.deadline() != deadline {
@@ -222,7 +218,7 @@ where
             if notified.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Outbound);
             }
-            if flushing {
+            if writes.is_flushing() {
                 if let Poll::Ready(r) = Pin::new(&mut socket).poll_flush(cx) {
                     return Poll::Ready(Event::Flushed(r.is_ok()));
                 }
@@ -243,51 +239,31 @@ where
                 if let Some(code) = outbound.close_requested() {
                     // Close requests are never delayed. Frames queued before
                     // it go out first, unless the socket is still busy.
-                    if !flushing && start_batch(&mut socket, &outbound, deflate).is_err() {
+                    if !writes.is_flushing()
+                        && start_batch(&mut socket, &outbound, deflate).is_err()
+                    {
                         break Ended::ByPeer;
                     }
                     break Ended::Closed(code);
                 }
-                if flushing {
+                if writes.is_flushing() {
                     // Written when the flush completes.
                     continue;
                 }
-                let batch_full = outbound.batch_full();
-                if write_due.is_some() && !batch_full {
-                    // Written when the delay ends.
-                    continue;
-                }
                 let now = Instant::now();
-                write_due = None;
-                match last_write
-                    .map(|t| t + limits.write_delay)
-                    .filter(|due| *due > now && !batch_full)
-                {
-                    Some(due) => write_due = Some(due),
-                    None => match start_batch(&mut socket, &outbound, deflate) {
+                if writes.on_queued(now, outbound.batch_full()) {
+                    match start_batch(&mut socket, &outbound, deflate) {
                         Err(()) => break Ended::ByPeer,
-                        Ok((sent, _)) => {
-                            flushing = sent;
-                            last_write = Some(now);
-                        }
-                    },
+                        Ok((sent, _)) => writes.on_written(now, sent),
+                    }
                 }
             }
             Event::Flushed(ok) => {
-                flushing = false;
                 if !ok {
                     break Ended::ByPeer;
                 }
-                // Frames queued during the flush go out as the next batch,
-                // after the write delay.
-                if outbound.has_frames() && write_due.is_none() {
-                    let earliest = if outbound.batch_full() {
-                        Instant::now()
-                    } else {
-                        last_write.map_or_else(Instant::now, |t| t + limits.write_delay)
-                    };
-                    write_due = Some(earliest);
-                }
+                let waiting = outbound.has_frames();
+                writes.on_flushed(Instant::now(), waiting, waiting && outbound.batch_full());
             }
             Event::Read(msg) => {
                 let msg = match msg {
@@ -307,7 +283,7 @@ where
                     // itself; flushing sends it now rather than with the
                     // next outbound frame.
                     Message::Ping(_) | Message::Close(_) => {
-                        flushing = true;
+                        writes.needs_flush();
                         Ok(())
                     }
                     Message::Pong(_) | Message::Frame(_) => Ok(()),
@@ -318,16 +294,14 @@ where
             }
             Event::Timer => {
                 let now = Instant::now();
-                if !flushing && write_due.is_some_and(|d| now >= d) {
-                    write_due = None;
+                if writes.on_timer(now) {
                     match start_batch(&mut socket, &outbound, deflate) {
                         Err(()) => break Ended::ByPeer,
                         Ok((sent, close)) => {
                             if let Some(code) = close {
                                 break Ended::Closed(code);
                             }
-                            flushing = sent;
-                            last_write = Some(now);
+                            writes.on_written(now, sent);
                         }
                     }
                 }
@@ -342,7 +316,7 @@ where
                     {
                         break Ended::ByPeer;
                     }
-                    flushing = true;
+                    writes.needs_flush();
                 }
                 if handler.deadline().is_some_and(|d| now >= d) {
                     if let Err(code) = handler.on_deadline(now) {
