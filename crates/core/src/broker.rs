@@ -36,7 +36,8 @@ pub struct HistoryPage {
     /// Publications after `since` (or the newest ones), oldest first.
     pub publications: Vec<Arc<Publication>>,
     /// With `since`: whether every publication after it was still there
-    /// (same epoch, nothing expired or evicted in between).
+    /// (same epoch, nothing expired or evicted in between), whatever the
+    /// `limit`: catching-up subscribers read history in small pages.
     pub complete: bool,
 }
 
@@ -244,7 +245,8 @@ impl Broker for MemoryBroker {
                     .collect();
                 // Complete when nothing between `since` and the first kept
                 // publication was lost.
-                let first_needed = s.offset + 1;
+                // `since` comes from the client: `u64::MAX` must not wrap.
+                let first_needed = s.offset.saturating_add(1);
                 let complete = s.offset >= stream.offset
                     || stream
                         .kept

@@ -30,9 +30,10 @@ pub enum SubscribePolicy {
     Any,
     /// `user:<sub>` of the user itself, or a thread the user owns.
     Owner,
-    /// Users with this role.
+    /// Users with this role (the `channels` claim does not count).
     Role(String),
-    /// Only channels matching the token's `channels` patterns.
+    /// Only channels matching the token's `channels` patterns: the one
+    /// policy under which that claim grants anything.
     Claim,
 }
 
@@ -161,19 +162,19 @@ impl Authorizer {
         thread_owner: impl Fn(&str) -> Option<String>,
     ) -> Result<&NamespacePolicy, Denied> {
         let policy = self.lookup(channel)?;
-        let by_claim = || {
-            identity
-                .channels
-                .iter()
-                .any(|p| pattern_matches(p, channel))
-        };
-        // The token's `channels` claim adds channels, except in owner-only
-        // namespaces: nobody reads another user's private channel.
+        // The token's `channels` claim counts only where the namespace asks
+        // for it (`claim`). Every other policy ignores it: a claim that
+        // opened `role:` namespaces would let whoever mints tokens with
+        // patterns bypass the role the operator configured, and owner-only
+        // namespaces must never open to anyone but the owner.
         let allowed = match &policy.subscribe {
             SubscribePolicy::Any => true,
             SubscribePolicy::Owner => Self::owns(identity, channel, &thread_owner),
-            SubscribePolicy::Role(role) => identity.has_role(role) || by_claim(),
-            SubscribePolicy::Claim => by_claim(),
+            SubscribePolicy::Role(role) => identity.has_role(role),
+            SubscribePolicy::Claim => identity
+                .channels
+                .iter()
+                .any(|p| pattern_matches(p, channel)),
         };
         allowed.then_some(policy).ok_or(Denied::Forbidden)
     }
@@ -269,5 +270,31 @@ mod tests {
         // A claim never opens someone else's private channel.
         let sneaky = id("s", &[], &["user:*"]);
         assert!(a.can_subscribe(&sneaky, "user:alice", no_threads).is_err());
+    }
+
+    #[test]
+    fn a_claim_opens_only_claim_namespaces() {
+        let a = Authorizer::new([
+            (
+                "ops".to_string(),
+                NamespacePolicy::new(SubscribePolicy::Role("admin".into()), PublishPolicy::Server),
+            ),
+            (
+                "team".to_string(),
+                NamespacePolicy::new(SubscribePolicy::Claim, PublishPolicy::Server),
+            ),
+        ]);
+        // A pattern in the token is no substitute for the configured role.
+        let claimer = id("c", &[], &["ops:*", "team:*", "*"]);
+        assert_eq!(
+            a.can_subscribe(&claimer, "ops:x", no_threads).unwrap_err(),
+            Denied::Forbidden
+        );
+        assert!(a.can_subscribe(&claimer, "team:x", no_threads).is_ok());
+        let admin = id("a", &["admin"], &[]);
+        assert!(a.can_subscribe(&admin, "ops:x", no_threads).is_ok());
+        // Nor does a claim open owner-only namespaces.
+        assert!(a.can_subscribe(&claimer, "user:bob", no_threads).is_err());
+        assert!(a.can_subscribe(&claimer, "thread:t", no_threads).is_err());
     }
 }

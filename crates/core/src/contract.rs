@@ -130,6 +130,14 @@ pub async fn history_and_recovery(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Bro
     assert!(!r.complete, "2 was evicted");
     let r = b.history(&ch, Some(&since(5)), 10, KEEP).await.unwrap();
     assert!(r.complete && r.publications.is_empty(), "nothing missed");
+    // Readers page through a backlog with a small limit: completeness is
+    // about what is kept after `since`, not about what fits in one page.
+    let r = b.history(&ch, Some(&since(2)), 1, KEEP).await.unwrap();
+    assert_eq!(
+        r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [3]
+    );
+    assert!(r.complete, "a page of one is still complete");
     let wrong = StreamPosition {
         offset: 3,
         epoch: "other".into(),
@@ -146,6 +154,15 @@ pub async fn history_and_recovery(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Bro
             .unwrap()
             .complete,
         "an offset from the future"
+    );
+    // `since` comes from clients: the largest offset must not overflow.
+    let r = b
+        .history(&ch, Some(&since(u64::MAX)), 10, KEEP)
+        .await
+        .unwrap();
+    assert!(
+        !r.complete && r.publications.is_empty(),
+        "an offset no stream reaches"
     );
 }
 

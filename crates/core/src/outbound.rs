@@ -1,11 +1,16 @@
 //! The bounded outbound queue of one connection.
 //!
-//! Producers (the session's replies, later channel fan-out) push encoded
-//! frames without ever waiting. When the queued bytes would exceed the limit,
-//! the frame is dropped and the connection is marked for close 4009: a slow
+//! Producers (the session's replies, channel fan-out) push encoded frames
+//! without ever waiting. When the queued bytes would exceed the limit, the
+//! frame is dropped and the connection is marked for close 4009: a slow
 //! reader is disconnected instead of slowing publishers or growing memory,
 //! and it recovers missed publications on reconnect. The transport drains the
 //! queue and writes everything that is queued with one flush.
+//!
+//! Bulk answers of one connection's own asking (a recovered backlog, history
+//! pages) are different: they may be far larger than the queue, and the
+//! client is not slow for asking. Those producers wait for room instead
+//! ([`Outbound::push_paced`]), so the connection reads them at its own pace.
 //!
 //! An idle queue holds no buffer: `VecDeque::new` does not allocate.
 
@@ -116,6 +121,9 @@ struct State {
     /// Publish time of the oldest queued publication: one latency sample per
     /// batch instead of one per frame keeps the histogram off the hot path.
     oldest_published: Option<Instant>,
+    /// A paced producer waits for the next drain. Read under the lock
+    /// `take` holds anyway, so a drain nobody waits for costs nothing more.
+    room_wanted: bool,
 }
 
 pub struct Outbound {
@@ -123,6 +131,9 @@ pub struct Outbound {
     // awaits, so an async mutex would only add cost.
     state: Mutex<State>,
     ready: Notify,
+    /// Wakes paced producers ([`Outbound::push_paced`]) after a drain or a
+    /// close request.
+    room: Notify,
     limit: usize,
     /// Queued bytes that make a batch worth writing without waiting for the
     /// transport's write delay: frames held back to be batched must never
@@ -147,6 +158,7 @@ impl Outbound {
         Outbound {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            room: Notify::new(),
             limit: limit_bytes,
             batch_bytes: (limit_bytes / 4).clamp(1, MAX_BATCH_BYTES),
             latency: None,
@@ -177,16 +189,27 @@ impl Outbound {
     }
 
     fn push_inner(&self, frame: OutFrame, published_at: Option<Instant>) -> Pushed {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.close.is_some() {
             return Pushed::Closed;
         }
+        self.push_locked(state, frame, published_at)
+    }
+
+    /// Queues `frame` on a queue that is not closing, or overflows.
+    fn push_locked(
+        &self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        frame: OutFrame,
+        published_at: Option<Instant>,
+    ) -> Pushed {
         if state.bytes + frame.len() > self.limit {
             state.close = Some(CloseCode::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
             drop(state);
             self.ready.notify_one();
+            self.room.notify_waiters();
             return Pushed::Overflow;
         }
         let before = state.bytes;
@@ -207,6 +230,48 @@ impl Outbound {
         Pushed::Queued
     }
 
+    /// The bytes a paced producer lets queue up before it waits: half the
+    /// limit, so publications of the connection's other subscriptions, which
+    /// never wait, still find room behind a backlog.
+    pub fn paced_budget(&self) -> usize {
+        (self.limit / 2).max(1)
+    }
+
+    /// The most bytes this queue holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Pushes `frame` once the queued bytes plus the frame fit within
+    /// `budget`, or the queue is empty (a frame bigger than the budget still
+    /// goes, alone). Checking and queueing happen under one lock, so paced
+    /// producers of one connection never overshoot the budget together.
+    /// Returns [`Pushed::Closed`] as soon as the connection is closing.
+    ///
+    /// Waits as long as the transport does not drain: a client that stops
+    /// reading holds this producer until its heartbeat times out and the
+    /// session's end closes the queue.
+    pub async fn push_paced(&self, frame: OutFrame, budget: usize) -> Pushed {
+        loop {
+            // Registered before the check, so a drain between the check and
+            // the await still wakes this producer.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.close.is_some() {
+                    return Pushed::Closed;
+                }
+                if state.frames.is_empty() || state.bytes + frame.len() <= budget {
+                    return self.push_locked(state, frame, None);
+                }
+                state.room_wanted = true;
+            }
+            room.await;
+        }
+    }
+
     /// Asks the connection to close with `code`. The first request wins;
     /// frames already queued are still written before the close frame.
     pub fn close(&self, code: CloseCode) {
@@ -216,6 +281,7 @@ impl Outbound {
         }
         drop(state);
         self.ready.notify_one();
+        self.room.notify_waiters();
     }
 
     /// Takes every queued frame, and the close request if any. The queue's
@@ -227,7 +293,13 @@ impl Outbound {
         if let (Some(at), Some(m)) = (state.oldest_published.take(), &self.latency) {
             m.observe_publish_latency(at.elapsed().as_secs_f64());
         }
-        (std::mem::take(&mut state.frames), state.close)
+        let taken = (std::mem::take(&mut state.frames), state.close);
+        let wake = std::mem::take(&mut state.room_wanted);
+        drop(state);
+        if wake {
+            self.room.notify_waiters();
+        }
+        taken
     }
 
     /// Completes when frames or a close request may be waiting.
@@ -315,6 +387,40 @@ mod tests {
         let (out, close) = q.take();
         assert_eq!(close, Some(CloseCode::Disconnected));
         assert_eq!(out.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn paced_push_waits_for_a_drain() {
+        let q = Arc::new(Outbound::new(100));
+        let budget = q.paced_budget();
+        assert_eq!(budget, 50);
+        // An empty queue takes a frame bigger than the budget.
+        assert_eq!(q.push_paced(text(60), budget).await, Pushed::Queued);
+        let q2 = q.clone();
+        let paced = tokio::spawn(async move { q2.push_paced(text(30), budget).await });
+        tokio::task::yield_now().await;
+        assert!(!paced.is_finished(), "60 + 30 queued would exceed 50");
+        // Frames that never wait still fit beside the waiting one.
+        assert_eq!(q.push(text(10)), Pushed::Queued);
+        assert_eq!(q.take().0.len(), 2);
+        assert_eq!(paced.await.unwrap(), Pushed::Queued);
+        assert_eq!(q.queued_bytes(), 30);
+        // Within the budget, no waiting.
+        assert_eq!(q.push_paced(text(20), budget).await, Pushed::Queued);
+    }
+
+    #[tokio::test]
+    async fn paced_push_ends_when_the_connection_closes() {
+        let q = Arc::new(Outbound::new(100));
+        q.push(text(50));
+        let q2 = q.clone();
+        let paced = tokio::spawn(async move { q2.push_paced(text(50), 50).await });
+        tokio::task::yield_now().await;
+        assert!(!paced.is_finished());
+        q.close(CloseCode::GoingAway);
+        assert_eq!(paced.await.unwrap(), Pushed::Closed);
+        let (out, close) = q.take();
+        assert_eq!((out.len(), close), (1, Some(CloseCode::GoingAway)));
     }
 
     #[tokio::test]

@@ -14,11 +14,11 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use wsgate_deflate::Deflate;
 use wsgate::transport::upgrade::Upgrade;
 use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::handler::Echo;
 use wsgate_core::outbound::Outbound;
+use wsgate_deflate::Deflate;
 
 const LIMITS: TransportLimits = TransportLimits {
     max_message_bytes: 32 << 20,

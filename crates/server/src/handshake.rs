@@ -32,9 +32,9 @@ use crate::auth::bearer_token;
 use crate::http::error::ApiError;
 use crate::listener::ip_key;
 use crate::state::AppState;
-use wsgate_deflate::Negotiated;
 use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
 use crate::transport::{self, Connection, Ended, TransportLimits};
+use wsgate_deflate::Negotiated;
 
 /// A refused handshake: the HTTP error and the bounded reason label.
 pub struct Rejection {

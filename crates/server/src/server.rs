@@ -26,8 +26,8 @@ use crate::config::Config;
 use crate::http;
 use crate::state::{AppState, Inner};
 use crate::storage::Storage;
-use wsgate_deflate::Deflate;
 use crate::transport::TransportLimits;
+use wsgate_deflate::Deflate;
 
 /// How long start-up waits for the first JWKS fetch before serving anyway
 /// (tokens then fail until the background refresh succeeds).

@@ -19,8 +19,8 @@ use wsgate_core::session::SessionShared;
 use crate::audit::RejectionLog;
 use crate::config::Config;
 use crate::storage::Storage;
-use wsgate_deflate::Deflate;
 use crate::transport::TransportLimits;
+use wsgate_deflate::Deflate;
 
 pub struct Inner {
     pub config: Config,

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use wsgate_protocol::{Encoding, ErrorCode};
+use wsgate_protocol::{CloseCode, Encoding, ErrorCode};
 
 use super::{out_frame, Session};
 use crate::broker::{BrokerError, ClientInfo};
 use crate::channel::{Denied, NamespacePolicy};
-use crate::channels::history_policy;
-use crate::fanout::{Delivery, Subscriber};
+use crate::channels::{history_frame, history_policy};
+use crate::fanout::{CatchUpError, Delivery, HistorySource, Subscriber, BACKLOG_PAGE};
 use crate::metrics::Metrics;
 use crate::outbound::OutFrame;
 use crate::publication::{Filter, StreamPosition};
@@ -178,11 +178,14 @@ impl Session {
         };
         tokio::spawn(async move {
             let history = history_policy(&policy);
+            // The first page of a backlog, or (limit 0) just the position;
+            // the rest is read page by page as the client takes it.
+            let limit = if recover.is_some() { BACKLOG_PAGE } else { 0 };
             let page = channels
                 .broker
-                .history(&channel, recover.as_ref(), history.size, history)
+                .history(&channel, recover.as_ref(), limit, history)
                 .await;
-            let page = match page {
+            let mut page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     channels.index.remove(&channel, &subscriber);
@@ -191,10 +194,10 @@ impl Session {
                     return;
                 }
             };
-            let (backlog, recovered, last) = match &recover {
-                Some(since) => (page.publications, page.complete, since.offset),
-                None => (Vec::new(), false, page.position.offset),
-            };
+            let recovered = recover.is_some() && page.complete;
+            if recover.is_none() {
+                page.publications.clear();
+            }
             metrics.message_out("subscribed");
             let reply = out_frame(
                 encoding,
@@ -207,7 +210,25 @@ impl Session {
                     "recovered": recovered,
                 }),
             );
-            subscriber.go_live(Some(reply), &backlog, last);
+            let source = HistorySource {
+                broker: &*channels.broker,
+                channel: &channel,
+                history,
+            };
+            if let Err(e) = subscriber.catch_up(reply, page, &source).await {
+                // The client was told what it would get and cannot get it
+                // without a gap: what it still missed left history while it
+                // read (or the broker failed). Like any slow consumer it is
+                // closed with 4009 and recovers, or learns `recovered:
+                // false`, on reconnect.
+                tracing::info!(connection_id = %client.connection_id, error = %e, "subscription could not catch up");
+                if let CatchUpError::Broker(_) = e {
+                    metrics.broker_errors.inc();
+                }
+                channels.index.remove(&channel, &subscriber);
+                subscriber.outbound.close(CloseCode::SlowConsumer);
+                return;
+            }
             if policy.presence && !subscriber.is_closed() {
                 if let Err(e) = channels.presence.add(&channel, client.clone()).await {
                     tracing::warn!(connection_id = %client.connection_id, error = %e, "presence add failed");
@@ -376,10 +397,27 @@ impl Session {
             );
         }
         let channel = channel.to_owned();
-        self.reply_later(id, "history", async move {
-            channels
-                .history(&channel, &policy, since.as_ref(), limit)
-                .await
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
+        tokio::spawn(async move {
+            let page = channels
+                .history_page(&channel, &policy, since.as_ref(), limit)
+                .await;
+            let budget = outbound.paced_budget();
+            let frame = match page {
+                Ok(page) => {
+                    metrics.message_out("history");
+                    let bytes = history_frame(encoding, id.as_deref(), &channel, &page, budget);
+                    match encoding {
+                        Encoding::Json => OutFrame::Text(bytes),
+                        Encoding::Msgpack => OutFrame::Binary(bytes),
+                    }
+                }
+                Err(e) => unavailable(&metrics, encoding, id.as_deref(), &e),
+            };
+            // A page is up to half the queue: it waits for room rather than
+            // closing a client that reads fine.
+            outbound.push_paced(frame, budget).await;
         });
     }
 }
@@ -389,5 +427,10 @@ impl Drop for Session {
         for (channel, subscriber) in std::mem::take(&mut self.subscriptions) {
             self.leave(&channel, &subscriber);
         }
+        // The connection is over and nothing drains its queue any more:
+        // closing it ends tasks still waiting for room (a `history` reply,
+        // a backlog) instead of leaving them parked for good. The first
+        // close request wins, so a real close code is kept.
+        self.ctx.outbound.close(CloseCode::GoingAway);
     }
 }

@@ -37,13 +37,13 @@ pub struct BroadcastRequest {
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(t)| t).map_err(|e| {
         // Keep the rejection's status: 413 for a body over the limit, 415
-        // without a JSON content type, 400/422 for bad JSON.
-        let code = match e.status().as_u16() {
-            413 => "too_large",
-            415 => "unsupported_media_type",
-            _ => "bad_request",
+        // without a JSON content type; any other fault of the body is 400.
+        let (status, code) = match e.status().as_u16() {
+            413 => (e.status(), "too_large"),
+            415 => (e.status(), "unsupported_media_type"),
+            _ => (axum::http::StatusCode::BAD_REQUEST, "bad_request"),
         };
-        ApiError::new(e.status(), code, e.body_text())
+        ApiError::new(status, code, e.body_text())
     })
 }
 

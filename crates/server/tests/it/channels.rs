@@ -684,3 +684,143 @@ async fn raw_stream_closes_4001_when_the_token_expires() {
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(expect_close(&mut ws).await, 4001);
 }
+
+/// `channels_config` plus a namespace with room for big backlogs, and the
+/// given outbound queue.
+fn big_history_config(c: &mut Config, queue_bytes: usize) {
+    channels_config(c);
+    let mut big = ns("big", "any", "server");
+    big.history_size = 100;
+    c.channels.namespaces.push(big);
+    c.limits.outbound_queue_bytes = queue_bytes;
+}
+
+fn offsets_of(history: &Value) -> Vec<u64> {
+    history["payload"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a history reply: {history}"))
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn recovery_bigger_than_the_outbound_queue_is_paced_to_the_reader() {
+    let server = TestServer::with(|c| big_history_config(c, 256 * 1024)).await;
+    let (mut ws, _) = server.connect("rec").await;
+    let r = call(&mut ws, "subscribe", "s", json!({"channel": "big:r"})).await;
+    let epoch = r["payload"]["epoch"].as_str().unwrap().to_string();
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // Missed while away: 40 × 50 KB, eight times the queue.
+    let pad = "x".repeat(50_000);
+    for i in 1..=40 {
+        api_publish(&server, "big:r", json!({"i": i, "pad": pad})).await;
+    }
+    let (mut ws, _) = server.connect("rec").await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s", "payload":
+            {"channel": "big:r", "recover": {"offset": 0, "epoch": epoch}}}),
+    )
+    .await;
+    // Live publications while the backlog is on its way (nothing is read
+    // yet): more than the subscription buffers, so some are dropped there
+    // and read from history again.
+    for i in 41..=50 {
+        api_publish(&server, "big:r", json!({"i": i, "pad": pad})).await;
+    }
+    let r = next_json(&mut ws).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    assert_eq!(r["payload"]["recovered"], true);
+    assert!(r["payload"]["offset"].as_u64().unwrap() >= 40, "{r}");
+    for expect in 1..=50u64 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(
+            m["payload"]["offset"].as_u64().unwrap(),
+            expect,
+            "in order, each once"
+        );
+        assert_eq!(m["payload"]["data"]["i"].as_u64().unwrap(), expect);
+    }
+    // Live from here on, and nothing left over.
+    api_publish(&server, "big:r", json!({"i": 51})).await;
+    assert_eq!(next_json(&mut ws).await["payload"]["offset"], 51);
+    let r = call(&mut ws, "ping", "p", json!({})).await;
+    assert_eq!(r["type"], "pong");
+}
+
+#[tokio::test]
+async fn history_bigger_than_the_outbound_queue_comes_in_pages() {
+    let server = TestServer::with(|c| big_history_config(c, 1 << 20)).await;
+    let pad = "x".repeat(400_000);
+    for i in 1..=3 {
+        api_publish(&server, "big:h", json!({"i": i, "pad": pad})).await;
+    }
+    let (mut ws, _) = server.connect("hist").await;
+    let r = call(&mut ws, "history", "h0", json!({"channel": "big:h"})).await;
+    assert_eq!(r["type"], "history", "{r}");
+    assert_eq!(r["payload"]["offset"], 3);
+    let epoch = r["payload"]["epoch"].clone();
+    let mut got = offsets_of(&r);
+    assert!(!got.is_empty() && got.len() < 3, "cut to fit: {got:?}");
+    assert_eq!(r["payload"]["more"], true);
+    let mut more = true;
+    let mut pages = 1;
+    while more {
+        let since = json!({"offset": got.last().unwrap(), "epoch": epoch});
+        let r = call(
+            &mut ws,
+            "history",
+            &format!("h{pages}"),
+            json!({"channel": "big:h", "since": since}),
+        )
+        .await;
+        let page = offsets_of(&r);
+        assert!(!page.is_empty(), "{r}");
+        got.extend(page);
+        more = r["payload"]["more"].as_bool().unwrap();
+        pages += 1;
+        assert!(pages <= 3, "one 400 KB publication per page at least");
+    }
+    assert_eq!(got, [1, 2, 3]);
+    // Small publications still come in one page, `more` false.
+    let r = call(&mut ws, "history", "small", json!({"channel": "hist:none"})).await;
+    assert_eq!(r["payload"]["more"], false, "{r}");
+    // The largest offset a client can send is answered, not overflowed.
+    let r = call(
+        &mut ws,
+        "history",
+        "max",
+        json!({"channel": "big:h", "since": {"offset": u64::MAX, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(r["type"], "history", "{r}");
+    assert_eq!(offsets_of(&r), Vec::<u64>::new());
+    assert_eq!(r["payload"]["more"], false);
+}
+
+#[tokio::test]
+async fn a_channels_claim_does_not_open_a_role_namespace() {
+    let server = start().await;
+    let mut c = claims("claimer", 600);
+    c.channels = vec!["ops:*".into(), "team:*".into()];
+    let t = wsgate::auth::sign_hs256(SECRET, &c);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.request(Some(&t)))
+        .await
+        .unwrap();
+    next_json(&mut ws).await;
+    let r = call(&mut ws, "subscribe", "1", json!({"channel": "ops:x"})).await;
+    assert_eq!(
+        r["payload"]["code"], "forbidden",
+        "role:admin needs the role: {r}"
+    );
+    let r = call(&mut ws, "subscribe", "2", json!({"channel": "team:x"})).await;
+    assert_eq!(
+        r["type"], "subscribed",
+        "claim namespaces take the claim: {r}"
+    );
+    let (status, _, _) = expect_rejection(server.request_at("/ws/stream/ops:x", Some(&t))).await;
+    assert_eq!(status, 403, "raw streams ask the same authorizer");
+}
