@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::limits::MAX_TIMER;
+
 /// The claims wsgate uses from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -35,16 +37,11 @@ pub fn unix_now() -> u64 {
 /// The monotonic instant at which a Unix `exp` is reached: connection
 /// timers run on `Instant`s so paused-time tests and clock jumps behave.
 ///
-/// Clamped to [`MAX_TIMER`] ahead: an `exp` centuries away would overflow
-/// `Instant` arithmetic (a panic in the connection task), and a deadline
-/// further off than any process lives is the same as none.
+/// Clamped to [`MAX_TIMER`] ahead, so no `exp` overflows `Instant` arithmetic.
 pub fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
     let left = std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()));
     tokio::time::Instant::now() + left.min(MAX_TIMER)
 }
-
-/// The furthest a connection timer is set: about 30 years.
-pub const MAX_TIMER: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Why a token was refused. The message never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,9 +1,11 @@
-//! The `Broker` (publications, offsets, history) and `Presence` interfaces,
-//! with their in-process memory implementations. A Redis implementation
-//! replaces them without touching connection code; `core::contract`
-//! (feature `contract`) holds the suite every implementation must pass.
+//! The `Broker` (node subscriptions, publications, join/leave, offsets,
+//! history) and `Presence` interfaces, their in-process memory
+//! implementations, and [`connect`], which builds them from `broker.url`. A
+//! Redis implementation replaces them without touching connection code;
+//! `core::contract` (feature `contract`) holds the suite every
+//! implementation must pass.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,16 +43,54 @@ pub struct HistoryPage {
     pub complete: bool,
 }
 
-/// Receives every publication of every channel, in offset order per
+/// A join or leave: news about a client that every subscriber of the
+/// channel, on every node, is told (the client itself excepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlKind {
+    Join,
+    Leave,
+}
+
+impl ControlKind {
+    /// The frame type subscribers receive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlKind::Join => "join",
+            ControlKind::Leave => "leave",
+        }
+    }
+}
+
+/// A node's sink: receives the publications and control events of the
+/// channels the node subscribed to ([`Broker::subscribe`]), in order per
 /// channel (the hub's fan-out).
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, publication: &Arc<Publication>);
+
+    /// `client` joined or left `channel` (on this node or another).
+    fn deliver_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo);
 }
 
+/// What every node shares: publications with offsets and history, and
+/// join/leave. A node receives, through the [`Deliver`] sink it was built
+/// with, only the channels it subscribed to — so with Redis a node listens
+/// to the channels its connections use, not to every channel.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
+    /// From now on this node receives `channel`'s publications and control
+    /// events: when this returns, nothing published later is missed.
+    /// Subscribing twice is the same as once (no count is kept): the
+    /// node's `ChannelIndex` decides when, see `ChannelIndex::reconcile`.
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// This node stops receiving `channel`. Unsubscribing a channel that is
+    /// not subscribed is not an error.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
     /// Assigns the next offset, keeps history per `history`, and delivers
-    /// to every node's subscribers. `data` is JSON text, `value` its parse.
+    /// to every node subscribed to `channel`. `data` is JSON text, `value`
+    /// its parse.
     async fn publish(
         &self,
         channel: &str,
@@ -68,6 +108,16 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
         history: HistoryPolicy,
     ) -> Result<HistoryPage, BrokerError>;
+
+    /// Tells every node subscribed to `channel` that `client` joined or
+    /// left it, in order with the channel's publications. Sinks leave out
+    /// the subscriptions of `client.connection_id` itself.
+    async fn publish_control(
+        &self,
+        channel: &str,
+        kind: ControlKind,
+        client: &ClientInfo,
+    ) -> Result<(), BrokerError>;
 
     /// Answers when the broker is reachable (`/ready`).
     async fn ping(&self) -> Result<(), BrokerError>;
@@ -93,7 +143,13 @@ fn new_epoch() -> Arc<str> {
     id.simple().to_string()[..8].into()
 }
 
-type Streams = HashMap<Arc<str>, Stream>;
+#[derive(Default)]
+struct Shard {
+    streams: HashMap<Arc<str>, Stream>,
+    /// Channels the node subscribed to: only these reach the sink. Kept
+    /// apart from `streams` so a subscription alone costs no history state.
+    subscribed: HashSet<Arc<str>>,
+}
 
 struct Stream {
     name: Arc<str>,
@@ -145,8 +201,11 @@ pub struct MemoryBroker {
     // Sharded by channel hash so publishers to different channels rarely
     // contend. Each shard's lock is also held while delivering, which keeps
     // per-channel delivery in offset order.
-    shards: Box<[Mutex<Streams>]>,
+    shards: Box<[Mutex<Shard>]>,
     deliver: Arc<dyn Deliver>,
+    /// Delivers channels the node did not subscribe to as well; see
+    /// [`MemoryBroker::every_channel`].
+    every_channel: bool,
 }
 
 const SHARDS: usize = 32;
@@ -162,23 +221,58 @@ pub(crate) fn shard_of(channel: &str, n: usize) -> usize {
 }
 
 impl MemoryBroker {
+    /// A broker that delivers only the channels the node subscribed to, as
+    /// the contract says.
     pub fn new(deliver: Arc<dyn Deliver>) -> Self {
         MemoryBroker {
             epoch: new_epoch(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             deliver,
+            every_channel: false,
         }
     }
 
-    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, Streams> {
+    /// Transitional: a broker that delivers every channel, subscribed or
+    /// not — what the memory broker did before node subscriptions. For a
+    /// node whose callers add subscribers to its `ChannelIndex` without
+    /// `ChannelIndex::reconcile`; one node loses nothing by it (its index
+    /// drops channels nobody here subscribed to). Remove once every caller
+    /// reconciles.
+    pub fn every_channel(deliver: Arc<dyn Deliver>) -> Self {
+        MemoryBroker {
+            every_channel: true,
+            ..MemoryBroker::new(deliver)
+        }
+    }
+
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, Shard> {
+        // Every critical section leaves the shard consistent (single
+        // inserts and removals), so a poisoned lock is still usable.
         self.shards[shard_of(channel, SHARDS)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn delivers(&self, shard: &Shard, channel: &str) -> bool {
+        self.every_channel || shard.subscribed.contains(channel)
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let mut shard = self.shard(channel);
+        if !shard.subscribed.contains(channel) {
+            shard.subscribed.insert(channel.into());
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.shard(channel).subscribed.remove(channel);
+        Ok(())
+    }
+
     async fn publish(
         &self,
         channel: &str,
@@ -187,11 +281,14 @@ impl Broker for MemoryBroker {
         history: HistoryPolicy,
     ) -> Result<Arc<Publication>, BrokerError> {
         let mut shard = self.shard(channel);
-        if !shard.contains_key(channel) {
+        let delivers = self.delivers(&shard, channel);
+        if !shard.streams.contains_key(channel) {
             let name: Arc<str> = channel.into();
-            shard.insert(name.clone(), Stream::new(name, self.epoch.clone()));
+            shard
+                .streams
+                .insert(name.clone(), Stream::new(name, self.epoch.clone()));
         }
-        let stream = shard.get_mut(channel).expect("inserted above");
+        let stream = shard.streams.get_mut(channel).expect("inserted above");
         stream.offset += 1;
         let publication = Publication::new(
             stream.name.clone(),
@@ -206,8 +303,25 @@ impl Broker for MemoryBroker {
         }
         // Delivered under the shard lock: the next publication of this
         // channel cannot overtake this one.
-        self.deliver.deliver(&publication);
+        if delivers {
+            self.deliver.deliver(&publication);
+        }
         Ok(publication)
+    }
+
+    async fn publish_control(
+        &self,
+        channel: &str,
+        kind: ControlKind,
+        client: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let shard = self.shard(channel);
+        // Under the shard lock too: in order with the channel's
+        // publications.
+        if self.delivers(&shard, channel) {
+            self.deliver.deliver_control(channel, kind, client);
+        }
+        Ok(())
     }
 
     async fn history(
@@ -218,7 +332,7 @@ impl Broker for MemoryBroker {
         history: HistoryPolicy,
     ) -> Result<HistoryPage, BrokerError> {
         let mut shard = self.shard(channel);
-        let Some(stream) = shard.get_mut(channel) else {
+        let Some(stream) = shard.streams.get_mut(channel) else {
             // A channel nobody published to yet: position 0. Nothing is
             // stored, so subscribing to many names costs no memory.
             let position = StreamPosition {
@@ -303,5 +417,101 @@ impl Presence for MemoryPresence {
     async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
         let map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.get(channel).cloned().unwrap_or_default())
+    }
+}
+
+/// The node's broker and presence, as `broker.url` chose them.
+pub struct Backend {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+}
+
+/// Why `broker.url` names no broker this build can run. The messages name
+/// only a known scheme, never the URL: it may carry credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// A broker the contract is ready for but that is not written yet.
+    #[error("{scheme}:// is not implemented yet; only \"memory\" is")]
+    NotImplemented { scheme: &'static str },
+    #[error("expected \"memory\" or redis://…")]
+    Unsupported,
+}
+
+/// Builds the broker and presence `url` names (`broker.url`), delivering
+/// into `deliver` (the node's `ChannelIndex`). Asynchronous because a
+/// networked broker connects here.
+pub async fn connect(url: &str, deliver: Arc<dyn Deliver>) -> Result<Backend, ConnectError> {
+    if url == "memory" {
+        return Ok(Backend {
+            // Transitional (see `every_channel`): sessions do not reconcile
+            // node subscriptions yet. Switch to `MemoryBroker::new` once
+            // they do.
+            broker: Arc::new(MemoryBroker::every_channel(deliver)),
+            presence: Arc::new(MemoryPresence::default()),
+        });
+    }
+    // Checked as prefixes, so nothing of the URL itself is echoed.
+    for scheme in ["redis", "rediss"] {
+        if url
+            .strip_prefix(scheme)
+            .is_some_and(|rest| rest.starts_with("://"))
+        {
+            return Err(ConnectError::NotImplemented { scheme });
+        }
+    }
+    Err(ConnectError::Unsupported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Collected;
+
+    #[tokio::test]
+    async fn the_transitional_memory_broker_delivers_every_channel() {
+        let sink = Arc::new(Collected::default());
+        let b = MemoryBroker::every_channel(sink.clone());
+        let client = ClientInfo {
+            user: "u".into(),
+            connection_id: "c".into(),
+        };
+        b.publish(
+            "ch",
+            Bytes::from("1"),
+            Value::from(1),
+            HistoryPolicy::default(),
+        )
+        .await
+        .unwrap();
+        b.publish_control("ch", ControlKind::Leave, &client)
+            .await
+            .unwrap();
+        assert_eq!(sink.log("ch"), ["1", "leave u c"], "never subscribed");
+    }
+
+    #[tokio::test]
+    async fn the_broker_url_names_the_broker_without_echoing_itself() {
+        let sink = || Arc::new(Collected::default());
+        assert!(connect("memory", sink()).await.is_ok());
+        for (url, scheme) in [
+            ("redis://u:hunter2@h:6379/0", "redis"),
+            ("rediss://h", "rediss"),
+        ] {
+            let Err(e) = connect(url, sink()).await else {
+                panic!("{scheme} is not implemented")
+            };
+            assert_eq!(e, ConnectError::NotImplemented { scheme });
+            assert_eq!(
+                e.to_string(),
+                format!("{scheme}:// is not implemented yet; only \"memory\" is")
+            );
+        }
+        for url in ["", "Memory", "redis:/h", "nats://h"] {
+            assert_eq!(
+                connect(url, sink()).await.err(),
+                Some(ConnectError::Unsupported),
+                "{url}"
+            );
+        }
     }
 }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use crate::auth::Identity;
 
-/// Longest channel name.
-pub const MAX_CHANNEL_BYTES: usize = 255;
+pub use crate::limits::MAX_CHANNEL_BYTES;
 
 /// Whether `name` matches `[A-Za-z0-9_.:@-]{1,255}`.
 pub fn valid_name(name: &str) -> bool {

@@ -11,6 +11,7 @@ use wsgate_protocol::{Encoding, ServerFrame};
 use crate::broker::{Broker, BrokerError, ClientInfo, HistoryPage, HistoryPolicy, Presence};
 use crate::channel::{Authorizer, Denied, NamespacePolicy};
 use crate::fanout::ChannelIndex;
+use crate::limits::MAX_HISTORY_LIMIT;
 use crate::outbound::Outbound;
 use crate::publication::{Publication, StreamPosition};
 
@@ -40,9 +41,6 @@ impl From<Denied> for PublishError {
         }
     }
 }
-
-/// Most publications one history answer carries.
-pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 pub fn history_policy(policy: &NamespacePolicy) -> HistoryPolicy {
     HistoryPolicy {

@@ -1,4 +1,5 @@
-//! The channel → subscribers index and the fan-out of publications.
+//! The channel → subscribers index, the node's broker subscriptions that
+//! follow it, and the fan-out of publications and join/leave.
 //!
 //! Subscribers are found by channel name in a sharded map, never by scanning
 //! connections. Each subscriber gets a clone of the publication's pre-encoded
@@ -11,9 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use wsgate_protocol::{CloseCode, Encoding};
+use tokio::sync::Notify;
+use wsgate_protocol::{CloseCode, Encoding, ServerFrame};
 
-use crate::broker::{shard_of, Broker, BrokerError, Deliver, HistoryPage, HistoryPolicy};
+use crate::broker::{
+    shard_of, Broker, BrokerError, ClientInfo, ControlKind, Deliver, HistoryPage, HistoryPolicy,
+};
 use crate::metrics::Metrics;
 use crate::outbound::{OutFrame, Outbound, Pushed};
 use crate::publication::{Filter, Publication, StreamPosition};
@@ -66,6 +70,10 @@ pub struct Subscriber {
     pub outbound: Arc<Outbound>,
     pub delivery: Delivery,
     pub filter: Option<Filter>,
+    /// The connection this subscription belongs to, so join/leave about it
+    /// (which may come from another node) is not sent to it. `None` from
+    /// [`Subscriber::new`]: such a subscriber is told about itself.
+    pub connection_id: Option<Arc<str>>,
     /// False while the subscribe reply (and any recovered backlog) is being
     /// sent; publications arriving meanwhile wait in `pending`.
     live: AtomicBool,
@@ -80,14 +88,40 @@ impl Subscriber {
     /// A subscriber that buffers until [`Subscriber::go_live`] or
     /// [`Subscriber::catch_up`].
     pub fn new(outbound: Arc<Outbound>, delivery: Delivery, filter: Option<Filter>) -> Arc<Self> {
-        Arc::new(Subscriber {
+        Arc::new(Subscriber::build(outbound, delivery, filter, None))
+    }
+
+    /// [`Subscriber::new`] for connection `connection_id`: join/leave about
+    /// that connection is not sent to this subscriber.
+    pub fn for_connection(
+        outbound: Arc<Outbound>,
+        delivery: Delivery,
+        filter: Option<Filter>,
+        connection_id: Arc<str>,
+    ) -> Arc<Self> {
+        Arc::new(Subscriber::build(
             outbound,
             delivery,
             filter,
+            Some(connection_id),
+        ))
+    }
+
+    fn build(
+        outbound: Arc<Outbound>,
+        delivery: Delivery,
+        filter: Option<Filter>,
+        connection_id: Option<Arc<str>>,
+    ) -> Self {
+        Subscriber {
+            outbound,
+            delivery,
+            filter,
+            connection_id,
             live: AtomicBool::new(false),
             pending: Mutex::new(Some(Pending::default())),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     fn frame(&self, p: &Publication) -> OutFrame {
@@ -335,8 +369,102 @@ impl Subscriber {
 
 type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Subscriber>>>>;
 
+/// What the node last heard from the broker about one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeSubscription {
+    Unsubscribed,
+    Subscribed,
+    /// A call failed or was abandoned half-way: the broker may be either
+    /// way, so the next reconcile asks again (both calls are idempotent).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NodeState {
+    subscription: NodeSubscription,
+    /// A reconcile is talking to the broker about the channel; others wait
+    /// for it rather than send calls that could overtake each other.
+    busy: bool,
+}
+
+const IDLE: NodeState = NodeState {
+    subscription: NodeSubscription::Unsubscribed,
+    busy: false,
+};
+
+/// The node's broker subscriptions of one shard's channels. Only channels
+/// subscribed, unknown or busy have an entry.
+///
+/// No lock is held across a broker call: the `busy` flag stands for one,
+/// per channel (so a slow broker holds up only that channel), waiters sleep
+/// on `settled`, and a reconcile dropped half-way still clears it ([`Busy`]).
+#[derive(Default)]
+struct NodeShard {
+    channels: Mutex<HashMap<Arc<str>, NodeState>>,
+    /// Woken whenever a reconcile of this shard ends; waiters for other
+    /// channels of the shard just check again.
+    settled: Notify,
+}
+
+impl NodeShard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, NodeState>> {
+        // Every critical section leaves the map consistent (single inserts
+        // and updates), so a poisoned lock is still usable.
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ends a reconcile's broker call, also when its future is dropped half-way:
+/// records the outcome (`Unknown` unless told otherwise) and wakes waiters.
+struct Busy<'a> {
+    shard: &'a NodeShard,
+    channel: &'a str,
+    outcome: NodeSubscription,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        {
+            let mut channels = self.shard.lock();
+            if self.outcome == NodeSubscription::Unsubscribed {
+                channels.remove(self.channel);
+            } else if let Some(state) = channels.get_mut(self.channel) {
+                *state = NodeState {
+                    subscription: self.outcome,
+                    busy: false,
+                };
+            }
+        }
+        self.shard.settled.notify_waiters();
+    }
+}
+
+/// The node's channel → subscribers index. It is the node's [`Deliver`]
+/// sink, and it decides when the node subscribes to a channel at the broker:
+/// while, and only while, the channel has a local subscriber.
+///
+/// # Node subscriptions
+///
+/// Use [`ChannelIndex::subscribe`] and [`ChannelIndex::unsubscribe`], or
+/// their parts:
+///
+/// - after [`ChannelIndex::add`], every subscriber (not only the first)
+///   awaits [`ChannelIndex::reconcile`] before it reads the channel's
+///   position: only then does the node receive the channel, and a later
+///   subscriber must wait for a subscribe the first one started;
+/// - after [`ChannelIndex::remove`] returned true (that was the last local
+///   subscriber), call `reconcile` — from a spawned task where the caller
+///   cannot wait (`Drop`).
+///
+/// `reconcile` does not trust the caller's view of first or last: it
+/// compares what the index holds *now* with what the broker was last told,
+/// and one call per channel at a time talks to the broker. So when the last
+/// subscriber leaves while a new one arrives, whichever reconcile runs last
+/// sees the final index and the calls cannot overtake each other: the node
+/// ends subscribed exactly when the channel has subscribers.
 pub struct ChannelIndex {
     shards: Box<[Shard]>,
+    node: Box<[NodeShard]>,
     metrics: Arc<Metrics>,
 }
 
@@ -346,6 +474,7 @@ impl ChannelIndex {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         ChannelIndex {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            node: (0..SHARDS).map(|_| NodeShard::default()).collect(),
             metrics,
         }
     }
@@ -354,31 +483,142 @@ impl ChannelIndex {
         &self.shards[shard_of(channel, SHARDS)]
     }
 
-    pub fn add(&self, channel: &str, subscriber: Arc<Subscriber>) {
+    /// Registers `subscriber`; true when it is the channel's first local
+    /// subscriber. The node receives the channel only after
+    /// [`ChannelIndex::reconcile`].
+    pub fn add(&self, channel: &str, subscriber: Arc<Subscriber>) -> bool {
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|e| e.into_inner());
         match shard.get_mut(channel) {
-            Some(list) => list.push(subscriber),
+            Some(list) => {
+                list.push(subscriber);
+                false
+            }
             None => {
                 shard.insert(channel.into(), vec![subscriber]);
+                true
             }
         }
     }
 
-    pub fn remove(&self, channel: &str, subscriber: &Arc<Subscriber>) {
+    /// Closes `subscriber` and takes it out; true when it was there and was
+    /// the channel's last local subscriber (then call
+    /// [`ChannelIndex::reconcile`]). Removing twice is harmless.
+    pub fn remove(&self, channel: &str, subscriber: &Arc<Subscriber>) -> bool {
+        // Closed before the lock is taken: a `subscribe` that adds it after
+        // this finds it closed and takes it out again.
         subscriber.close();
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = shard.get_mut(channel) {
-            list.retain(|s| !Arc::ptr_eq(s, subscriber));
-            if list.is_empty() {
-                shard.remove(channel);
-            }
+        let Some(list) = shard.get_mut(channel) else {
+            return false;
+        };
+        list.retain(|s| !Arc::ptr_eq(s, subscriber));
+        if list.is_empty() {
+            shard.remove(channel);
+            return true;
         }
+        false
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
+    /// Makes the node's broker subscription to `channel` follow the index:
+    /// subscribed when it has local subscribers, unsubscribed when not. Waits
+    /// for a reconcile of the channel already under way, then checks again.
+    /// On an error the node's subscription is unknown and the next
+    /// reconcile asks the broker again; a subscriber that needed it should
+    /// be removed (see [`ChannelIndex::subscribe`]).
+    pub async fn reconcile(&self, broker: &dyn Broker, channel: &str) -> Result<(), BrokerError> {
+        let node = &self.node[shard_of(channel, SHARDS)];
+        let subscribe = loop {
+            let notified = {
+                let mut channels = node.lock();
+                let state = channels.get(channel).copied().unwrap_or(IDLE);
+                if !state.busy {
+                    let wanted = self.has_subscribers(channel);
+                    let want = if wanted {
+                        NodeSubscription::Subscribed
+                    } else {
+                        NodeSubscription::Unsubscribed
+                    };
+                    if state.subscription == want {
+                        return Ok(());
+                    }
+                    channels.insert(
+                        channel.into(),
+                        NodeState {
+                            subscription: state.subscription,
+                            busy: true,
+                        },
+                    );
+                    break wanted;
+                }
+                // Created under the lock, so the reconcile that ends next
+                // (it needs this lock first) wakes it.
+                node.settled.notified()
+            };
+            notified.await;
+        };
+        let mut busy = Busy {
+            shard: node,
+            channel,
+            outcome: NodeSubscription::Unknown,
+        };
+        if subscribe {
+            broker.subscribe(channel).await?;
+            busy.outcome = NodeSubscription::Subscribed;
+        } else {
+            broker.unsubscribe(channel).await?;
+            busy.outcome = NodeSubscription::Unsubscribed;
+        }
+        Ok(())
+    }
+
+    /// Registers `subscriber` and returns once the node receives `channel`.
+    /// On an error the subscriber is taken out again. A subscriber closed
+    /// meanwhile (unsubscribed before this ran) is not left in the index.
+    pub async fn subscribe(
+        &self,
+        broker: &dyn Broker,
+        channel: &str,
+        subscriber: Arc<Subscriber>,
+    ) -> Result<(), BrokerError> {
+        self.add(channel, subscriber.clone());
+        if subscriber.is_closed() {
+            // A `remove` that ran before the `add` did not find it.
+            return self.unsubscribe(broker, channel, &subscriber).await;
+        }
+        if let Err(e) = self.reconcile(broker, channel).await {
+            // Cleanup against a broker that just failed: its own error
+            // adds nothing to `e`.
+            let _ = self.unsubscribe(broker, channel, &subscriber).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Closes and removes `subscriber`; the last one out unsubscribes the
+    /// node from `channel`.
+    pub async fn unsubscribe(
+        &self,
+        broker: &dyn Broker,
+        channel: &str,
+        subscriber: &Arc<Subscriber>,
+    ) -> Result<(), BrokerError> {
+        if self.remove(channel, subscriber) {
+            self.reconcile(broker, channel).await?;
+        }
+        Ok(())
     }
 
     /// Sends a frame that is not a publication (join/leave) to the channel's
@@ -388,6 +628,21 @@ impl ChannelIndex {
         &self,
         channel: &str,
         except: Option<&Arc<Outbound>>,
+        make: impl Fn(Encoding) -> Bytes,
+    ) {
+        self.broadcast(
+            channel,
+            |s| except.is_some_and(|o| Arc::ptr_eq(o, &s.outbound)),
+            make,
+        );
+    }
+
+    /// Sends a control frame to the channel's envelope subscribers that
+    /// `skip` does not exclude, encoded by `make` at most once per encoding.
+    fn broadcast(
+        &self,
+        channel: &str,
+        skip: impl Fn(&Subscriber) -> bool,
         make: impl Fn(Encoding) -> Bytes,
     ) {
         let shard = self
@@ -400,7 +655,7 @@ impl ChannelIndex {
         let mut json = None;
         let mut msgpack = None;
         for s in list {
-            if except.is_some_and(|o| Arc::ptr_eq(o, &s.outbound)) {
+            if skip(s) {
                 continue;
             }
             let frame = match s.delivery {
@@ -431,6 +686,22 @@ impl Deliver for ChannelIndex {
             // One counter update per publication, not per delivery.
             self.metrics.deliveries.inc_by(taken);
         }
+    }
+
+    /// The `join`/`leave` frame, as `Channels::announce` builds it, to every
+    /// local subscriber but those of the connection it is about (by id: the
+    /// event may come from another node, where its outbound is unknown).
+    fn deliver_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo) {
+        let payload = serde_json::json!({
+            "channel": channel,
+            "user": &*client.user,
+            "connection_id": &*client.connection_id,
+        });
+        self.broadcast(
+            channel,
+            |s| s.connection_id.as_deref() == Some(&*client.connection_id),
+            |encoding| ServerFrame::new(kind.as_str(), None, &payload).encode(encoding),
+        );
     }
 }
 
@@ -498,6 +769,15 @@ mod tests {
     }
 
     impl Setup {
+        /// Registers the subscriber as a session does, so the node
+        /// receives the channel.
+        async fn subscribe(&self) {
+            self.index
+                .subscribe(&*self.broker, "ch", self.subscriber.clone())
+                .await
+                .unwrap();
+        }
+
         /// A publication whose frame is about 500 bytes: eight of them
         /// exceed the queue.
         async fn publish(&self, n: u64) {
@@ -557,7 +837,7 @@ mod tests {
         for n in 1..=10 {
             t.publish(n).await;
         }
-        t.index.add("ch", t.subscriber.clone());
+        t.subscribe().await;
         let epoch = t.broker.history("ch", None, 0, t.history).await.unwrap();
         let since = StreamPosition {
             offset: 0,
@@ -593,7 +873,7 @@ mod tests {
     #[tokio::test]
     async fn a_refetch_that_history_cannot_serve_is_a_gap() {
         let t = setup(5);
-        t.index.add("ch", t.subscriber.clone());
+        t.subscribe().await;
         let first = t.broker.history("ch", None, 0, t.history).await.unwrap();
         // A queue already over the paced budget holds the reply back.
         t.outbound
@@ -614,7 +894,7 @@ mod tests {
         for n in 1..=10 {
             t.publish(n).await;
         }
-        t.index.add("ch", t.subscriber.clone());
+        t.subscribe().await;
         let epoch = t.broker.history("ch", None, 0, t.history).await.unwrap();
         let since = StreamPosition {
             offset: 0,
@@ -634,5 +914,297 @@ mod tests {
         assert!(got.len() < 11, "stopped early: {got:?}");
         t.publish(11).await;
         assert!(t.outbound.take().0.is_empty());
+    }
+
+    /// Node subscriptions and join/leave: the index against a broker whose
+    /// subscribe/unsubscribe calls are recorded and slowed down, on paused
+    /// time, so reconciles interleave the same way every run.
+    mod node {
+        use super::*;
+        use crate::broker::{ClientInfo, ControlKind};
+        use async_trait::async_trait;
+        use serde_json::Value;
+        use std::time::Duration;
+
+        struct Slow {
+            inner: MemoryBroker,
+            calls: Mutex<Vec<&'static str>>,
+            subscribe_takes: Duration,
+            unsubscribe_takes: Duration,
+            down: AtomicBool,
+        }
+
+        impl Slow {
+            async fn call(&self, name: &'static str, takes: Duration) -> Result<(), BrokerError> {
+                self.calls.lock().unwrap().push(name);
+                tokio::time::sleep(takes).await;
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(BrokerError::Unavailable("down".into()));
+                }
+                Ok(())
+            }
+
+            fn calls(&self) -> Vec<&'static str> {
+                self.calls.lock().unwrap().clone()
+            }
+        }
+
+        #[async_trait]
+        impl Broker for Slow {
+            async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+                self.call("subscribe", self.subscribe_takes).await?;
+                self.inner.subscribe(channel).await
+            }
+
+            async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+                self.call("unsubscribe", self.unsubscribe_takes).await?;
+                self.inner.unsubscribe(channel).await
+            }
+
+            async fn publish(
+                &self,
+                channel: &str,
+                data: Bytes,
+                value: Value,
+                history: HistoryPolicy,
+            ) -> Result<Arc<Publication>, BrokerError> {
+                self.inner.publish(channel, data, value, history).await
+            }
+
+            async fn history(
+                &self,
+                channel: &str,
+                since: Option<&StreamPosition>,
+                limit: usize,
+                history: HistoryPolicy,
+            ) -> Result<HistoryPage, BrokerError> {
+                self.inner.history(channel, since, limit, history).await
+            }
+
+            async fn publish_control(
+                &self,
+                channel: &str,
+                kind: ControlKind,
+                client: &ClientInfo,
+            ) -> Result<(), BrokerError> {
+                self.inner.publish_control(channel, kind, client).await
+            }
+
+            async fn ping(&self) -> Result<(), BrokerError> {
+                Ok(())
+            }
+        }
+
+        /// An index and a broker that takes `subscribe` and `unsubscribe`
+        /// to answer.
+        fn node(subscribe: u64, unsubscribe: u64) -> (Arc<ChannelIndex>, Arc<Slow>) {
+            let metrics = Arc::new(Metrics::register(&mut Default::default()));
+            let index = Arc::new(ChannelIndex::new(metrics));
+            let broker = Arc::new(Slow {
+                inner: MemoryBroker::new(index.clone()),
+                calls: Mutex::default(),
+                subscribe_takes: Duration::from_millis(subscribe),
+                unsubscribe_takes: Duration::from_millis(unsubscribe),
+                down: AtomicBool::new(false),
+            });
+            (index, broker)
+        }
+
+        fn live(connection_id: &str) -> (Arc<Outbound>, Arc<Subscriber>) {
+            let outbound = Arc::new(Outbound::new(LIMIT));
+            let s = Subscriber::for_connection(
+                outbound.clone(),
+                Delivery::Envelope(Encoding::Json),
+                None,
+                connection_id.into(),
+            );
+            s.go_live(None, &[], 0);
+            (outbound, s)
+        }
+
+        async fn publish(broker: &Slow) {
+            let data = serde_json::json!(1);
+            broker
+                .publish(
+                    "ch",
+                    Bytes::from(data.to_string()),
+                    data,
+                    HistoryPolicy::default(),
+                )
+                .await
+                .unwrap();
+        }
+
+        fn state(index: &ChannelIndex, channel: &str) -> Option<NodeSubscription> {
+            index.node[shard_of(channel, SHARDS)]
+                .lock()
+                .get(channel)
+                .map(|s| s.subscription)
+        }
+
+        #[test]
+        fn add_and_remove_tell_the_first_and_the_last() {
+            let (index, _) = node(0, 0);
+            let (_, a) = live("a");
+            let (_, b) = live("b");
+            assert!(index.add("ch", a.clone()), "first");
+            assert!(!index.add("ch", b.clone()));
+            assert!(!index.remove("ch", &a));
+            assert!(!index.remove("ch", &a), "removed twice");
+            assert!(index.remove("ch", &b), "last");
+            assert!(!index.remove("ch", &b), "removed twice");
+            assert!(a.is_closed() && b.is_closed());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_node_is_subscribed_while_the_channel_has_local_subscribers() {
+            let (index, broker) = node(1, 1);
+            let (qa, a) = live("a");
+            let (qb, b) = live("b");
+            index.subscribe(&*broker, "ch", a.clone()).await.unwrap();
+            index.subscribe(&*broker, "ch", b.clone()).await.unwrap();
+            assert_eq!(broker.calls(), ["subscribe"], "once for the node");
+            publish(&broker).await;
+            assert_eq!((qa.take().0.len(), qb.take().0.len()), (1, 1));
+            index.unsubscribe(&*broker, "ch", &a).await.unwrap();
+            assert_eq!(broker.calls(), ["subscribe"], "b is still here");
+            index.unsubscribe(&*broker, "ch", &b).await.unwrap();
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe"]);
+            assert_eq!(state(&index, "ch"), None, "nothing kept for it");
+            // Removing again asks nobody.
+            index.unsubscribe(&*broker, "ch", &b).await.unwrap();
+            assert_eq!(broker.calls().len(), 2);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_last_leaving_while_a_new_one_arrives_leaves_the_node_subscribed() {
+            // The unsubscribe is slower than the subscribe: sent unordered,
+            // it would land last and leave the newcomer with nothing.
+            let (index, broker) = node(1, 20);
+            let (_, a) = live("a");
+            index.subscribe(&*broker, "ch", a.clone()).await.unwrap();
+            let leaving = tokio::spawn({
+                let (index, broker) = (index.clone(), broker.clone());
+                async move { index.unsubscribe(&*broker, "ch", &a).await }
+            });
+            // Runs the leaver up to its broker call.
+            tokio::task::yield_now().await;
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe"]);
+            let (qb, b) = live("b");
+            index.subscribe(&*broker, "ch", b).await.unwrap();
+            leaving.await.unwrap().unwrap();
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe", "subscribe"]);
+            assert_eq!(state(&index, "ch"), Some(NodeSubscription::Subscribed));
+            publish(&broker).await;
+            assert_eq!(qb.take().0.len(), 1, "the newcomer receives");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn leaving_during_the_first_subscribe_leaves_the_node_unsubscribed() {
+            let (index, broker) = node(20, 1);
+            let (_, a) = live("a");
+            let joining = tokio::spawn({
+                let (index, broker, a) = (index.clone(), broker.clone(), a.clone());
+                async move { index.subscribe(&*broker, "ch", a).await }
+            });
+            tokio::task::yield_now().await;
+            index.unsubscribe(&*broker, "ch", &a).await.unwrap();
+            joining.await.unwrap().unwrap();
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe"]);
+            assert_eq!(state(&index, "ch"), None);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failed_subscribe_takes_the_subscriber_out_and_the_next_one_retries() {
+            let (index, broker) = node(1, 1);
+            broker.down.store(true, Ordering::SeqCst);
+            let (_, a) = live("a");
+            let e = index.subscribe(&*broker, "ch", a.clone()).await;
+            assert!(matches!(e, Err(BrokerError::Unavailable(_))));
+            assert!(a.is_closed() && !index.has_subscribers("ch"));
+            assert_eq!(state(&index, "ch"), Some(NodeSubscription::Unknown));
+            broker.down.store(false, Ordering::SeqCst);
+            let (qb, b) = live("b");
+            index.subscribe(&*broker, "ch", b).await.unwrap();
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe", "subscribe"]);
+            publish(&broker).await;
+            assert_eq!(qb.take().0.len(), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_abandoned_broker_call_is_made_again() {
+            let (index, broker) = node(1, 20);
+            let (_, a) = live("a");
+            index.subscribe(&*broker, "ch", a.clone()).await.unwrap();
+            let leaving = tokio::spawn({
+                let (index, broker) = (index.clone(), broker.clone());
+                async move { index.unsubscribe(&*broker, "ch", &a).await }
+            });
+            tokio::task::yield_now().await;
+            leaving.abort();
+            assert!(leaving.await.unwrap_err().is_cancelled());
+            // The broker may or may not have unsubscribed the node.
+            assert_eq!(state(&index, "ch"), Some(NodeSubscription::Unknown));
+            let (_, b) = live("b");
+            index.subscribe(&*broker, "ch", b).await.unwrap();
+            assert_eq!(broker.calls(), ["subscribe", "unsubscribe", "subscribe"]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_subscriber_unsubscribed_before_it_subscribed_is_not_kept() {
+            let (index, broker) = node(1, 1);
+            let (_, a) = live("a");
+            index.unsubscribe(&*broker, "ch", &a).await.unwrap();
+            index.subscribe(&*broker, "ch", a).await.unwrap();
+            assert!(!index.has_subscribers("ch"));
+            assert!(broker.calls().is_empty());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn join_and_leave_skip_the_connection_they_are_about_and_encode_once() {
+            let (index, broker) = node(0, 0);
+            let (q1, s1) = live("c1");
+            let (q2, s2) = live("c2");
+            let q3 = Arc::new(Outbound::new(LIMIT));
+            let s3 = Subscriber::for_connection(
+                q3.clone(),
+                Delivery::Envelope(Encoding::Msgpack),
+                None,
+                "c3".into(),
+            );
+            // Without a connection id it cannot be told apart: it hears
+            // about everyone, itself included.
+            let q4 = Arc::new(Outbound::new(LIMIT));
+            let s4 = Subscriber::new(q4.clone(), Delivery::Envelope(Encoding::Json), None);
+            let q5 = Arc::new(Outbound::new(LIMIT));
+            let s5 = Subscriber::for_connection(q5.clone(), Delivery::Raw, None, "c5".into());
+            for s in [s1, s2, s3, s4, s5] {
+                index.subscribe(&*broker, "ch", s).await.unwrap();
+            }
+            let c1 = ClientInfo {
+                user: "u1".into(),
+                connection_id: "c1".into(),
+            };
+            broker
+                .publish_control("ch", ControlKind::Join, &c1)
+                .await
+                .unwrap();
+            let payload = serde_json::json!({"channel": "ch", "user": "u1", "connection_id": "c1"});
+            let expected = ServerFrame::new("join", None, &payload).encode(Encoding::Json);
+            assert!(q1.take().0.is_empty(), "not told about itself");
+            assert!(q5.take().0.is_empty(), "raw streams get only data");
+            let (OutFrame::Text(a), OutFrame::Text(b)) = (&q2.take().0[0], &q4.take().0[0]) else {
+                panic!("JSON text frames")
+            };
+            assert_eq!(*a, expected);
+            assert_eq!(a.as_ptr(), b.as_ptr(), "encoded once per encoding");
+            let OutFrame::Binary(m) = &q3.take().0[0] else {
+                panic!("a MessagePack binary frame")
+            };
+            assert_eq!(
+                *m,
+                ServerFrame::new("join", None, &payload).encode(Encoding::Msgpack)
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod channels;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+pub mod error;
 pub mod fanout;
 pub mod handler;
 pub mod hub;

@@ -1,6 +1,47 @@
 //! Every limit wsgate enforces, with its default and the reason for it.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+// Fixed limits: part of the contract or of wsgate's defences, not tuned per
+// deployment. Each says why it has its value; the configurable ones follow
+// in [`Limits`].
+
+/// Longest channel name (SPEC §5: `[A-Za-z0-9_.:@-]{1,255}`).
+pub const MAX_CHANNEL_BYTES: usize = 255;
+/// Most publications one history answer carries: a client pages with
+/// `since` beyond it, so no answer is unbounded.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Largest `history_size` a namespace may keep in memory per channel.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+/// How long before `exp` a connection is warned with `token_expiring`
+/// (SPEC §4): time enough to fetch and send a new token.
+pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
+/// Rate-limited messages in a row that end a connection with 1008: a
+/// client that keeps sending into the limit is not slowing down.
+pub const MAX_DROPPED_IN_A_ROW: u32 = 10;
+/// Longest token accepted; anything longer is not a token we issued, and
+/// verifying it would cost more than it is worth.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+/// Latest `exp` accepted: 9999-12-31T23:59:59Z. Beyond it a timestamp is
+/// not a date (and loses precision in JavaScript clients that read
+/// `expires_at`).
+pub const MAX_EXP: u64 = 253_402_300_799;
+/// The furthest a connection timer is set (about 30 years): an `exp`
+/// centuries away would overflow `Instant` arithmetic, and a deadline
+/// further off than any process lives is the same as none.
+pub const MAX_TIMER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+/// Largest JWKS document read: real ones are a few KiB; the answer is read
+/// with this running cap, never buffered whole.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Largest request body of the server API.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most channels one `POST /api/broadcast` may name.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// How long to wait for the client's close frame after sending ours: a
+/// client that neither reads nor answers must not keep its task alive.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// `[limits]` in the configuration. Each field's environment variable is
 /// `WSGATE_LIMITS__<FIELD>` in upper case.

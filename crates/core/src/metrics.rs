@@ -7,46 +7,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use wsgate_protocol::{Command, SERVER_TYPES};
 
 type Labeled = Family<[(&'static str, &'static str); 1], Counter>;
 
-/// Message types the protocol knows; anything else is counted as `unknown`
-/// so a client cannot create label values.
-const KNOWN_TYPES: &[&str] = &[
-    "ping",
-    "pong",
-    "connected",
-    "error",
-    "refresh_token",
-    "token_refreshed",
-    "token_expiring",
-    "subscribe",
-    "subscribed",
-    "unsubscribe",
-    "unsubscribed",
-    "publish",
-    "published",
-    "presence",
-    "history",
-    "message",
-    "join",
-    "leave",
-    "create_thread",
-    "list_threads",
-    "switch_thread",
-    "get_thread_history",
-    "rename_thread",
-    "delete_thread",
-    "user_message",
-    "start_agent",
-    "stop_agent",
-    "echo",
-];
-
-/// Maps a client-controlled type name onto a bounded label value.
+/// Maps a client-controlled type name onto a bounded label value: the
+/// protocol's command and server frame types, anything else `unknown`, so
+/// a client cannot create label values.
 pub fn type_label(kind: &str) -> &'static str {
-    KNOWN_TYPES
+    Command::TYPES
         .iter()
+        .chain(SERVER_TYPES)
         .find(|k| **k == kind)
         .copied()
         .unwrap_or("unknown")
@@ -248,6 +219,8 @@ mod tests {
     #[test]
     fn unknown_types_share_one_label() {
         assert_eq!(type_label("ping"), "ping");
+        assert_eq!(type_label("stop_agent"), "stop_agent");
+        assert_eq!(type_label("agent_completed"), "agent_completed");
         assert_eq!(type_label("drop table"), "unknown");
     }
 }

@@ -97,6 +97,37 @@ impl ClientFrame {
     }
 }
 
+/// Every `type` the server sends: replies, pushes and run events (SPEC §4).
+/// With [`crate::Command::TYPES`] it bounds the values of metric labels.
+pub const SERVER_TYPES: &[&str] = &[
+    "connected",
+    "pong",
+    "error",
+    "token_refreshed",
+    "token_expiring",
+    "subscribed",
+    "unsubscribed",
+    "published",
+    "presence",
+    "history",
+    "message",
+    "join",
+    "leave",
+    "thread_created",
+    "threads",
+    "thread_loaded",
+    "thread_history",
+    "thread_renamed",
+    "thread_deleted",
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_result",
+    "partial_result",
+    "final_report",
+    "agent_completed",
+];
+
 /// A frame the server sends. `payload` is anything serializable.
 #[derive(Debug, Serialize)]
 pub struct ServerFrame<'a, P: Serialize> {

@@ -5,12 +5,14 @@
 //! and [`ServerFrame`]s into bytes.
 
 mod close;
+pub mod command;
 mod error;
 mod frame;
 
 pub use close::CloseCode;
+pub use command::{Command, CommandError};
 pub use error::ErrorCode;
-pub use frame::{ClientFrame, DecodeError, Encoding, ServerFrame};
+pub use frame::{ClientFrame, DecodeError, Encoding, ServerFrame, SERVER_TYPES};
 
 /// Subprotocol name of the JSON encoding (the default).
 pub const PROTOCOL_JSON: &str = "wsgate.v1.json";

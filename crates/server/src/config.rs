@@ -553,10 +553,10 @@ impl Config {
                     ),
                 ));
             }
-            if ns.history_size > 100_000 {
+            if ns.history_size > wsgate_core::limits::MAX_HISTORY_SIZE {
                 return Err(invalid(
                     "channels.namespaces.history_size",
-                    "must be at most 100000",
+                    format!("must be at most {}", wsgate_core::limits::MAX_HISTORY_SIZE),
                 ));
             }
         }

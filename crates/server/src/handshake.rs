@@ -204,7 +204,7 @@ fn reject(state: &AppState, ip: IpAddr, origin: Option<&str>, r: Rejection) -> R
 }
 
 /// What runs on an accepted connection.
-enum Kind {
+enum Endpoint {
     /// The full `/ws` protocol.
     Protocol,
     /// A read-only stream of one channel's `data`.
@@ -311,15 +311,15 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         Ok(x) => x,
         Err(r) => return reject(&state, ip, origin, r),
     };
-    let kind = match stream {
-        None => Kind::Protocol,
+    let endpoint = match stream {
+        None => Endpoint::Protocol,
         Some(channel) => {
             let allowed = state
                 .channels
                 .authorizer
                 .can_subscribe(&identity, &channel, |_| None);
             match allowed {
-                Ok(_) => Kind::Stream {
+                Ok(_) => Endpoint::Stream {
                     channel: channel.into(),
                     filter: query_filter(&uri),
                 },
@@ -350,7 +350,7 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         user = %identity.user,
         connection_id = %admission.connection_id(),
         protocol = encoding.protocol_name(),
-        stream = matches!(kind, Kind::Stream { .. }),
+        stream = matches!(endpoint, Endpoint::Stream { .. }),
     );
     // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
     let protocol = selected.then(|| encoding.protocol_name());
@@ -365,7 +365,7 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         identity,
         admission,
         encoding,
-        kind,
+        endpoint,
         deflate: negotiated.clone(),
     });
     upgrade.respond(config, protocol, negotiated, move |socket| {
@@ -379,7 +379,7 @@ struct Accepted {
     identity: Identity,
     admission: Admission,
     encoding: Encoding,
-    kind: Kind,
+    endpoint: Endpoint,
     /// Set when permessage-deflate was agreed.
     deflate: Option<Negotiated>,
     /// Lets shutdown wait for this connection.
@@ -397,7 +397,7 @@ impl Accepted {
             identity,
             admission,
             encoding,
-            kind,
+            endpoint,
             deflate,
             tracked,
         } = *self;
@@ -411,7 +411,7 @@ impl Accepted {
         }
         let limits = state.transport.clone();
         let started = std::time::Instant::now();
-        // Generic over the handler, so each kind gets its own exactly-sized
+        // Generic over the handler, so each endpoint gets its own exactly-sized
         // connection future.
         fn run<H: ConnectionHandler>(
             socket: Socket,
@@ -419,7 +419,7 @@ impl Accepted {
             outbound: Arc<Outbound>,
             limits: Arc<TransportLimits>,
             deflate: Option<Negotiated>,
-            finished: Finished,
+            end: ConnectionEnd,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
             Box::pin(transport::drive(Box::new(Connection {
                 socket,
@@ -427,11 +427,11 @@ impl Accepted {
                 outbound,
                 limits,
                 deflate,
-                on_end: move |ended| finished.record(ended),
+                on_end: move |ended| end.record(ended),
             })))
         }
-        match kind {
-            Kind::Protocol => {
+        match endpoint {
+            Endpoint::Protocol => {
                 let session = Session::start(SessionContext {
                     connection_id: admission.connection_id().clone(),
                     identity,
@@ -439,10 +439,10 @@ impl Accepted {
                     outbound: outbound.clone(),
                     shared: state.sessions.clone(),
                 });
-                let finished = Finished::new(state, admission, started, tracked);
-                run(socket, session, outbound, limits, deflate, finished)
+                let end = ConnectionEnd::new(state, admission, started, tracked);
+                run(socket, session, outbound, limits, deflate, end)
             }
-            Kind::Stream { channel, filter } => {
+            Endpoint::Stream { channel, filter } => {
                 let handler = RawStream::start(
                     state.channels.clone(),
                     channel,
@@ -450,22 +450,22 @@ impl Accepted {
                     outbound.clone(),
                     identity.expires_at,
                 );
-                let finished = Finished::new(state, admission, started, tracked);
-                run(socket, handler, outbound, limits, deflate, finished)
+                let end = ConnectionEnd::new(state, admission, started, tracked);
+                run(socket, handler, outbound, limits, deflate, end)
             }
         }
     }
 }
 
 /// What is left to do when a connection ends.
-struct Finished {
+struct ConnectionEnd {
     state: AppState,
     admission: Admission,
     started: std::time::Instant,
     _tracked: TaskTrackerToken,
 }
 
-impl Finished {
+impl ConnectionEnd {
     /// Counts the connection as active until this is dropped.
     fn new(
         state: AppState,
@@ -474,7 +474,7 @@ impl Finished {
         tracked: TaskTrackerToken,
     ) -> Self {
         state.metrics.connections_active.inc();
-        Finished {
+        ConnectionEnd {
             state,
             admission,
             started,
@@ -504,7 +504,7 @@ impl Finished {
 /// The active-connections gauge, the slot and the tracker token are given
 /// back on every exit path: a normal end (after `record`) and a
 /// connection task that panicked or was dropped.
-impl Drop for Finished {
+impl Drop for ConnectionEnd {
     fn drop(&mut self) {
         self.state.metrics.connections_active.dec();
     }

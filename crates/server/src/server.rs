@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wsgate_core::broker::{MemoryBroker, MemoryPresence};
+use wsgate_core::broker;
 use wsgate_core::channel::Authorizer;
 use wsgate_core::channels::Channels;
 use wsgate_core::fanout::ChannelIndex;
@@ -59,14 +59,15 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     registry
         .sub_registry_with_prefix("wsgate")
         .register_collector(Box::new(crate::telemetry::LogDrops));
-    if config.broker.url.expose() != "memory" {
-        anyhow::bail!("broker.url: only \"memory\" is implemented so far (Redis comes with the scaling issue)");
-    }
+    // The index is the node's sink: the broker delivers into it.
+    let index = Arc::new(ChannelIndex::new(metrics.clone()));
+    let backend = broker::connect(config.broker.url.expose(), index.clone())
+        .await
+        .context("broker.url")?;
     let storage = Storage::open(config.storage.url.expose())
         .await
         .context("storage.url")?;
     tracing::info!(kind = storage.kind(), "storage open, migrations applied");
-    let index = Arc::new(ChannelIndex::new(metrics.clone()));
     let channels = Arc::new(Channels {
         authorizer: Authorizer::new(
             config
@@ -75,8 +76,8 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
                 .iter()
                 .map(|ns| (ns.name.clone(), ns.policy())),
         ),
-        broker: Arc::new(MemoryBroker::new(index.clone())),
-        presence: Arc::new(MemoryPresence::default()),
+        broker: backend.broker,
+        presence: backend.presence,
         index,
     });
     let l = &config.limits;

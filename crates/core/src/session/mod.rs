@@ -5,11 +5,10 @@
 //! must end. Time enters only through [`tokio::time::Instant`] and the token's
 //! `exp`, so tests drive it with paused time.
 
-mod channels;
+mod cmd;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::NoOpMiddleware;
@@ -18,23 +17,22 @@ use governor::{Quota, RateLimiter};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use wsgate_protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
+use wsgate_protocol::{ClientFrame, CloseCode, Command, Encoding, ErrorCode, ServerFrame};
 
 use crate::auth::{expiry_instant, Identity, TokenVerifier};
 use crate::channels::Channels;
+use crate::error::CommandError;
 use crate::fanout::Subscriber;
 use crate::handler::{ConnectionHandler, Incoming};
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_DROPPED_IN_A_ROW, TOKEN_WARNING};
 use crate::metrics::Metrics;
 use crate::outbound::{OutFrame, Outbound};
 
-/// How long before `exp` the client is warned with `token_expiring`.
-pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
-/// Rate-limited messages in a row that end the connection with 1008.
-pub const MAX_DROPPED_IN_A_ROW: u32 = 10;
-
-/// Everything a session needs from its surroundings.
+/// Who is on the connection and how to answer them: everything a session
+/// needs from its surroundings, kept for its whole life (every byte here
+/// is paid by each idle connection).
 pub struct SessionContext {
+    /// Shared with the hub's slot; logged on every connection line.
     pub connection_id: Arc<str>,
     pub identity: Identity,
     pub encoding: Encoding,
@@ -51,17 +49,6 @@ pub struct SessionShared {
     pub limits: Limits,
 }
 
-/// What a session keeps for its whole life; every byte here is paid by each
-/// idle connection.
-pub(crate) struct Kept {
-    /// Shared with the hub's slot; logged on every connection line.
-    pub(crate) connection_id: Arc<str>,
-    pub(crate) identity: Identity,
-    pub(crate) encoding: Encoding,
-    pub(crate) outbound: Arc<Outbound>,
-    pub(crate) shared: Arc<SessionShared>,
-}
-
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
 /// `Instant::now()`; governor's default clock calibrates a TSC clock on
 /// every construction, which cost a fifth of a handshake's CPU.
@@ -69,7 +56,7 @@ type MessageLimiter =
     RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 
 pub struct Session {
-    pub(crate) ctx: Kept,
+    pub(crate) ctx: SessionContext,
     /// This connection's subscriptions. A list, not a map: at most
     /// `max_subscriptions` (128) entries, and an empty `Vec` is 24 bytes
     /// and allocates nothing, where an empty `HashMap` is 48.
@@ -95,8 +82,28 @@ pub(crate) fn out_frame(
     }
 }
 
+/// The `error` frame of a refused command: the one place where a
+/// [`CommandError`] becomes what a `/ws` client reads, and is counted.
+pub(crate) fn error_frame(
+    metrics: &Metrics,
+    encoding: Encoding,
+    id: Option<&str>,
+    e: &CommandError,
+) -> OutFrame {
+    metrics.error(e.code.as_str());
+    if e.broker_failure {
+        metrics.broker_errors.inc();
+    }
+    metrics.message_out("error");
+    let mut payload = json!({ "code": e.code, "message": &e.message });
+    if let Some(ms) = e.retry_after_ms {
+        payload["retry_after_ms"] = json!(ms);
+    }
+    out_frame(encoding, "error", id, payload)
+}
+
 /// Converts a Unix `exp` into the instants of the warning and the close.
-fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
+pub(crate) fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
     let close = expiry_instant(expires_at);
     let left = close.saturating_duration_since(Instant::now());
     (Some(close - left.min(TOKEN_WARNING)), close)
@@ -127,13 +134,7 @@ impl Session {
             dropped_in_a_row: 0,
             warn_at,
             expire_at,
-            ctx: Kept {
-                connection_id: ctx.connection_id,
-                identity: ctx.identity,
-                encoding: ctx.encoding,
-                outbound: ctx.outbound,
-                shared: ctx.shared,
-            },
+            ctx,
             subscriptions: Vec::new(),
         };
         session.send("connected", None, connected);
@@ -148,19 +149,12 @@ impl Session {
             .push(out_frame(self.ctx.encoding, kind, id, payload));
     }
 
-    pub(crate) fn send_error(
-        &self,
-        id: Option<&str>,
-        code: ErrorCode,
-        message: &str,
-        extra: Option<(&str, Value)>,
-    ) {
-        let mut payload = json!({ "code": code, "message": message });
-        if let Some((key, value)) = extra {
-            payload[key] = value;
-        }
-        self.ctx.shared.metrics.error(code.as_str());
-        self.send("error", id, payload);
+    /// Answers a refused command with its `error` frame.
+    fn send_error(&self, id: Option<&str>, e: &CommandError) {
+        let shared = &self.ctx.shared;
+        self.ctx
+            .outbound
+            .push(error_frame(&shared.metrics, self.ctx.encoding, id, e));
     }
 
     fn dispatch(&mut self, frame: ClientFrame) {
@@ -169,89 +163,15 @@ impl Session {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => {
-                self.send_error(
-                    None,
-                    ErrorCode::InvalidMessage,
-                    "\"id\" must be a string",
-                    None,
-                );
-                return;
+                let e = CommandError::new(ErrorCode::InvalidMessage, "\"id\" must be a string");
+                return self.send_error(None, &e);
             }
         };
-        let Some(payload) = frame.payload_object() else {
-            self.send_error(
-                id,
-                ErrorCode::InvalidMessage,
-                "\"payload\" must be an object",
-                None,
-            );
-            return;
-        };
-        match frame.kind.as_str() {
-            "ping" => self.send("pong", id, json!({})),
-            "refresh_token" => {
-                let token = payload
-                    .get("token")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                self.refresh_token(id, token.as_deref());
-            }
-            "subscribe" => self.subscribe(id, payload),
-            "unsubscribe" => self.unsubscribe(id, payload),
-            "publish" => self.publish(id, payload),
-            "presence" => self.presence(id, payload),
-            "history" => self.history(id, payload),
-            _ => self.send_error(id, ErrorCode::UnknownType, "unknown message type", None),
-        }
-    }
-
-    fn refresh_token(&mut self, id: Option<&str>, token: Option<&str>) {
-        let Some(token) = token else {
-            self.send_error(
-                id,
-                ErrorCode::BadRequest,
-                "payload.token (string) is required",
-                None,
-            );
-            return;
-        };
-        match self.ctx.shared.verifier.verify(token) {
-            Err(e) => {
-                tracing::info!(
-                    connection_id = %self.ctx.connection_id,
-                    user = %self.ctx.identity.user,
-                    reason = e.reason(),
-                    "token refresh refused"
-                );
-                self.ctx.shared.metrics.violation("refresh_invalid_token");
-                self.send_error(id, ErrorCode::BadRequest, &e.to_string(), None);
-            }
-            Ok(identity) if identity.user != self.ctx.identity.user => {
-                tracing::warn!(
-                    connection_id = %self.ctx.connection_id,
-                    user = %self.ctx.identity.user,
-                    "token refresh for another user refused"
-                );
-                self.ctx.shared.metrics.violation("refresh_other_user");
-                self.send_error(id, ErrorCode::Forbidden, "token is for another user", None);
-            }
-            Ok(identity) => {
-                tracing::debug!(
-                    connection_id = %self.ctx.connection_id,
-                    user = %self.ctx.identity.user,
-                    expires_at = identity.expires_at,
-                    "token refreshed"
-                );
-                let (warn_at, expire_at) = expiry_instants(identity.expires_at);
-                self.warn_at = warn_at;
-                self.expire_at = expire_at;
-                self.ctx.identity = identity;
-                self.send(
-                    "token_refreshed",
-                    id,
-                    json!({ "expires_at": self.ctx.identity.expires_at }),
-                );
-            }
+        let result = Command::parse(&frame.kind, frame.payload.clone())
+            .map_err(CommandError::from)
+            .and_then(|command| self.run(id, command));
+        if let Err(e) = result {
+            self.send_error(id, &e);
         }
     }
 }
@@ -265,13 +185,14 @@ impl ConnectionHandler for Session {
                 return Err(CloseCode::Policy);
             }
             let wait = not_until.wait_time_from(MonotonicClock.now());
-            let retry_after_ms = wait.as_millis().max(1) as u64;
-            self.send_error(
-                None,
-                ErrorCode::RateLimited,
-                "too many messages; this one was dropped",
-                Some(("retry_after_ms", json!(retry_after_ms))),
-            );
+            let e = CommandError {
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                ..CommandError::new(
+                    ErrorCode::RateLimited,
+                    "too many messages; this one was dropped",
+                )
+            };
+            self.send_error(None, &e);
             return Ok(());
         }
         self.dropped_in_a_row = 0;

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio_util::sync::CancellationToken;
+use wsgate_core::limits::MAX_JWKS_BYTES;
 
 /// Fetches are short: a slow identity provider must not hold handshakes.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// An unknown `kid` triggers a refresh at most this often, so a client
 /// cannot make the server hammer the identity provider.
 const ON_DEMAND_MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// Largest JWKS document accepted.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {

@@ -10,6 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use wsgate_core::auth::{AuthError, Identity, TokenVerifier};
+use wsgate_core::limits::{MAX_EXP, MAX_TOKEN_BYTES};
 
 pub use jwks::JwksCache;
 
@@ -213,13 +214,6 @@ fn raw_alg(token: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     value.get("alg")?.as_str().map(str::to_owned)
 }
-
-/// Longest token accepted; anything longer is not a token we issued.
-const MAX_TOKEN_BYTES: usize = 8192;
-/// Latest `exp` accepted: 9999-12-31T23:59:59Z. Beyond it a timestamp is
-/// not a date (and loses precision in JavaScript clients that read
-/// `expires_at`).
-pub const MAX_EXP: u64 = 253_402_300_799;
 
 impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {

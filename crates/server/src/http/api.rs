@@ -15,10 +15,7 @@ use super::error::ApiError;
 use super::ops::require_api_key;
 use crate::state::AppState;
 
-/// Most channels one broadcast may name.
-const MAX_BROADCAST_CHANNELS: usize = 1000;
-/// Largest request body of the server API.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+use wsgate_core::limits::MAX_BROADCAST_CHANNELS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -59,6 +59,29 @@ impl ApiError {
     }
 }
 
+/// The one place a command's error becomes an HTTP answer: the status of
+/// its code, the same code and message.
+impl From<wsgate_core::error::CommandError> for ApiError {
+    fn from(e: wsgate_core::error::CommandError) -> Self {
+        use wsgate_protocol::ErrorCode;
+        let status = match e.code {
+            ErrorCode::InvalidMessage | ErrorCode::UnknownType | ErrorCode::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            retry_after_secs: e.retry_after_ms.map(|ms| ms.div_ceil(1000)),
+            ..ApiError::new(status, e.code.as_str(), e.message)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (

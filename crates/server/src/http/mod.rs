@@ -31,7 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/channels/{channel}/presence", get(api::presence))
         .route("/api/channels/{channel}/history", get(api::history))
-        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(json_errors))

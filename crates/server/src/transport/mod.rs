@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message};
 use wsgate_core::handler::{ConnectionHandler, Incoming};
+use wsgate_core::limits::CLOSE_LINGER;
 use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
 
@@ -40,8 +41,6 @@ pub const READ_BUFFER_BYTES: usize = 128;
 /// Frames are collected up to this size before a write, so a batch drained
 /// from the outbound queue costs one syscall rather than one per frame.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
-/// How long to wait for the client's close frame after sending ours.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Limits the transport enforces on one connection.
 #[derive(Debug, Clone, Copy)]

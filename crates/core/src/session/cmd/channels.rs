@@ -1,30 +1,23 @@
 //! The channel commands of a session: subscribe, unsubscribe, publish,
-//! presence, history. Authorization and validation happen here, at once;
-//! broker calls run in a spawned task that answers through the outbound
-//! queue, so a slow broker never stalls the connection's read loop.
+//! presence, history. Authorization happens here, at once; broker calls run
+//! in a spawned task that answers through the outbound queue, so a slow
+//! broker never stalls the connection's read loop.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
-use wsgate_protocol::{CloseCode, Encoding, ErrorCode};
+use serde_json::json;
+use wsgate_protocol::command::{ChannelOnly, History, Position, Publish, Subscribe};
+use wsgate_protocol::{CloseCode, Encoding};
 
-use super::{out_frame, Session};
-use crate::broker::{BrokerError, ClientInfo};
-use crate::channel::{Denied, NamespacePolicy};
+use crate::broker::ClientInfo;
+use crate::channel::NamespacePolicy;
 use crate::channels::{history_frame, history_policy};
+use crate::error::CommandError;
 use crate::fanout::{CatchUpError, Delivery, HistorySource, Subscriber, BACKLOG_PAGE};
-use crate::metrics::Metrics;
 use crate::outbound::OutFrame;
 use crate::publication::{Filter, StreamPosition};
-
-fn parse_position(v: &Value) -> Option<StreamPosition> {
-    let obj = v.as_object()?;
-    Some(StreamPosition {
-        offset: obj.get("offset")?.as_u64()?,
-        epoch: obj.get("epoch")?.as_str()?.into(),
-    })
-}
+use crate::session::{error_frame, out_frame, Session};
 
 /// Threads are owned by their creator; until thread storage exists no
 /// thread channel has an owner.
@@ -32,129 +25,54 @@ fn no_thread_owner(_: &str) -> Option<String> {
     None
 }
 
-/// The `error unavailable` answer to a command whose broker call failed,
-/// counted as a broker error.
-fn unavailable(
-    metrics: &Metrics,
-    encoding: Encoding,
-    id: Option<&str>,
-    e: &BrokerError,
-) -> OutFrame {
-    metrics.broker_errors.inc();
-    metrics.error(ErrorCode::Unavailable.as_str());
-    out_frame(
-        encoding,
-        "error",
-        id,
-        json!({"code": ErrorCode::Unavailable, "message": e.to_string()}),
-    )
+fn position(p: Position) -> StreamPosition {
+    StreamPosition {
+        offset: p.offset,
+        epoch: p.epoch.into(),
+    }
 }
 
 impl Session {
-    fn channel_arg<'a>(&self, id: Option<&str>, p: &'a Map<String, Value>) -> Option<&'a str> {
-        match p.get("channel").and_then(Value::as_str) {
-            Some(c) => Some(c),
-            None => {
-                self.send_error(
-                    id,
-                    ErrorCode::BadRequest,
-                    "payload.channel (string) is required",
-                    None,
-                );
-                None
-            }
-        }
-    }
-
-    /// The channel's policy if this user may subscribe; otherwise answers
-    /// the error itself.
-    fn may_subscribe(&self, id: Option<&str>, channel: &str) -> Option<NamespacePolicy> {
+    /// The channel's policy if this user may subscribe.
+    fn may_subscribe(&self, channel: &str) -> Result<NamespacePolicy, CommandError> {
         let channels = &self.ctx.shared.channels;
         match channels
             .authorizer
             .can_subscribe(&self.ctx.identity, channel, no_thread_owner)
         {
-            Ok(policy) => Some(policy.clone()),
-            Err(d) => {
-                self.denied(id, d);
-                None
-            }
+            Ok(policy) => Ok(policy.clone()),
+            Err(d) => Err(self.denied(d)),
         }
     }
 
-    /// An optional `{offset, epoch}` argument; `Err` after answering.
-    fn position_arg(
-        &self,
+    fn denied(&self, d: crate::channel::Denied) -> CommandError {
+        if d == crate::channel::Denied::Forbidden {
+            self.ctx.shared.metrics.violation("channel_forbidden");
+        }
+        d.into()
+    }
+
+    pub(in crate::session) fn subscribe(
+        &mut self,
         id: Option<&str>,
-        p: &Map<String, Value>,
-        key: &str,
-    ) -> Result<Option<StreamPosition>, ()> {
-        match p.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match parse_position(v) {
-                Some(pos) => Ok(Some(pos)),
-                None => {
-                    let message =
-                        format!("payload.{key} must be {{offset: integer, epoch: string}}");
-                    self.send_error(id, ErrorCode::BadRequest, &message, None);
-                    Err(())
-                }
-            },
-        }
-    }
-
-    fn denied(&self, id: Option<&str>, d: Denied) {
-        match d {
-            Denied::BadName => {
-                self.send_error(id, ErrorCode::BadRequest, "invalid channel name", None)
-            }
-            Denied::Forbidden => {
-                self.ctx.shared.metrics.violation("channel_forbidden");
-                self.send_error(
-                    id,
-                    ErrorCode::Forbidden,
-                    "not allowed on this channel",
-                    None,
-                )
-            }
-        }
-    }
-
-    pub(super) fn subscribe(&mut self, id: Option<&str>, p: &Map<String, Value>) {
-        let Some(channel) = self.channel_arg(id, p) else {
-            return;
-        };
-        let filter = match p.get("filter") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(f)) => Some(Filter::Exact(f.clone())),
-            Some(_) => {
-                return self.send_error(
-                    id,
-                    ErrorCode::BadRequest,
-                    "payload.filter must be an object",
-                    None,
-                )
-            }
-        };
-        let Ok(recover) = self.position_arg(id, p, "recover") else {
-            return;
-        };
+        args: Subscribe,
+    ) -> Result<(), CommandError> {
+        let Subscribe {
+            channel,
+            filter,
+            recover,
+        } = args;
+        let filter = filter.map(Filter::Exact);
+        let recover = recover.map(position);
         // A subscription whose subscribe task failed is closed; forget it.
         self.subscriptions.retain(|(_, s)| !s.is_closed());
-        if self.subscriptions.iter().any(|(c, _)| &**c == channel) {
-            return self.send_error(id, ErrorCode::Conflict, "already subscribed", None);
+        if self.subscriptions.iter().any(|(c, _)| **c == *channel) {
+            return Err(CommandError::conflict("already subscribed"));
         }
         if self.subscriptions.len() >= self.ctx.shared.limits.max_subscriptions {
-            return self.send_error(
-                id,
-                ErrorCode::BadRequest,
-                "subscription limit reached",
-                None,
-            );
+            return Err(CommandError::bad_request("subscription limit reached"));
         }
-        let Some(policy) = self.may_subscribe(id, channel) else {
-            return;
-        };
+        let policy = self.may_subscribe(&channel)?;
         let channels = self.ctx.shared.channels.clone();
         let subscriber = Subscriber::new(
             self.ctx.outbound.clone(),
@@ -189,7 +107,7 @@ impl Session {
                 Ok(page) => page,
                 Err(e) => {
                     channels.index.remove(&channel, &subscriber);
-                    let frame = unavailable(&metrics, encoding, id.as_deref(), &e);
+                    let frame = error_frame(&metrics, encoding, id.as_deref(), &e.into());
                     subscriber.outbound.push(frame);
                     return;
                 }
@@ -238,23 +156,30 @@ impl Session {
                 channels.announce("join", &channel, &client, Some(&subscriber.outbound));
             }
         });
+        Ok(())
     }
 
-    pub(super) fn unsubscribe(&mut self, id: Option<&str>, p: &Map<String, Value>) {
-        let Some(channel) = self.channel_arg(id, p) else {
-            return;
-        };
-        let Some(at) = self.subscriptions.iter().position(|(c, _)| &**c == channel) else {
-            return self.send_error(id, ErrorCode::NotFound, "not subscribed", None);
+    pub(in crate::session) fn unsubscribe(
+        &mut self,
+        id: Option<&str>,
+        args: ChannelOnly,
+    ) -> Result<(), CommandError> {
+        let Some(at) = self
+            .subscriptions
+            .iter()
+            .position(|(c, _)| **c == *args.channel)
+        else {
+            return Err(CommandError::not_found("not subscribed"));
         };
         let (channel, subscriber) = self.subscriptions.swap_remove(at);
         self.leave(&channel, &subscriber);
         self.send("unsubscribed", id, json!({ "channel": &*channel }));
+        Ok(())
     }
 
     /// Removes one subscription from the index and, where enabled, from
     /// presence, announcing `leave`.
-    pub(super) fn leave(&self, channel: &Arc<str>, subscriber: &Arc<Subscriber>) {
+    pub(in crate::session) fn leave(&self, channel: &Arc<str>, subscriber: &Arc<Subscriber>) {
         let channels = &self.ctx.shared.channels;
         channels.index.remove(channel, subscriber);
         let Some(policy) = channels.authorizer.policy(channel) else {
@@ -291,10 +216,10 @@ impl Session {
     }
 
     /// Runs a broker call off the read loop and answers `kind` with its
-    /// payload, or `error unavailable` when the broker fails.
+    /// payload, or the error.
     fn reply_later<F>(&self, id: Option<&str>, kind: &'static str, call: F)
     where
-        F: std::future::Future<Output = Result<Value, BrokerError>> + Send + 'static,
+        F: std::future::Future<Output = Result<serde_json::Value, CommandError>> + Send + 'static,
     {
         let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
         let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
@@ -304,99 +229,79 @@ impl Session {
                     metrics.message_out(kind);
                     out_frame(encoding, kind, id.as_deref(), payload)
                 }
-                Err(e) => unavailable(&metrics, encoding, id.as_deref(), &e),
+                Err(e) => error_frame(&metrics, encoding, id.as_deref(), &e),
             };
             outbound.push(frame);
         });
     }
 
-    pub(super) fn publish(&mut self, id: Option<&str>, p: &Map<String, Value>) {
-        let Some(channel) = self.channel_arg(id, p) else {
-            return;
-        };
-        let Some(data) = p.get("data") else {
-            return self.send_error(id, ErrorCode::BadRequest, "payload.data is required", None);
-        };
+    pub(in crate::session) fn publish(
+        &mut self,
+        id: Option<&str>,
+        args: Publish,
+    ) -> Result<(), CommandError> {
+        let Publish { channel, data } = args;
         let channels = self.ctx.shared.channels.clone();
         let policy =
             match channels
                 .authorizer
-                .can_publish(&self.ctx.identity, channel, no_thread_owner)
+                .can_publish(&self.ctx.identity, &channel, no_thread_owner)
             {
                 Ok(policy) => policy.clone(),
-                Err(d) => return self.denied(id, d),
+                Err(d) => return Err(self.denied(d)),
             };
         // The frame was parsed into a value; this is the one serialization
         // the publication gets.
-        let bytes = Bytes::from(serde_json::to_vec(data).expect("a JSON value serializes"));
-        let value = data.clone();
-        let channel = channel.to_owned();
+        let bytes = Bytes::from(serde_json::to_vec(&data).expect("a JSON value serializes"));
         self.reply_later(id, "published", async move {
             let p = channels
                 .broker
-                .publish(&channel, bytes, value, history_policy(&policy))
+                .publish(&channel, bytes, data, history_policy(&policy))
                 .await?;
             Ok(json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}))
         });
+        Ok(())
     }
 
-    pub(super) fn presence(&mut self, id: Option<&str>, p: &Map<String, Value>) {
-        let Some(channel) = self.channel_arg(id, p) else {
-            return;
-        };
-        let Some(policy) = self.may_subscribe(id, channel) else {
-            return;
-        };
-        let channels = self.ctx.shared.channels.clone();
+    pub(in crate::session) fn presence(
+        &mut self,
+        id: Option<&str>,
+        args: ChannelOnly,
+    ) -> Result<(), CommandError> {
+        let channel = args.channel;
+        let policy = self.may_subscribe(&channel)?;
         if !policy.presence {
-            return self.send_error(
-                id,
-                ErrorCode::BadRequest,
+            return Err(CommandError::bad_request(
                 "presence is not enabled for this channel",
-                None,
-            );
+            ));
         }
-        let channel = channel.to_owned();
+        let channels = self.ctx.shared.channels.clone();
         self.reply_later(id, "presence", async move {
             let clients = channels.presence.clients(&channel).await?;
             Ok(json!({"channel": channel, "clients": clients}))
         });
+        Ok(())
     }
 
-    pub(super) fn history(&mut self, id: Option<&str>, p: &Map<String, Value>) {
-        let Some(channel) = self.channel_arg(id, p) else {
-            return;
-        };
-        let Ok(since) = self.position_arg(id, p, "since") else {
-            return;
-        };
-        let limit = match p.get("limit") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(n) => Some(n as usize),
-                None => {
-                    return self.send_error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "payload.limit must be a non-negative integer",
-                        None,
-                    )
-                }
-            },
-        };
-        let Some(policy) = self.may_subscribe(id, channel) else {
-            return;
-        };
-        let channels = self.ctx.shared.channels.clone();
+    pub(in crate::session) fn history(
+        &mut self,
+        id: Option<&str>,
+        args: History,
+    ) -> Result<(), CommandError> {
+        let History {
+            channel,
+            since,
+            limit,
+        } = args;
+        let since = since.map(position);
+        let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let policy = self.may_subscribe(&channel)?;
         if policy.history_size == 0 {
-            return self.send_error(
-                id,
-                ErrorCode::BadRequest,
+            return Err(CommandError::bad_request(
                 "history is not enabled for this channel",
-                None,
-            );
+            ));
         }
-        let channel = channel.to_owned();
+        let channels = self.ctx.shared.channels.clone();
         let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
         let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
         tokio::spawn(async move {
@@ -413,12 +318,13 @@ impl Session {
                         Encoding::Msgpack => OutFrame::Binary(bytes),
                     }
                 }
-                Err(e) => unavailable(&metrics, encoding, id.as_deref(), &e),
+                Err(e) => error_frame(&metrics, encoding, id.as_deref(), &e.into()),
             };
             // A page is up to half the queue: it waits for room rather than
             // closing a client that reads fine.
             outbound.push_paced(frame, budget).await;
         });
+        Ok(())
     }
 }
 
