@@ -7,12 +7,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use wsgate_core::broker::Deliver;
-use wsgate_core::fanout::{ChannelIndex, Delivery, Subscriber};
+use wsgate_core::broker::NodeSink;
+use wsgate_core::channels::fanout::{ChannelIndex, FrameFormat, Subscriber};
+use wsgate_core::channels::publication::Publication;
+use wsgate_core::connection::outbound::Outbound;
 use wsgate_core::metrics::Metrics;
-use wsgate_core::outbound::Outbound;
 use wsgate_core::protocol::Encoding;
-use wsgate_core::publication::Publication;
 
 fn setup(subscribers: usize, other_channels: usize) -> (ChannelIndex, Vec<Arc<Outbound>>) {
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));
@@ -20,14 +20,14 @@ fn setup(subscribers: usize, other_channels: usize) -> (ChannelIndex, Vec<Arc<Ou
     let mut queues = Vec::new();
     for _ in 0..subscribers {
         let q = Arc::new(Outbound::new(usize::MAX / 2));
-        let s = Subscriber::new(q.clone(), Delivery::Envelope(Encoding::Json), None);
+        let s = Subscriber::new(q.clone(), FrameFormat::Envelope(Encoding::Json), None);
         s.go_live(None, &[], 0);
         index.add("bench", s);
         queues.push(q);
     }
     for i in 0..other_channels {
         let q = Arc::new(Outbound::new(1 << 20));
-        let s = Subscriber::new(q, Delivery::Envelope(Encoding::Json), None);
+        let s = Subscriber::new(q, FrameFormat::Envelope(Encoding::Json), None);
         s.go_live(None, &[], 0);
         index.add(&format!("other:{i}"), s);
     }
@@ -54,7 +54,7 @@ fn fanout(c: &mut Criterion) {
             &subs,
             |b, _| {
                 b.iter(|| {
-                    index.deliver(&p);
+                    index.on_publication(&p);
                     // Empty the queues as the writers would.
                     for q in &queues {
                         std::hint::black_box(q.take());

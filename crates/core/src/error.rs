@@ -6,16 +6,13 @@
 use wsgate_protocol::ErrorCode;
 
 use crate::broker::BrokerError;
-use crate::channel::Denied;
+use crate::channels::authorizer::Denied;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct CommandError {
     pub code: ErrorCode,
     pub message: String,
-    /// The broker failed: counted in `wsgate_broker_errors_total` where the
-    /// error is answered.
-    pub broker_failure: bool,
     /// With `rate_limited`: when to try again.
     pub retry_after_ms: Option<u64>,
 }
@@ -25,7 +22,6 @@ impl CommandError {
         CommandError {
             code,
             message: message.into(),
-            broker_failure: false,
             retry_after_ms: None,
         }
     }
@@ -57,12 +53,11 @@ impl CommandError {
     }
 }
 
+/// The broker's failure as the caller sees it; the service counts it in
+/// `wsgate_broker_errors_total` where it happens.
 impl From<BrokerError> for CommandError {
     fn from(e: BrokerError) -> Self {
-        CommandError {
-            broker_failure: true,
-            ..Self::new(ErrorCode::Unavailable, e.to_string())
-        }
+        Self::new(ErrorCode::Unavailable, e.to_string())
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use wsgate_protocol::CloseCode;
 
-use crate::outbound::Outbound;
+use crate::connection::outbound::Outbound;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -9,19 +9,13 @@
 
 pub mod auth;
 pub mod broker;
-pub mod channel;
 pub mod channels;
-#[cfg(any(test, feature = "contract"))]
-pub mod contract;
+pub mod connection;
 pub mod error;
-pub mod fanout;
-pub mod handler;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
-pub mod outbound;
-pub mod publication;
 pub mod session;
-pub mod stream;
+pub mod threads;
 
 pub use wsgate_protocol as protocol;

@@ -16,8 +16,8 @@ use axum::routing::get;
 use axum::Router;
 use wsgate::transport::upgrade::Upgrade;
 use wsgate::transport::{self, Connection, TransportLimits};
-use wsgate_core::handler::Echo;
-use wsgate_core::outbound::Outbound;
+use wsgate_core::connection::handler::Echo;
+use wsgate_core::connection::outbound::Outbound;
 use wsgate_deflate::Deflate;
 
 const LIMITS: TransportLimits = TransportLimits {

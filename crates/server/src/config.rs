@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use wsgate_core::channel::{NamespacePolicy, PublishPolicy, SubscribePolicy};
+use wsgate_core::channels::authorizer::{NamespacePolicy, PublishPolicy, SubscribePolicy};
 use wsgate_core::limits::Limits;
 
 /// A secret string: never printed, never serialized in clear.
@@ -543,7 +543,7 @@ impl Config {
                 ));
             }
             if ns.name.contains(':')
-                || !(ns.name.is_empty() || wsgate_core::channel::valid_name(&ns.name))
+                || !(ns.name.is_empty() || wsgate_core::channels::names::valid_name(&ns.name))
             {
                 return Err(invalid(
                     "channels.namespaces.name",

@@ -18,15 +18,15 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use wsgate_core::auth::{AuthError, Identity};
-use wsgate_core::channel::Denied;
-use wsgate_core::handler::ConnectionHandler;
+use wsgate_core::channels::publication::Filter;
+use wsgate_core::channels::raw_stream::RawStream;
+use wsgate_core::channels::Caller;
+use wsgate_core::connection::handler::ConnectionHandler;
+use wsgate_core::connection::outbound::Outbound;
 use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
-use wsgate_core::outbound::Outbound;
-use wsgate_core::publication::Filter;
 use wsgate_core::session::{Session, SessionContext};
-use wsgate_core::stream::RawStream;
-use wsgate_protocol::{CloseCode, Encoding, BEARER_PROTOCOL_PREFIX};
+use wsgate_protocol::{CloseCode, Encoding, ErrorCode, BEARER_PROTOCOL_PREFIX};
 
 use crate::auth::bearer_token;
 use crate::http::error::ApiError;
@@ -248,22 +248,22 @@ impl FromRequestParts<AppState> for UpgradeRequest {
 
 /// `GET /ws`: the full protocol.
 pub async fn ws_handler(req: UpgradeRequest) -> Response {
-    handshake(req, None)
+    handshake(req, None).await
 }
 
 /// `/ws/metrics`: the built-in `metrics` channel as a raw stream.
 pub async fn metrics_stream(req: UpgradeRequest) -> Response {
-    handshake(req, Some("metrics".into()))
+    handshake(req, Some("metrics".into())).await
 }
 
 /// `/ws/events`: the built-in `events` channel as a raw stream.
 pub async fn events_stream(req: UpgradeRequest) -> Response {
-    handshake(req, Some("events".into()))
+    handshake(req, Some("events".into())).await
 }
 
 /// `/ws/stream/{channel}`.
 pub async fn channel_stream(Path(channel): Path<String>, req: UpgradeRequest) -> Response {
-    handshake(req, Some(channel))
+    handshake(req, Some(channel)).await
 }
 
 /// Query parameters other than `token` are equality filters of a stream.
@@ -275,7 +275,7 @@ fn query_filter(uri: &Uri) -> Option<Filter> {
     (!pairs.is_empty()).then(|| Filter::from_pairs(pairs))
 }
 
-fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
+async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     let UpgradeRequest {
         state,
         peer,
@@ -313,32 +313,27 @@ fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     };
     let endpoint = match stream {
         None => Endpoint::Protocol,
-        Some(channel) => {
-            let allowed = state
-                .channels
-                .authorizer
-                .can_subscribe(&identity, &channel, |_| None);
-            match allowed {
-                Ok(_) => Endpoint::Stream {
-                    channel: channel.into(),
-                    filter: query_filter(&uri),
-                },
-                Err(Denied::BadName) => {
-                    let r = Rejection::new(
-                        ApiError::bad_request("invalid channel name"),
-                        "bad_channel",
-                    );
-                    return reject(&state, ip, origin, r);
-                }
-                Err(Denied::Forbidden) => {
-                    let r = Rejection::new(
+        Some(channel) => match state
+            .channels
+            .may_read(Caller::User(&identity), &channel)
+            .await
+        {
+            Ok(_) => Endpoint::Stream {
+                channel: channel.into(),
+                filter: query_filter(&uri),
+            },
+            Err(e) => {
+                let r = match e.code {
+                    ErrorCode::BadRequest => Rejection::new(ApiError::from(e), "bad_channel"),
+                    ErrorCode::Forbidden => Rejection::new(
                         ApiError::forbidden("stream channel not permitted"),
                         "channel_forbidden",
-                    );
-                    return reject(&state, ip, origin, r);
-                }
+                    ),
+                    _ => Rejection::new(ApiError::from(e), "unavailable"),
+                };
+                return reject(&state, ip, origin, r);
             }
-        }
+        },
     };
     Metrics::count(&state.metrics.connections, "result", "accepted");
     tracing::info!(

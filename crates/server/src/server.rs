@@ -13,18 +13,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate_core::broker;
-use wsgate_core::channel::Authorizer;
-use wsgate_core::channels::Channels;
-use wsgate_core::fanout::ChannelIndex;
+use wsgate_core::channels::authorizer::Authorizer;
+use wsgate_core::channels::fanout::ChannelIndex;
+use wsgate_core::channels::{Caller, Channels};
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
+use wsgate_core::threads::NoThreads;
 use wsgate_protocol::CloseCode;
 
 use crate::auth::{JwksCache, JwtVerifier};
 use crate::config::Config;
 use crate::http;
-use crate::state::{AppState, Inner};
+use crate::state::{AppState, ServerState};
 use crate::storage::Storage;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
@@ -35,6 +36,7 @@ const FIRST_JWKS_FETCH: Duration = Duration::from_secs(5);
 
 /// Builds the shared state and starts its background tasks.
 pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow::Result<AppState> {
+    let tasks = TaskTracker::new();
     let jwks = match &config.auth.jwks_url {
         None => None,
         Some(url) => {
@@ -46,7 +48,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
                 }
                 Err(_) => tracing::warn!("JWKS fetch timed out; retrying in the background"),
             }
-            tokio::spawn(cache.clone().run(
+            tasks.spawn(cache.clone().run(
                 Duration::from_secs(config.auth.jwks_refresh_secs),
                 shutdown.clone(),
             ));
@@ -79,16 +81,15 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         broker: backend.broker,
         presence: backend.presence,
         index,
+        // No thread store yet: no thread exists, every `thread:` channel
+        // is refused.
+        threads: Arc::new(NoThreads),
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
     });
     let l = &config.limits;
     let per_ip = NonZeroU32::new(l.handshakes_per_minute_per_ip).unwrap_or(NonZeroU32::MIN);
-    let transport = TransportLimits {
-        max_message_bytes: l.max_message_bytes,
-        outbound_queue_bytes: l.outbound_queue_bytes,
-        heartbeat: Duration::from_secs(l.heartbeat_secs),
-        heartbeat_timeout: Duration::from_secs(l.heartbeat_timeout_secs),
-        write_delay: Duration::from_millis(config.transport.write_delay_ms),
-    };
+    let transport = TransportLimits::new(l, Duration::from_millis(config.transport.write_delay_ms));
     let verifier: Arc<dyn wsgate_core::auth::TokenVerifier> = Arc::new(verifier);
     let sessions = Arc::new(SessionShared {
         verifier: verifier.clone(),
@@ -96,7 +97,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         channels: channels.clone(),
         limits: config.limits.clone(),
     });
-    let state = AppState(Arc::new(Inner {
+    let state = AppState(Arc::new(ServerState {
         hub: Hub::new(l.max_connections, l.max_connections_per_user),
         channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
@@ -116,6 +117,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         storage,
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
+        tasks,
         started_at: Instant::now(),
         node: format!("{}-{}", hostname(), std::process::id()),
         config,
@@ -123,7 +125,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     // Forget per-IP limiter entries of addresses that went quiet, so the
     // map does not grow with every address ever seen.
     let s = state.clone();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -132,7 +134,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
             }
         }
     });
-    tokio::spawn(publish_node_metrics(state.clone()));
+    state.tasks.spawn(publish_node_metrics(state.clone()));
     Ok(state)
 }
 
@@ -180,7 +182,11 @@ async fn publish_node_metrics(state: AppState) {
         });
         last = (now, counts.0, counts.1, counts.2, counts.3);
         let bytes = bytes::Bytes::from(payload.to_string());
-        if let Err(error) = state.channels.publish("metrics", bytes, payload).await {
+        if let Err(error) = state
+            .channels
+            .publish(Caller::Server, "metrics", bytes, payload)
+            .await
+        {
             tracing::warn!(%error, "metrics publish failed");
         }
     }
@@ -229,7 +235,12 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         let _ = server.await;
         http_connections.close();
-        tokio::join!(state.connections.wait(), http_connections.wait());
+        state.tasks.close();
+        tokio::join!(
+            state.connections.wait(),
+            http_connections.wait(),
+            state.tasks.wait()
+        );
     })
     .await;
     match drained {

@@ -22,7 +22,7 @@ use crate::storage::Storage;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
 
-pub struct Inner {
+pub struct ServerState {
     pub config: Config,
     pub verifier: Arc<dyn TokenVerifier>,
     pub hub: Arc<Hub>,
@@ -43,16 +43,19 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Every other background task (channel work, periodic jobs, the JWKS
+    /// refresh), so shutdown waits for them too, within the grace period.
+    pub tasks: TaskTracker,
     pub started_at: Instant,
     pub node: String,
 }
 
 #[derive(Clone)]
-pub struct AppState(pub Arc<Inner>);
+pub struct AppState(pub Arc<ServerState>);
 
 impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
+    type Target = ServerState;
+    fn deref(&self) -> &ServerState {
         &self.0
     }
 }

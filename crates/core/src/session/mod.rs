@@ -20,13 +20,13 @@ use tokio::time::Instant;
 use wsgate_protocol::{ClientFrame, CloseCode, Command, Encoding, ErrorCode, ServerFrame};
 
 use crate::auth::{expiry_instant, Identity, TokenVerifier};
+use crate::channels::fanout::Subscriber;
 use crate::channels::Channels;
+use crate::connection::handler::{ConnectionHandler, Incoming};
+use crate::connection::outbound::{OutFrame, Outbound};
 use crate::error::CommandError;
-use crate::fanout::Subscriber;
-use crate::handler::{ConnectionHandler, Incoming};
 use crate::limits::{Limits, MAX_DROPPED_IN_A_ROW, TOKEN_WARNING};
 use crate::metrics::Metrics;
-use crate::outbound::{OutFrame, Outbound};
 
 /// Who is on the connection and how to answer them: everything a session
 /// needs from its surroundings, kept for its whole life (every byte here
@@ -91,9 +91,6 @@ pub(crate) fn error_frame(
     e: &CommandError,
 ) -> OutFrame {
     metrics.error(e.code.as_str());
-    if e.broker_failure {
-        metrics.broker_errors.inc();
-    }
     metrics.message_out("error");
     let mut payload = json!({ "code": e.code, "message": &e.message });
     if let Some(ms) = e.retry_after_ms {

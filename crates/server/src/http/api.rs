@@ -8,8 +8,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use wsgate_core::channels::PublishError;
-use wsgate_core::publication::StreamPosition;
+use wsgate_core::channels::publication::StreamPosition;
+use wsgate_core::channels::Caller;
 
 use super::error::ApiError;
 use super::ops::require_api_key;
@@ -44,14 +44,6 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn publish_error(e: PublishError) -> ApiError {
-    match e {
-        PublishError::BadName => ApiError::bad_request("invalid channel name"),
-        PublishError::UnknownNamespace => ApiError::bad_request("unknown channel namespace"),
-        PublishError::Broker(e) => ApiError::unavailable(e.to_string()),
-    }
-}
-
 /// `data` verbatim, and parsed once for filters and MessagePack.
 fn data_parts(raw: &RawValue) -> (Bytes, Value) {
     let text = raw.get();
@@ -70,9 +62,8 @@ pub async fn publish(
     let (data, value) = data_parts(&req.data);
     let p = state
         .channels
-        .publish(&req.channel, data, value)
-        .await
-        .map_err(publish_error)?;
+        .publish(Caller::Server, &req.channel, data, value)
+        .await?;
     Ok(Json(json!({ "offset": p.offset, "epoch": &*p.epoch })))
 }
 
@@ -95,29 +86,18 @@ pub async fn broadcast(
         // channel because each publication keeps its own.
         match state
             .channels
-            .publish(channel, data.clone(), value.clone())
+            .publish(Caller::Server, channel, data.clone(), value.clone())
             .await
         {
             Ok(p) => {
                 results.push(json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}))
             }
             Err(e) => {
-                let e = publish_error(e);
                 results.push(json!({"channel": channel, "error": e.code, "message": e.message}))
             }
         }
     }
     Ok(Json(json!({ "results": results })))
-}
-
-fn known_channel(
-    state: &AppState,
-    channel: &str,
-) -> Result<wsgate_core::channel::NamespacePolicy, ApiError> {
-    match state.channels.authorizer.lookup(channel) {
-        Ok(policy) => Ok(policy.clone()),
-        Err(e) => Err(publish_error(e.into())),
-    }
 }
 
 pub async fn presence(
@@ -126,18 +106,7 @@ pub async fn presence(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(&state, &headers)?;
-    let policy = known_channel(&state, &channel)?;
-    if !policy.presence {
-        return Err(ApiError::bad_request(
-            "presence is not enabled for this channel",
-        ));
-    }
-    let clients = state
-        .channels
-        .presence
-        .clients(&channel)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let clients = state.channels.presence(Caller::Server, &channel).await?;
     Ok(Json(json!({ "channel": channel, "clients": clients })))
 }
 
@@ -157,12 +126,6 @@ pub async fn history(
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let policy = known_channel(&state, &channel)?;
-    if policy.history_size == 0 {
-        return Err(ApiError::bad_request(
-            "history is not enabled for this channel",
-        ));
-    }
     let since = match (q.since_offset, q.since_epoch) {
         (Some(offset), Some(epoch)) => Some(StreamPosition {
             offset,
@@ -175,10 +138,21 @@ pub async fn history(
             ))
         }
     };
-    let answer = state
+    // One answer, not cut to a byte budget like the `history` command's
+    // reply: an HTTP body is not held to a connection's queue.
+    let page = state
         .channels
-        .history(&channel, &policy, since.as_ref(), q.limit)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Json(answer))
+        .history(Caller::Server, &channel, since.as_ref(), q.limit)
+        .await?;
+    let publications: Vec<Value> = page
+        .publications
+        .iter()
+        .map(|p| json!({"offset": p.offset, "data": &p.value}))
+        .collect();
+    Ok(Json(json!({
+        "channel": channel,
+        "epoch": &*page.position.epoch,
+        "offset": page.position.offset,
+        "publications": publications,
+    })))
 }

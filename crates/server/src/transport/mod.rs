@@ -21,9 +21,9 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message};
-use wsgate_core::handler::{ConnectionHandler, Incoming};
+use wsgate_core::connection::handler::{ConnectionHandler, Incoming};
+use wsgate_core::connection::outbound::{OutFrame, Outbound};
 use wsgate_core::limits::CLOSE_LINGER;
-use wsgate_core::outbound::{OutFrame, Outbound};
 use wsgate_protocol::CloseCode;
 
 use wsgate_deflate::Negotiated;
@@ -53,6 +53,20 @@ pub struct TransportLimits {
     /// coming: a frame to an idle socket goes out at once, the frames that
     /// follow within this window go out together in one write.
     pub write_delay: Duration,
+}
+
+impl TransportLimits {
+    /// The transport's part of `[limits]`, as durations, plus the write
+    /// delay of `[transport]`: derived in this one place.
+    pub fn new(limits: &wsgate_core::limits::Limits, write_delay: Duration) -> Self {
+        TransportLimits {
+            max_message_bytes: limits.max_message_bytes,
+            outbound_queue_bytes: limits.outbound_queue_bytes,
+            heartbeat: Duration::from_secs(limits.heartbeat_secs),
+            heartbeat_timeout: Duration::from_secs(limits.heartbeat_timeout_secs),
+            write_delay,
+        }
+    }
 }
 
 /// Sets every limit of the WebSocket library explicitly (its defaults are a

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
 use crate::auth::expiry_instant;
+use crate::channels::fanout::{FrameFormat, Subscriber};
+use crate::channels::publication::Filter;
 use crate::channels::{history_policy, Channels};
-use crate::fanout::{Delivery, Subscriber};
-use crate::handler::{ConnectionHandler, Incoming};
-use crate::outbound::{OutFrame, Outbound};
-use crate::publication::Filter;
+use crate::connection::handler::{ConnectionHandler, Incoming};
+use crate::connection::outbound::{OutFrame, Outbound};
 
 pub struct RawStream {
     channel: Arc<str>,
@@ -27,7 +27,9 @@ pub struct RawStream {
 
 impl RawStream {
     /// Subscribes at once; publications from the current position on are
-    /// sent. The caller has checked the channel and the permission.
+    /// sent. The caller has checked the channel and the permission
+    /// ([`Channels::may_read`]). When the broker cannot subscribe the node,
+    /// the stream closes with 1011 and the client reconnects.
     pub fn start(
         channels: Arc<Channels>,
         channel: Arc<str>,
@@ -35,17 +37,27 @@ impl RawStream {
         outbound: Arc<Outbound>,
         expires_at: u64,
     ) -> Self {
-        let subscriber = Subscriber::new(outbound, Delivery::Raw, filter);
-        channels.index.add(&channel, subscriber.clone());
+        let subscriber = Subscriber::new(outbound, FrameFormat::Raw, filter);
         let task = (channels.clone(), channel.clone(), subscriber.clone());
-        tokio::spawn(async move {
+        channels.tasks.spawn(async move {
             let (channels, channel, subscriber) = task;
+            let broker = &*channels.broker;
+            if let Err(e) = channels
+                .index
+                .subscribe(broker, &channel, subscriber.clone())
+                .await
+            {
+                channels.metrics.broker_errors.inc();
+                tracing::warn!(error = %e, "stream subscribe failed");
+                subscriber.outbound.close(CloseCode::Internal);
+                return;
+            }
             let history = channels
                 .authorizer
                 .policy(&channel)
                 .map(history_policy)
                 .unwrap_or_default();
-            match channels.broker.history(&channel, None, 0, history).await {
+            match broker.history(&channel, None, 0, history).await {
                 Ok(page) => subscriber.go_live(None, &[], page.position.offset),
                 // Without a position, deliver everything from now on.
                 Err(_) => subscriber.go_live(None, &[], 0),
@@ -87,6 +99,6 @@ impl ConnectionHandler for RawStream {
 
 impl Drop for RawStream {
     fn drop(&mut self) {
-        self.channels.index.remove(&self.channel, &self.subscriber);
+        self.channels.leave(&self.channel, &self.subscriber, None);
     }
 }

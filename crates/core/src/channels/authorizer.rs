@@ -1,26 +1,12 @@
-//! Channel names, namespaces and the one authorizer every subscribe and
-//! publish asks (default deny).
+//! Namespace policies and the one authorizer every subscribe and publish
+//! asks (default deny).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::auth::Identity;
 
-pub use crate::limits::MAX_CHANNEL_BYTES;
-
-/// Whether `name` matches `[A-Za-z0-9_.:@-]{1,255}`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_CHANNEL_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b))
-}
-
-/// The namespace: the part before the first `:`, or `""`.
-pub fn namespace(name: &str) -> &str {
-    name.split_once(':').map(|(ns, _)| ns).unwrap_or("")
-}
+use super::names::{namespace, pattern_matches, valid_name};
 
 /// Who may subscribe to channels of a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,14 +75,6 @@ pub struct Authorizer {
     namespaces: HashMap<String, NamespacePolicy>,
 }
 
-/// Does `pattern` (exact, or ending in `*` as a prefix match) match `name`?
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
-}
-
 impl Authorizer {
     /// Built-in namespaces, then the configured ones (which may override a
     /// built-in's history or presence, but `user` and `thread` stay
@@ -139,17 +117,14 @@ impl Authorizer {
         self.policy(channel).ok_or(Denied::Forbidden)
     }
 
-    /// Ownership of `user:` and `thread:` channels. Threads are owned by
-    /// the user that created them; until thread storage exists, a thread
-    /// channel is owned by nobody.
-    fn owns(
-        identity: &Identity,
-        channel: &str,
-        thread_owner: impl Fn(&str) -> Option<String>,
-    ) -> bool {
+    /// Ownership of `user:` and `thread:` channels. A thread is owned by
+    /// the user that created it: `thread_owner` is that user, which the
+    /// caller looked up (asynchronously, in the thread store) for a
+    /// `thread:<id>` channel; `None`, no such thread, owns nothing.
+    fn owns(identity: &Identity, channel: &str, thread_owner: Option<&str>) -> bool {
         match channel.split_once(':') {
             Some(("user", sub)) => sub == &*identity.user,
-            Some(("thread", id)) => thread_owner(id).is_some_and(|o| o == *identity.user),
+            Some(("thread", _)) => thread_owner == Some(&*identity.user),
             _ => false,
         }
     }
@@ -158,7 +133,7 @@ impl Authorizer {
         &self,
         identity: &Identity,
         channel: &str,
-        thread_owner: impl Fn(&str) -> Option<String>,
+        thread_owner: Option<&str>,
     ) -> Result<&NamespacePolicy, Denied> {
         let policy = self.lookup(channel)?;
         // The token's `channels` claim counts only where the namespace asks
@@ -168,7 +143,7 @@ impl Authorizer {
         // namespaces must never open to anyone but the owner.
         let allowed = match &policy.subscribe {
             SubscribePolicy::Any => true,
-            SubscribePolicy::Owner => Self::owns(identity, channel, &thread_owner),
+            SubscribePolicy::Owner => Self::owns(identity, channel, thread_owner),
             SubscribePolicy::Role(role) => identity.has_role(role),
             SubscribePolicy::Claim => identity
                 .channels
@@ -182,13 +157,13 @@ impl Authorizer {
         &self,
         identity: &Identity,
         channel: &str,
-        thread_owner: impl Fn(&str) -> Option<String>,
+        thread_owner: Option<&str>,
     ) -> Result<&NamespacePolicy, Denied> {
         let policy = self.lookup(channel)?;
         let allowed = match &policy.publish {
             PublishPolicy::Server => false,
             PublishPolicy::Any => true,
-            PublishPolicy::Owner => Self::owns(identity, channel, &thread_owner),
+            PublishPolicy::Owner => Self::owns(identity, channel, thread_owner),
             PublishPolicy::Role(role) => identity.has_role(role),
         };
         allowed.then_some(policy).ok_or(Denied::Forbidden)
@@ -209,9 +184,7 @@ mod tests {
         }
     }
 
-    fn no_threads(_: &str) -> Option<String> {
-        None
-    }
+    const NO_THREAD: Option<&str> = None;
 
     #[test]
     fn names() {
@@ -232,18 +205,16 @@ mod tests {
             NamespacePolicy::new(SubscribePolicy::Any, PublishPolicy::Any),
         )]);
         let alice = id("alice", &[], &[]);
-        assert!(a.can_subscribe(&alice, "news", no_threads).is_ok());
-        assert!(a.can_publish(&alice, "news", no_threads).is_err());
-        assert!(a.can_subscribe(&alice, "unknown:x", no_threads).is_err());
-        assert!(a.can_subscribe(&alice, "user:alice", no_threads).is_ok());
-        assert!(a.can_subscribe(&alice, "user:bob", no_threads).is_err());
-        assert!(a.can_subscribe(&alice, "thread:t1", no_threads).is_err());
-        assert!(a
-            .can_subscribe(&alice, "thread:t1", |_| Some("alice".into()))
-            .is_ok());
-        assert!(a.can_publish(&alice, "chat:1", no_threads).is_ok());
+        assert!(a.can_subscribe(&alice, "news", NO_THREAD).is_ok());
+        assert!(a.can_publish(&alice, "news", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&alice, "unknown:x", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&alice, "user:alice", NO_THREAD).is_ok());
+        assert!(a.can_subscribe(&alice, "user:bob", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&alice, "thread:t1", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&alice, "thread:t1", Some("alice")).is_ok());
+        assert!(a.can_publish(&alice, "chat:1", NO_THREAD).is_ok());
         assert_eq!(
-            a.can_subscribe(&alice, "bad name", no_threads).unwrap_err(),
+            a.can_subscribe(&alice, "bad name", NO_THREAD).unwrap_err(),
             Denied::BadName
         );
     }
@@ -262,13 +233,13 @@ mod tests {
         ]);
         let admin = id("a", &["admin"], &[]);
         let member = id("m", &[], &["team:blue*"]);
-        assert!(a.can_subscribe(&admin, "ops:x", no_threads).is_ok());
-        assert!(a.can_subscribe(&member, "ops:x", no_threads).is_err());
-        assert!(a.can_subscribe(&member, "team:blue-1", no_threads).is_ok());
-        assert!(a.can_subscribe(&member, "team:red", no_threads).is_err());
+        assert!(a.can_subscribe(&admin, "ops:x", NO_THREAD).is_ok());
+        assert!(a.can_subscribe(&member, "ops:x", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&member, "team:blue-1", NO_THREAD).is_ok());
+        assert!(a.can_subscribe(&member, "team:red", NO_THREAD).is_err());
         // A claim never opens someone else's private channel.
         let sneaky = id("s", &[], &["user:*"]);
-        assert!(a.can_subscribe(&sneaky, "user:alice", no_threads).is_err());
+        assert!(a.can_subscribe(&sneaky, "user:alice", NO_THREAD).is_err());
     }
 
     #[test]
@@ -286,14 +257,14 @@ mod tests {
         // A pattern in the token is no substitute for the configured role.
         let claimer = id("c", &[], &["ops:*", "team:*", "*"]);
         assert_eq!(
-            a.can_subscribe(&claimer, "ops:x", no_threads).unwrap_err(),
+            a.can_subscribe(&claimer, "ops:x", NO_THREAD).unwrap_err(),
             Denied::Forbidden
         );
-        assert!(a.can_subscribe(&claimer, "team:x", no_threads).is_ok());
+        assert!(a.can_subscribe(&claimer, "team:x", NO_THREAD).is_ok());
         let admin = id("a", &["admin"], &[]);
-        assert!(a.can_subscribe(&admin, "ops:x", no_threads).is_ok());
+        assert!(a.can_subscribe(&admin, "ops:x", NO_THREAD).is_ok());
         // Nor does a claim open owner-only namespaces.
-        assert!(a.can_subscribe(&claimer, "user:bob", no_threads).is_err());
-        assert!(a.can_subscribe(&claimer, "thread:t", no_threads).is_err());
+        assert!(a.can_subscribe(&claimer, "user:bob", NO_THREAD).is_err());
+        assert!(a.can_subscribe(&claimer, "thread:t", NO_THREAD).is_err());
     }
 }

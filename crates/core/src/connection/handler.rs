@@ -2,13 +2,13 @@
 //!
 //! The transport owns the socket: it reads frames, enforces frame size and
 //! heartbeats, and writes whatever the handler queued in its
-//! [`Outbound`](crate::outbound::Outbound). A handler never sees the socket.
+//! [`Outbound`](crate::connection::outbound::Outbound). A handler never sees the socket.
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
-use crate::outbound::{OutFrame, Outbound};
+use crate::connection::outbound::{OutFrame, Outbound};
 use std::sync::Arc;
 
 /// A data frame received from the client.

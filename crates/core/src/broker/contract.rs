@@ -21,8 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, ClientInfo, ControlKind, Deliver, HistoryPolicy, Presence};
-use crate::publication::{Publication, StreamPosition};
+use crate::broker::{Broker, ClientInfo, ControlKind, HistoryPolicy, NodeSink, Presence};
+use crate::channels::publication::{Publication, StreamPosition};
 
 /// One thing a node's sink received.
 #[derive(Debug, Clone)]
@@ -48,12 +48,12 @@ impl Delivered {
 #[derive(Default)]
 pub struct Collected(Mutex<Vec<Delivered>>);
 
-impl Deliver for Collected {
-    fn deliver(&self, p: &Arc<Publication>) {
+impl NodeSink for Collected {
+    fn on_publication(&self, p: &Arc<Publication>) {
         self.lock().push(Delivered::Publication(p.clone()));
     }
 
-    fn deliver_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo) {
+    fn on_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo) {
         self.lock().push(Delivered::Control {
             channel: channel.into(),
             kind,
@@ -103,7 +103,7 @@ impl Collected {
     }
 
     /// Waits until `channel` has delivered `n` things; panics after a while.
-    /// Delivery may be asynchronous for networked brokers.
+    /// FrameFormat may be asynchronous for networked brokers.
     pub async fn wait_for(&self, channel: &str, n: usize) {
         for _ in 0..100 {
             if self.of(channel).len() >= n {
@@ -141,7 +141,7 @@ const KEEP: HistoryPolicy = HistoryPolicy {
 
 /// Offsets start at 1 and grow by one; the epoch stays; every publication
 /// of a subscribed channel is delivered once, in order, with its data.
-pub async fn offsets_epochs_and_delivery(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) {
+pub async fn offsets_epochs_and_delivery(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     let sink = Arc::new(Collected::default());
     let b = make(sink.clone());
     let ch = unique("contract");
@@ -170,7 +170,7 @@ pub async fn offsets_epochs_and_delivery(make: impl Fn(Arc<dyn Deliver>) -> Arc<
 /// The node receives only the channels it subscribed to; subscribing twice
 /// is the same as once, one unsubscribe ends it, and a channel can be
 /// subscribed again.
-pub async fn delivery_follows_subscriptions(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) {
+pub async fn delivery_follows_subscriptions(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     let sink = Arc::new(Collected::default());
     let b = make(sink.clone());
     let (on, off, marker) = (unique("contract"), unique("contract"), unique("contract"));
@@ -200,7 +200,7 @@ pub async fn delivery_follows_subscriptions(make: impl Fn(Arc<dyn Deliver>) -> A
 
 /// Join and leave reach the nodes subscribed to the channel, in order with
 /// its publications, and no other.
-pub async fn join_and_leave(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) {
+pub async fn join_and_leave(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     let sink = Arc::new(Collected::default());
     let b = make(sink.clone());
     let (ch, off) = (unique("contract"), unique("contract"));
@@ -237,7 +237,7 @@ pub async fn join_and_leave(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) 
 
 /// History keeps the newest `size`, answers `since`, and says whether a
 /// recovery from `since` is complete. History needs no subscription.
-pub async fn history_and_recovery(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) {
+pub async fn history_and_recovery(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     let b = make(Arc::new(Collected::default()));
     let ch = unique("contract");
     let empty = b.history(&ch, None, 10, KEEP).await.unwrap();
@@ -323,7 +323,7 @@ pub async fn history_and_recovery(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Bro
 
 /// Publications older than the TTL leave history; offsets do not reset.
 /// Waits with `tokio::time::sleep`: instant on paused time.
-pub async fn history_ttl(make: impl Fn(Arc<dyn Deliver>) -> Arc<dyn Broker>) {
+pub async fn history_ttl(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     let b = make(Arc::new(Collected::default()));
     let ch = unique("contract");
     let h = HistoryPolicy {
@@ -396,7 +396,7 @@ mod memory {
     use super::*;
     use crate::broker::{MemoryBroker, MemoryPresence};
 
-    fn make(sink: Arc<dyn Deliver>) -> Arc<dyn Broker> {
+    fn make(sink: Arc<dyn NodeSink>) -> Arc<dyn Broker> {
         Arc::new(MemoryBroker::new(sink))
     }
 

@@ -16,15 +16,15 @@ use tokio::sync::Notify;
 use wsgate_protocol::{CloseCode, Encoding, ServerFrame};
 
 use crate::broker::{
-    shard_of, Broker, BrokerError, ClientInfo, ControlKind, Deliver, HistoryPage, HistoryPolicy,
+    shard_of, Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeSink,
 };
+use crate::channels::publication::{Filter, Publication, StreamPosition};
+use crate::connection::outbound::{OutFrame, Outbound, Pushed};
 use crate::metrics::Metrics;
-use crate::outbound::{OutFrame, Outbound, Pushed};
-use crate::publication::{Filter, Publication, StreamPosition};
 
 /// How a subscriber wants publications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub enum FrameFormat {
     /// `message` frames in the connection's encoding.
     Envelope(Encoding),
     /// Only `data`, as a raw JSON text frame (read-only streams).
@@ -68,7 +68,7 @@ pub struct HistorySource<'a> {
 /// One connection's subscription to one channel.
 pub struct Subscriber {
     pub outbound: Arc<Outbound>,
-    pub delivery: Delivery,
+    pub format: FrameFormat,
     pub filter: Option<Filter>,
     /// The connection this subscription belongs to, so join/leave about it
     /// (which may come from another node) is not sent to it. `None` from
@@ -87,21 +87,21 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscriber that buffers until [`Subscriber::go_live`] or
     /// [`Subscriber::catch_up`].
-    pub fn new(outbound: Arc<Outbound>, delivery: Delivery, filter: Option<Filter>) -> Arc<Self> {
-        Arc::new(Subscriber::build(outbound, delivery, filter, None))
+    pub fn new(outbound: Arc<Outbound>, format: FrameFormat, filter: Option<Filter>) -> Arc<Self> {
+        Arc::new(Subscriber::build(outbound, format, filter, None))
     }
 
     /// [`Subscriber::new`] for connection `connection_id`: join/leave about
     /// that connection is not sent to this subscriber.
     pub fn for_connection(
         outbound: Arc<Outbound>,
-        delivery: Delivery,
+        format: FrameFormat,
         filter: Option<Filter>,
         connection_id: Arc<str>,
     ) -> Arc<Self> {
         Arc::new(Subscriber::build(
             outbound,
-            delivery,
+            format,
             filter,
             Some(connection_id),
         ))
@@ -109,13 +109,13 @@ impl Subscriber {
 
     fn build(
         outbound: Arc<Outbound>,
-        delivery: Delivery,
+        format: FrameFormat,
         filter: Option<Filter>,
         connection_id: Option<Arc<str>>,
     ) -> Self {
         Subscriber {
             outbound,
-            delivery,
+            format,
             filter,
             connection_id,
             live: AtomicBool::new(false),
@@ -125,9 +125,9 @@ impl Subscriber {
     }
 
     fn frame(&self, p: &Publication) -> OutFrame {
-        match self.delivery {
-            Delivery::Envelope(encoding) => OutFrame::Shared(p.frame(encoding).clone()),
-            Delivery::Raw => OutFrame::Shared(p.raw_frame().clone()),
+        match self.format {
+            FrameFormat::Envelope(encoding) => OutFrame::Shared(p.frame(encoding).clone()),
+            FrameFormat::Raw => OutFrame::Shared(p.raw_frame().clone()),
         }
     }
 
@@ -147,7 +147,7 @@ impl Subscriber {
 
     /// Queues `p` (or keeps it until the subscriber is live) unless the
     /// filter excludes it; whether it was taken.
-    fn deliver(&self, p: &Arc<Publication>) -> bool {
+    fn offer(&self, p: &Arc<Publication>) -> bool {
         if !self.wants(p) {
             return false;
         }
@@ -439,7 +439,7 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// The node's channel → subscribers index. It is the node's [`Deliver`]
+/// The node's channel → subscribers index. It is the node's [`NodeSink`]
 /// sink, and it decides when the node subscribes to a channel at the broker:
 /// while, and only while, the channel has a local subscriber.
 ///
@@ -621,22 +621,6 @@ impl ChannelIndex {
         Ok(())
     }
 
-    /// Sends a frame that is not a publication (join/leave) to the channel's
-    /// envelope subscribers except `except` (the client it is about);
-    /// `make` encodes it once per encoding.
-    pub fn broadcast_control(
-        &self,
-        channel: &str,
-        except: Option<&Arc<Outbound>>,
-        make: impl Fn(Encoding) -> Bytes,
-    ) {
-        self.broadcast(
-            channel,
-            |s| except.is_some_and(|o| Arc::ptr_eq(o, &s.outbound)),
-            make,
-        );
-    }
-
     /// Sends a control frame to the channel's envelope subscribers that
     /// `skip` does not exclude, encoded by `make` at most once per encoding.
     fn broadcast(
@@ -658,40 +642,39 @@ impl ChannelIndex {
             if skip(s) {
                 continue;
             }
-            let frame = match s.delivery {
-                Delivery::Envelope(Encoding::Json) => {
+            let frame = match s.format {
+                FrameFormat::Envelope(Encoding::Json) => {
                     OutFrame::Text(json.get_or_insert_with(|| make(Encoding::Json)).clone())
                 }
-                Delivery::Envelope(Encoding::Msgpack) => OutFrame::Binary(
+                FrameFormat::Envelope(Encoding::Msgpack) => OutFrame::Binary(
                     msgpack
                         .get_or_insert_with(|| make(Encoding::Msgpack))
                         .clone(),
                 ),
-                Delivery::Raw => continue,
+                FrameFormat::Raw => continue,
             };
             s.outbound.push(frame);
         }
     }
 }
 
-impl Deliver for ChannelIndex {
-    fn deliver(&self, publication: &Arc<Publication>) {
-        self.metrics.publications.inc();
+impl NodeSink for ChannelIndex {
+    fn on_publication(&self, publication: &Arc<Publication>) {
         let shard = self
             .shard(&publication.channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(list) = shard.get(&*publication.channel) {
-            let taken: u64 = list.iter().map(|s| u64::from(s.deliver(publication))).sum();
+            let taken: u64 = list.iter().map(|s| u64::from(s.offer(publication))).sum();
             // One counter update per publication, not per delivery.
             self.metrics.deliveries.inc_by(taken);
         }
     }
 
-    /// The `join`/`leave` frame, as `Channels::announce` builds it, to every
+    /// The `join`/`leave` frame to every
     /// local subscriber but those of the connection it is about (by id: the
     /// event may come from another node, where its outbound is unknown).
-    fn deliver_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo) {
+    fn on_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo) {
         let payload = serde_json::json!({
             "channel": channel,
             "user": &*client.user,
@@ -718,7 +701,7 @@ mod tests {
         let critical_only = Arc::new(Outbound::new(1 << 16));
         let filter = Filter::Exact(json!({"severity": "critical"}).as_object().unwrap().clone());
         for (outbound, filter) in [(&all, None), (&critical_only, Some(filter))] {
-            let s = Subscriber::new(outbound.clone(), Delivery::Raw, filter);
+            let s = Subscriber::new(outbound.clone(), FrameFormat::Raw, filter);
             s.go_live(None, &[], 0);
             index.add("events", s);
         }
@@ -730,7 +713,7 @@ mod tests {
             Bytes::from(data.to_string()),
             data,
         );
-        index.deliver(&p);
+        index.on_publication(&p);
         assert_eq!(all.take().0.len(), 1);
         assert!(critical_only.take().0.is_empty());
         assert_eq!(metrics.deliveries.get(), 1);
@@ -753,8 +736,11 @@ mod tests {
         let index = Arc::new(ChannelIndex::new(metrics));
         let broker = Arc::new(MemoryBroker::new(index.clone()));
         let outbound = Arc::new(Outbound::new(LIMIT));
-        let subscriber =
-            Subscriber::new(outbound.clone(), Delivery::Envelope(Encoding::Json), None);
+        let subscriber = Subscriber::new(
+            outbound.clone(),
+            FrameFormat::Envelope(Encoding::Json),
+            None,
+        );
         let history = HistoryPolicy {
             size: history_size,
             ttl: std::time::Duration::ZERO,
@@ -1014,7 +1000,7 @@ mod tests {
             let outbound = Arc::new(Outbound::new(LIMIT));
             let s = Subscriber::for_connection(
                 outbound.clone(),
-                Delivery::Envelope(Encoding::Json),
+                FrameFormat::Envelope(Encoding::Json),
                 None,
                 connection_id.into(),
             );
@@ -1168,16 +1154,16 @@ mod tests {
             let q3 = Arc::new(Outbound::new(LIMIT));
             let s3 = Subscriber::for_connection(
                 q3.clone(),
-                Delivery::Envelope(Encoding::Msgpack),
+                FrameFormat::Envelope(Encoding::Msgpack),
                 None,
                 "c3".into(),
             );
             // Without a connection id it cannot be told apart: it hears
             // about everyone, itself included.
             let q4 = Arc::new(Outbound::new(LIMIT));
-            let s4 = Subscriber::new(q4.clone(), Delivery::Envelope(Encoding::Json), None);
+            let s4 = Subscriber::new(q4.clone(), FrameFormat::Envelope(Encoding::Json), None);
             let q5 = Arc::new(Outbound::new(LIMIT));
-            let s5 = Subscriber::for_connection(q5.clone(), Delivery::Raw, None, "c5".into());
+            let s5 = Subscriber::for_connection(q5.clone(), FrameFormat::Raw, None, "c5".into());
             for s in [s1, s2, s3, s4, s5] {
                 index.subscribe(&*broker, "ch", s).await.unwrap();
             }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use wsgate_protocol::{Encoding, ServerFrame};
 
-use crate::outbound::SharedFrame;
+use crate::connection::outbound::SharedFrame;
 
 /// Where a channel's stream stands: the last offset and the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

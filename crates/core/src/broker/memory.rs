@@ -1,0 +1,281 @@
+//! The in-process broker and presence: one node, history in memory. Its
+//! epoch changes on restart, so clients know recovery is impossible.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{
+    Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeSink, Presence,
+};
+use crate::channels::publication::{Publication, StreamPosition};
+
+fn new_epoch() -> Arc<str> {
+    // 8 random hex characters: enough to tell two lifetimes of a stream apart.
+    let id = uuid::Uuid::new_v4();
+    id.simple().to_string()[..8].into()
+}
+
+#[derive(Default)]
+struct Shard {
+    logs: HashMap<Arc<str>, ChannelLog>,
+    /// Channels the node subscribed to: only these reach the sink. Kept
+    /// apart from `streams` so a subscription alone costs no history state.
+    subscribed: HashSet<Arc<str>>,
+}
+
+struct ChannelLog {
+    name: Arc<str>,
+    offset: u64,
+    epoch: Arc<str>,
+    kept: VecDeque<Arc<Publication>>,
+}
+
+impl ChannelLog {
+    fn new(name: Arc<str>, epoch: Arc<str>) -> Self {
+        ChannelLog {
+            name,
+            offset: 0,
+            epoch,
+            kept: VecDeque::new(),
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    fn expire(&mut self, history: HistoryPolicy, now: Instant) {
+        while self.kept.len() > history.size {
+            self.kept.pop_front();
+        }
+        if !history.ttl.is_zero() {
+            while self
+                .kept
+                .front()
+                .is_some_and(|p| now.duration_since(p.published_at) > history.ttl)
+            {
+                self.kept.pop_front();
+            }
+        }
+    }
+}
+
+/// In-process broker: one node. History lives in memory and its epoch
+/// changes on restart, so clients know recovery is impossible.
+pub struct MemoryBroker {
+    /// One epoch for every channel of this broker's lifetime: a restart
+    /// loses all memory history at once, and a channel nobody published to
+    /// needs no state to answer with a stable position.
+    epoch: Arc<str>,
+    // Sharded by channel hash so publishers to different channels rarely
+    // contend. Each shard's lock is also held while delivering, which keeps
+    // per-channel delivery in offset order.
+    shards: Box<[Mutex<Shard>]>,
+    sink: Arc<dyn NodeSink>,
+}
+
+const SHARDS: usize = 32;
+
+pub(crate) fn shard_of(channel: &str, n: usize) -> usize {
+    // FNV-1a: fast, stable and good enough to spread channel names.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in channel.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h as usize) % n
+}
+
+impl MemoryBroker {
+    /// A broker that delivers only the channels the node subscribed to, as
+    /// the contract says.
+    pub fn new(sink: Arc<dyn NodeSink>) -> Self {
+        MemoryBroker {
+            epoch: new_epoch(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            sink,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, Shard> {
+        // Every critical section leaves the shard consistent (single
+        // inserts and removals), so a poisoned lock is still usable.
+        self.shards[shard_of(channel, SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn delivers(&self, shard: &Shard, channel: &str) -> bool {
+        shard.subscribed.contains(channel)
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let mut shard = self.shard(channel);
+        if !shard.subscribed.contains(channel) {
+            shard.subscribed.insert(channel.into());
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.shard(channel).subscribed.remove(channel);
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        value: Value,
+        history: HistoryPolicy,
+    ) -> Result<Arc<Publication>, BrokerError> {
+        let mut shard = self.shard(channel);
+        let delivers = self.delivers(&shard, channel);
+        if !shard.logs.contains_key(channel) {
+            let name: Arc<str> = channel.into();
+            shard
+                .logs
+                .insert(name.clone(), ChannelLog::new(name, self.epoch.clone()));
+        }
+        let stream = shard.logs.get_mut(channel).expect("inserted above");
+        stream.offset += 1;
+        let publication = Publication::new(
+            stream.name.clone(),
+            stream.offset,
+            stream.epoch.clone(),
+            data,
+            value,
+        );
+        if history.size > 0 {
+            stream.kept.push_back(publication.clone());
+            stream.expire(history, publication.published_at);
+        }
+        // Delivered under the shard lock: the next publication of this
+        // channel cannot overtake this one.
+        if delivers {
+            self.sink.on_publication(&publication);
+        }
+        Ok(publication)
+    }
+
+    async fn publish_control(
+        &self,
+        channel: &str,
+        kind: ControlKind,
+        client: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let shard = self.shard(channel);
+        // Under the shard lock too: in order with the channel's
+        // publications.
+        if self.delivers(&shard, channel) {
+            self.sink.on_control(channel, kind, client);
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        history: HistoryPolicy,
+    ) -> Result<HistoryPage, BrokerError> {
+        let mut shard = self.shard(channel);
+        let Some(stream) = shard.logs.get_mut(channel) else {
+            // A channel nobody published to yet: position 0. Nothing is
+            // stored, so subscribing to many names costs no memory.
+            let position = StreamPosition {
+                offset: 0,
+                epoch: self.epoch.clone(),
+            };
+            let complete = since.is_none_or(|s| s.offset == 0 && s.epoch == position.epoch);
+            return Ok(HistoryPage {
+                position,
+                publications: vec![],
+                complete,
+            });
+        };
+        stream.expire(history, Instant::now());
+        let position = stream.position();
+        let (publications, complete) = match since {
+            Some(s) if *s.epoch == *stream.epoch => {
+                let after: Vec<_> = stream
+                    .kept
+                    .iter()
+                    .filter(|p| p.offset > s.offset)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                // Complete when nothing between `since` and the first kept
+                // publication was lost.
+                // `since` comes from the client: `u64::MAX` must not wrap.
+                let first_needed = s.offset.saturating_add(1);
+                let complete = s.offset >= stream.offset
+                    || stream
+                        .kept
+                        .front()
+                        .is_some_and(|p| p.offset <= first_needed);
+                (after, complete && s.offset <= stream.offset)
+            }
+            Some(_) => (Vec::new(), false),
+            None => {
+                let skip = stream.kept.len().saturating_sub(limit);
+                (stream.kept.iter().skip(skip).cloned().collect(), true)
+            }
+        };
+        Ok(HistoryPage {
+            position,
+            publications,
+            complete,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// In-process presence.
+#[derive(Default)]
+pub struct MemoryPresence {
+    channels: Mutex<HashMap<String, Vec<ClientInfo>>>,
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(channel.to_string()).or_default();
+        if !list.iter().any(|c| c.connection_id == client.connection_id) {
+            list.push(client);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, connection_id: &str) -> Result<(), BrokerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get_mut(channel) {
+            list.retain(|c| &*c.connection_id != connection_id);
+            if list.is_empty() {
+                map.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        let map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.get(channel).cloned().unwrap_or_default())
+    }
+}

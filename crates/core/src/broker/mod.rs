@@ -1,0 +1,214 @@
+//! The `Broker` (node subscriptions, publications, join/leave, offsets,
+//! history) and `Presence` interfaces, their in-process memory
+//! implementations, and [`connect`], which builds them from `broker.url`. A
+//! Redis implementation replaces them without touching connection code;
+//! `core::contract` (feature `contract`) holds the suite every
+//! implementation must pass.
+
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+mod memory;
+
+pub(crate) use memory::shard_of;
+pub use memory::{MemoryBroker, MemoryPresence};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::channels::publication::{Publication, StreamPosition};
+
+/// History settings of the channel's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    /// Zero: no age limit.
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A page of history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub position: StreamPosition,
+    /// Publications after `since` (or the newest ones), oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// With `since`: whether every publication after it was still there
+    /// (same epoch, nothing expired or evicted in between), whatever the
+    /// `limit`: catching-up subscribers read history in small pages.
+    pub complete: bool,
+}
+
+/// A join or leave: news about a client that every subscriber of the
+/// channel, on every node, is told (the client itself excepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlKind {
+    Join,
+    Leave,
+}
+
+impl ControlKind {
+    /// The frame type subscribers receive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlKind::Join => "join",
+            ControlKind::Leave => "leave",
+        }
+    }
+}
+
+/// A node's sink: receives the publications and control events of the
+/// channels the node subscribed to ([`Broker::subscribe`]), in order per
+/// channel (the hub's fan-out).
+pub trait NodeSink: Send + Sync + 'static {
+    fn on_publication(&self, publication: &Arc<Publication>);
+
+    /// `client` joined or left `channel` (on this node or another).
+    fn on_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo);
+}
+
+/// What every node shares: publications with offsets and history, and
+/// join/leave. A node receives, through the [`NodeSink`] sink it was built
+/// with, only the channels it subscribed to — so with Redis a node listens
+/// to the channels its connections use, not to every channel.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// From now on this node receives `channel`'s publications and control
+    /// events: when this returns, nothing published later is missed.
+    /// Subscribing twice is the same as once (no count is kept): the
+    /// node's `ChannelIndex` decides when, see `ChannelIndex::reconcile`.
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// This node stops receiving `channel`. Unsubscribing a channel that is
+    /// not subscribed is not an error.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Assigns the next offset, keeps history per `history`, and delivers
+    /// to every node subscribed to `channel`. `data` is JSON text, `value`
+    /// its parse.
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        value: Value,
+        history: HistoryPolicy,
+    ) -> Result<Arc<Publication>, BrokerError>;
+
+    /// Publications after `since` (all kept ones without it), at most
+    /// `limit`, oldest first when `since` is given, else the newest `limit`.
+    async fn history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        history: HistoryPolicy,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Tells every node subscribed to `channel` that `client` joined or
+    /// left it, in order with the channel's publications. Sinks leave out
+    /// the subscriptions of `client.connection_id` itself.
+    async fn publish_control(
+        &self,
+        channel: &str,
+        kind: ControlKind,
+        client: &ClientInfo,
+    ) -> Result<(), BrokerError>;
+
+    /// Answers when the broker is reachable (`/ready`).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}
+
+/// One client in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientInfo {
+    pub user: Arc<str>,
+    pub connection_id: Arc<str>,
+}
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
+    async fn remove(&self, channel: &str, connection_id: &str) -> Result<(), BrokerError>;
+    async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
+}
+
+/// The node's broker and presence, as `broker.url` chose them.
+pub struct Backend {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+}
+
+/// Why `broker.url` names no broker this build can run. The messages name
+/// only a known scheme, never the URL: it may carry credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// A broker the contract is ready for but that is not written yet.
+    #[error("{scheme}:// is not implemented yet; only \"memory\" is")]
+    NotImplemented { scheme: &'static str },
+    #[error("expected \"memory\" or redis://…")]
+    Unsupported,
+}
+
+/// Builds the broker and presence `url` names (`broker.url`), delivering
+/// into `deliver` (the node's `ChannelIndex`). Asynchronous because a
+/// networked broker connects here.
+pub async fn connect(url: &str, deliver: Arc<dyn NodeSink>) -> Result<Backend, ConnectError> {
+    if url == "memory" {
+        return Ok(Backend {
+            broker: Arc::new(MemoryBroker::new(deliver)),
+            presence: Arc::new(MemoryPresence::default()),
+        });
+    }
+    // Checked as prefixes, so nothing of the URL itself is echoed.
+    for scheme in ["redis", "rediss"] {
+        if url
+            .strip_prefix(scheme)
+            .is_some_and(|rest| rest.starts_with("://"))
+        {
+            return Err(ConnectError::NotImplemented { scheme });
+        }
+    }
+    Err(ConnectError::Unsupported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::contract::Collected;
+
+    #[tokio::test]
+    async fn the_broker_url_names_the_broker_without_echoing_itself() {
+        let sink = || Arc::new(Collected::default());
+        assert!(connect("memory", sink()).await.is_ok());
+        for (url, scheme) in [
+            ("redis://u:hunter2@h:6379/0", "redis"),
+            ("rediss://h", "rediss"),
+        ] {
+            let Err(e) = connect(url, sink()).await else {
+                panic!("{scheme} is not implemented")
+            };
+            assert_eq!(e, ConnectError::NotImplemented { scheme });
+            assert_eq!(
+                e.to_string(),
+                format!("{scheme}:// is not implemented yet; only \"memory\" is")
+            );
+        }
+        for url in ["", "Memory", "redis:/h", "nats://h"] {
+            assert_eq!(
+                connect(url, sink()).await.err(),
+                Some(ConnectError::Unsupported),
+                "{url}"
+            );
+        }
+    }
+}
