@@ -109,72 +109,31 @@ impl Metrics {
             latency_window: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("wsgate");
-        r.register(
-            "connections_active",
-            "Open WebSocket connections",
-            m.connections_active.clone(),
-        );
-        r.register(
-            "connections",
-            "WebSocket handshakes by result",
-            m.connections.clone(),
-        );
-        r.register(
-            "handshake_rejections",
-            "Refused handshakes by reason",
-            m.handshake_rejections.clone(),
-        );
-        r.register(
-            "messages_in",
-            "Frames received by type",
-            m.messages_in.clone(),
-        );
-        r.register(
-            "messages_out",
-            "Frames sent by type",
-            m.messages_out.clone(),
-        );
-        r.register("errors", "Error frames sent by code", m.errors.clone());
-        r.register(
-            "security_violations",
-            "Security violations by kind",
-            m.security_violations.clone(),
-        );
-        r.register(
-            "disconnects",
-            "Connections closed by close code",
-            m.disconnects.clone(),
-        );
-        r.register(
-            "connection_duration_seconds",
-            "How long connections stayed open",
-            m.connection_duration.clone(),
-        );
-        r.register(
+        // Name (the `wsgate_` prefix and, for counters, `_total` are added),
+        // help, metric.
+        macro_rules! register {
+            ($($name:literal, $help:literal, $metric:ident;)*) => {
+                $( r.register($name, $help, m.$metric.clone()); )*
+            };
+        }
+        register! {
+            "connections_active", "Open WebSocket connections", connections_active;
+            "connections", "WebSocket handshakes by result", connections;
+            "handshake_rejections", "Refused handshakes by reason", handshake_rejections;
+            "messages_in", "Frames received by type", messages_in;
+            "messages_out", "Frames sent by type", messages_out;
+            "errors", "Error frames sent by code", errors;
+            "security_violations", "Security violations by kind", security_violations;
+            "disconnects", "Connections closed by close code", disconnects;
+            "connection_duration_seconds", "How long connections stayed open", connection_duration;
             "publish_write_latency_seconds",
-            "Time from publish to the write of the frame to a subscriber",
-            m.publish_write_latency.clone(),
-        );
-        r.register(
-            "broker_errors",
-            "Errors talking to the broker",
-            m.broker_errors.clone(),
-        );
-        r.register(
-            "deliveries",
-            "Publications handed to subscriber queues",
-            m.deliveries.clone(),
-        );
-        r.register(
-            "publications",
-            "Publications accepted",
-            m.publications.clone(),
-        );
-        r.register(
-            "storage_errors",
-            "Errors talking to storage",
-            m.storage_errors.clone(),
-        );
+                "Time from publish to the write of the frame to a subscriber",
+                publish_write_latency;
+            "broker_errors", "Errors talking to the broker", broker_errors;
+            "deliveries", "Publications handed to subscriber queues", deliveries;
+            "publications", "Publications accepted", publications;
+            "storage_errors", "Errors talking to storage", storage_errors;
+        }
         m
     }
 

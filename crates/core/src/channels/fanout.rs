@@ -811,6 +811,25 @@ mod tests {
         }
     }
 
+    impl Setup {
+        /// The first page of a recovery from offset 0 of the current epoch.
+        async fn backlog_from_start(&self, limit: usize) -> HistoryPage {
+            let now = self
+                .broker
+                .history("ch", None, 0, self.history)
+                .await
+                .unwrap();
+            let since = StreamPosition {
+                offset: 0,
+                epoch: now.position.epoch,
+            };
+            self.broker
+                .history("ch", Some(&since), limit, self.history)
+                .await
+                .unwrap()
+        }
+    }
+
     fn offset_of(f: &OutFrame) -> u64 {
         let OutFrame::Shared(f) = f else { return 0 };
         let v: serde_json::Value = serde_json::from_slice(f.bytes()).unwrap();
@@ -824,16 +843,7 @@ mod tests {
             t.publish(n).await;
         }
         t.subscribe().await;
-        let epoch = t.broker.history("ch", None, 0, t.history).await.unwrap();
-        let since = StreamPosition {
-            offset: 0,
-            epoch: epoch.position.epoch,
-        };
-        let first = t
-            .broker
-            .history("ch", Some(&since), 4, t.history)
-            .await
-            .unwrap();
+        let first = t.backlog_from_start(4).await;
         assert!(first.complete);
         let task = t.spawn_catch_up(first);
         tokio::task::yield_now().await;
@@ -881,16 +891,7 @@ mod tests {
             t.publish(n).await;
         }
         t.subscribe().await;
-        let epoch = t.broker.history("ch", None, 0, t.history).await.unwrap();
-        let since = StreamPosition {
-            offset: 0,
-            epoch: epoch.position.epoch,
-        };
-        let first = t
-            .broker
-            .history("ch", Some(&since), BACKLOG_PAGE, t.history)
-            .await
-            .unwrap();
+        let first = t.backlog_from_start(BACKLOG_PAGE).await;
         let task = t.spawn_catch_up(first);
         tokio::task::yield_now().await;
         t.index.remove("ch", &t.subscriber);

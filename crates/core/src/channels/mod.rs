@@ -105,15 +105,8 @@ impl Channels {
         caller: Caller<'_>,
         channel: &str,
     ) -> Result<NamespacePolicy, CommandError> {
-        let allowed = match caller {
-            Caller::Server => self.authorizer.lookup(channel),
-            Caller::User(identity) => {
-                let owner = self.thread_owner(channel).await?;
-                self.authorizer
-                    .can_subscribe(identity, channel, owner.as_deref())
-            }
-        };
-        allowed.cloned().map_err(|d| self.denied(caller, d))
+        self.authorize(caller, channel, Authorizer::can_subscribe)
+            .await
     }
 
     /// The namespace's policy if `caller` may publish in `channel`.
@@ -122,12 +115,28 @@ impl Channels {
         caller: Caller<'_>,
         channel: &str,
     ) -> Result<NamespacePolicy, CommandError> {
+        self.authorize(caller, channel, Authorizer::can_publish)
+            .await
+    }
+
+    /// Asks the authorizer's `check` for a user, after looking up the
+    /// owner of a thread channel; the server needs only a known namespace.
+    async fn authorize<'a>(
+        &'a self,
+        caller: Caller<'_>,
+        channel: &str,
+        check: for<'x> fn(
+            &'x Authorizer,
+            &Identity,
+            &str,
+            Option<&str>,
+        ) -> Result<&'x NamespacePolicy, Denied>,
+    ) -> Result<NamespacePolicy, CommandError> {
         let allowed = match caller {
             Caller::Server => self.authorizer.lookup(channel),
             Caller::User(identity) => {
                 let owner = self.thread_owner(channel).await?;
-                self.authorizer
-                    .can_publish(identity, channel, owner.as_deref())
+                check(&self.authorizer, identity, channel, owner.as_deref())
             }
         };
         allowed.cloned().map_err(|d| self.denied(caller, d))
