@@ -366,3 +366,250 @@ impl Channels {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+    use wsgate_protocol::Encoding;
+
+    use super::*;
+    use crate::broker::{MemoryBroker, MemoryPresence};
+    use crate::channels::authorizer::{PublishPolicy, SubscribePolicy};
+    use crate::channels::fanout::FrameFormat;
+    use crate::connection::outbound::Outbound;
+    use crate::threads::StoreUnavailable;
+
+    /// Thread `t1` belongs to alice; `down` fails like a lost database.
+    struct Owners;
+
+    #[async_trait]
+    impl ThreadOwners for Owners {
+        async fn owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreUnavailable> {
+            match id {
+                "t1" => Ok(Some("alice".into())),
+                "down" => Err(StoreUnavailable("connection refused".into())),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    fn service() -> Arc<Channels> {
+        let metrics = Arc::new(Metrics::register(&mut Default::default()));
+        let index = Arc::new(ChannelIndex::new(metrics.clone()));
+        let chat = NamespacePolicy {
+            history_size: 10,
+            presence: true,
+            join_leave: true,
+            ..NamespacePolicy::new(SubscribePolicy::Any, PublishPolicy::Any)
+        };
+        Arc::new(Channels {
+            authorizer: Authorizer::new([("chat".to_string(), chat)]),
+            broker: Arc::new(MemoryBroker::new(index.clone())),
+            presence: Arc::new(MemoryPresence::default()),
+            index,
+            threads: Arc::new(Owners),
+            metrics,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    fn user(name: &str) -> Identity {
+        Identity {
+            user: name.into(),
+            roles: vec![],
+            channels: vec![],
+            name: None,
+            expires_at: u64::MAX,
+        }
+    }
+
+    fn client(name: &str) -> ClientInfo {
+        ClientInfo {
+            user: name.into(),
+            connection_id: format!("c-{name}").into(),
+        }
+    }
+
+    async fn publish(c: &Channels, caller: Caller<'_>, channel: &str) -> Result<u64, CommandError> {
+        let v = json!({"n": 1});
+        let p = c
+            .publish(caller, channel, Bytes::from(v.to_string()), v)
+            .await?;
+        Ok(p.offset)
+    }
+
+    fn code(r: Result<impl std::fmt::Debug, CommandError>) -> ErrorCode {
+        r.expect_err("refused").code
+    }
+
+    #[tokio::test]
+    async fn authorization_is_the_same_for_every_front_end() {
+        let c = service();
+        let alice = user("alice");
+        let bob = user("bob");
+        // Server-only namespace: users may not publish, the server may.
+        assert_eq!(
+            code(publish(&c, Caller::User(&alice), "news").await),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(publish(&c, Caller::Server, "news").await, Ok(1));
+        // Unknown namespace: forbidden to users, a bad request to the server.
+        assert_eq!(
+            code(c.may_read(Caller::User(&alice), "nope:x").await),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(publish(&c, Caller::Server, "nope:x").await),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(c.may_read(Caller::User(&alice), "bad name").await),
+            ErrorCode::BadRequest
+        );
+        // Threads: the owner only, asked of the thread store.
+        assert!(c.may_read(Caller::User(&alice), "thread:t1").await.is_ok());
+        assert_eq!(
+            code(c.may_read(Caller::User(&bob), "thread:t1").await),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(c.may_read(Caller::User(&alice), "thread:t2").await),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(c.may_read(Caller::User(&alice), "thread:down").await),
+            ErrorCode::Unavailable
+        );
+        // Presence and history only where the namespace keeps them.
+        assert_eq!(
+            code(c.presence(Caller::User(&alice), "news").await),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(c.history(Caller::Server, "news", None, None).await),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            c.metrics
+                .security_violations
+                .get_or_create(&[("kind", "channel_forbidden")])
+                .get(),
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn history_is_capped_by_the_namespace() {
+        let c = service();
+        for _ in 0..12 {
+            publish(&c, Caller::Server, "chat:a").await.unwrap();
+        }
+        let page = c
+            .history(Caller::Server, "chat:a", None, Some(100))
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, (3..=12).collect::<Vec<_>>(), "history_size 10");
+        let page = c
+            .history(Caller::Server, "chat:a", None, Some(2))
+            .await
+            .unwrap();
+        assert_eq!(page.publications.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_lives_from_reply_to_leave() {
+        let c = service();
+        let alice = user("alice");
+        let (a, b) = (client("alice"), client("bob"));
+        let channel: Arc<str> = "chat:room".into();
+        let subscribe = |who: &ClientInfo| {
+            let outbound = Arc::new(Outbound::new(1 << 16));
+            let s = Subscriber::for_connection(
+                outbound.clone(),
+                FrameFormat::Envelope(Encoding::Json),
+                None,
+                who.connection_id.clone(),
+            );
+            (outbound, s)
+        };
+        let reply = |at: &StreamPosition, recovered: bool| {
+            OutFrame::Text(Bytes::from(format!("subscribed {} {recovered}", at.offset)))
+        };
+        let (qa, sa) = subscribe(&a);
+        c.subscribe(&alice, &a, &channel, &sa, None, reply)
+            .await
+            .unwrap();
+        let (qb, sb) = subscribe(&b);
+        c.subscribe(&user("bob"), &b, &channel, &sb, None, reply)
+            .await
+            .unwrap();
+        assert_eq!(publish(&c, Caller::Server, "chat:room").await, Ok(1));
+        let texts = |q: &Outbound| -> Vec<String> {
+            q.take()
+                .0
+                .iter()
+                .map(|f| match f {
+                    OutFrame::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                    OutFrame::Shared(f) => String::from_utf8_lossy(f.bytes()).into_owned(),
+                    OutFrame::Binary(_) => "binary".into(),
+                })
+                .collect()
+        };
+        let got_a = texts(&qa);
+        assert_eq!(got_a[0], "subscribed 0 false");
+        assert!(
+            got_a[1].contains("\"join\"") && got_a[1].contains("c-bob"),
+            "{got_a:?}"
+        );
+        assert!(got_a[2].contains("\"message\""), "{got_a:?}");
+        let got_b = texts(&qb);
+        assert_eq!(got_b.len(), 2, "bob is not told of his own join: {got_b:?}");
+        let names: Vec<_> = c
+            .presence(Caller::Server, "chat:room")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.user)
+            .collect();
+        assert_eq!(names.len(), 2);
+
+        // Bob leaves: alice hears it, presence forgets him.
+        c.leave(&channel, &sb, Some(b.clone()));
+        c.tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), c.tasks.wait())
+            .await
+            .unwrap();
+        assert!(texts(&qa)
+            .iter()
+            .any(|t| t.contains("\"leave\"") && t.contains("c-bob")));
+        assert_eq!(
+            c.presence(Caller::Server, "chat:room").await.unwrap().len(),
+            1
+        );
+        // Leaving twice does nothing.
+        c.leave(&channel, &sb, Some(b));
+        assert!(qa.take().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_subscription_is_closed_and_never_indexed() {
+        let c = service();
+        let outbound = Arc::new(Outbound::new(1 << 16));
+        let s = Subscriber::new(outbound.clone(), FrameFormat::Raw, None);
+        let channel: Arc<str> = "thread:t1".into();
+        let e = c
+            .subscribe(&user("bob"), &client("bob"), &channel, &s, None, |_, _| {
+                unreachable!("no reply before authorization")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(s.is_closed());
+        publish(&c, Caller::Server, "thread:t1").await.unwrap();
+        assert!(outbound.take().0.is_empty());
+    }
+}
