@@ -8,6 +8,7 @@ start_bench_server() {
   ulimit -n 20000
   export WSGATE_AUTH__HMAC_SECRET=${WSGATE_AUTH__HMAC_SECRET:-bench-secret-bench-secret-bench-secret}
   export WSGATE_LIMITS__MAX_CONNECTIONS=20000 WSGATE_LIMITS__HANDSHAKES_PER_MINUTE_PER_IP=1000000
+  export WSGATE_LIMITS__PENDING_CONNECTIONS_PER_IP=100000
   export WSGATE_LISTEN=$listen
   taskset -c 0 ./target/release/wsgate serve > "$log" 2>&1 &
   PID=$!

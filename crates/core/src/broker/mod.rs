@@ -2,7 +2,7 @@
 //! history) and `Presence` interfaces, their in-process memory
 //! implementations, and [`connect`], which builds them from `broker.url`. A
 //! Redis implementation replaces them without touching connection code;
-//! `core::contract` (feature `contract`) holds the suite every
+//! `broker::contract` (feature `contract`) holds the suite every
 //! implementation must pass.
 
 #[cfg(any(test, feature = "contract"))]
