@@ -197,6 +197,9 @@ impl Outbound {
     }
 
     /// Queues `frame` on a queue that is not closing, or overflows.
+    /// Always inlined: it is the fan-out's per-delivery path, and as a call
+    /// it cost ~19 more instructions per delivery (callgrind).
+    #[inline(always)]
     fn push_locked(
         &self,
         mut state: std::sync::MutexGuard<'_, State>,

@@ -190,9 +190,12 @@ fn sigterm(child: &tokio::process::Child) {
 
 #[tokio::test]
 async fn sigterm_closes_1001_exits_0_and_logs_never_hold_tokens() {
+    // At `trace`, the most verbose level: tungstenite logs whole frames
+    // there (a `refresh_token` frame carries a token), unless wsgate holds
+    // it back.
     let mut s = spawn_serve(
         &["--listen", "127.0.0.1:0"],
-        &[("WSGATE_AUTH__HMAC_SECRET", SECRET)],
+        &[("WSGATE_AUTH__HMAC_SECRET", SECRET), ("RUST_LOG", "trace")],
     )
     .await;
     let url = format!("ws://{}/ws", s.addr);
