@@ -173,6 +173,16 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A frame's bytes and whether it came as binary.
+    fn frame_bytes(msg: &Incoming) -> (&bytes::Bytes, bool) {
+        match msg {
+            Incoming::Text(b) => (b, false),
+            Incoming::Binary(b) => (b, true),
+        }
+    }
+}
+
 impl ConnectionHandler for Session {
     fn on_message(&mut self, msg: Incoming) -> Result<(), CloseCode> {
         if let Err(not_until) = self.limiter.check() {
@@ -189,14 +199,17 @@ impl ConnectionHandler for Session {
                     "too many messages; this one was dropped",
                 )
             };
-            self.send_error(None, &e);
+            // The dropped command's `id`, so the client's request fails at
+            // once instead of waiting for a reply that will never come. The
+            // frame is read for nothing else: a dropped frame that is not
+            // an envelope is answered without an id.
+            let (bytes, _) = Self::frame_bytes(&msg);
+            let frame = ClientFrame::decode(self.ctx.encoding, bytes).ok();
+            self.send_error(frame.as_ref().and_then(ClientFrame::id_str), &e);
             return Ok(());
         }
         self.dropped_in_a_row = 0;
-        let (bytes, binary) = match &msg {
-            Incoming::Text(b) => (b, false),
-            Incoming::Binary(b) => (b, true),
-        };
+        let (bytes, binary) = Self::frame_bytes(&msg);
         if binary != self.ctx.encoding.is_binary() {
             self.ctx.shared.metrics.violation("wrong_frame_kind");
             return Err(CloseCode::InvalidMessage);

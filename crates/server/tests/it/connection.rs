@@ -85,7 +85,7 @@ async fn rate_limit_drops_then_closes_1008() {
         send_json(&mut ws, json!({"type": "ping", "id": i.to_string()})).await;
     }
     let mut pongs = 0;
-    let mut limited = 0;
+    let mut limited = Vec::new();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -99,7 +99,8 @@ async fn rate_limit_drops_then_closes_1008() {
                         assert_eq!(v["payload"]["code"], "rate_limited");
                         let retry = v["payload"]["retry_after_ms"].as_u64().unwrap();
                         assert!(retry > 0 && retry <= 2000, "{retry}");
-                        limited += 1;
+                        // The dropped command's id: its request fails at once.
+                        limited.push(v["id"].as_str().unwrap().to_owned());
                     }
                     other => panic!("{other}"),
                 }
@@ -112,7 +113,8 @@ async fn rate_limit_drops_then_closes_1008() {
         }
     }
     assert_eq!(pongs, 10);
-    assert_eq!(limited, 9);
+    let dropped: Vec<String> = (10..19).map(|i| i.to_string()).collect();
+    assert_eq!(limited, dropped);
 }
 
 #[tokio::test]
