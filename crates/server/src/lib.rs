@@ -11,7 +11,6 @@ pub mod http;
 pub mod listener;
 pub mod server;
 pub mod state;
-pub mod storage;
 pub mod telemetry;
 pub mod transport;
 

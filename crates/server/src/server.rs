@@ -21,12 +21,12 @@ use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
 use wsgate_core::threads::NoThreads;
 use wsgate_protocol::CloseCode;
+use wsgate_storage::Storage;
 
 use crate::auth::{JwksCache, JwtVerifier};
 use crate::config::Config;
 use crate::http;
 use crate::state::{AppState, ServerState};
-use crate::storage::Storage;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
 

@@ -15,10 +15,10 @@ use wsgate_core::channels::Channels;
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
+use wsgate_storage::Storage;
 
 use crate::audit::RejectionLog;
 use crate::config::Config;
-use crate::storage::Storage;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
 

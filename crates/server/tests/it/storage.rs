@@ -74,7 +74,7 @@ async fn sqlite_store_is_created_and_migrated_at_start() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     let created: String = sqlx::query("SELECT value FROM wsgate_meta WHERE key = 'created_at'")
         .fetch_one(&mut db)
         .await

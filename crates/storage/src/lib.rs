@@ -1,7 +1,10 @@
 //! The persistent store: SQLite (the default, a file under `wsgate-data/`)
 //! or PostgreSQL, chosen by `storage.url`. Versioned migrations
 //! (`migrations/sqlite`, `migrations/postgres`, embedded in the binary) run
-//! at start; `/ready` probes the store with [`Storage::ping`].
+//! at start; `/ready` probes the store with [`Storage::ping`]. [`Storage`]
+//! is core's `ThreadStore` (and with it `ThreadOwners`); see `threads.rs`.
+
+mod threads;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -49,6 +52,9 @@ impl Storage {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(StorageError::Connect)?
                 .create_if_missing(true)
+                // Deleting a thread cascades to its messages and runs only
+                // with foreign keys on, a per-connection setting in SQLite.
+                .foreign_keys(true)
                 // Readers do not wait for the writer.
                 .journal_mode(SqliteJournalMode::Wal);
             if let Some(dir) = options.get_filename().parent() {

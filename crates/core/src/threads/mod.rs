@@ -1,7 +1,12 @@
-//! Threads as core sees them before thread storage exists: who owns a
-//! thread, which the authorizer asks for `thread:<id>` channels (owner
-//! only). The thread store implements [`ThreadOwners`]; core never knows
-//! which database answers.
+//! Threads as core sees them: who owns a thread ([`ThreadOwners`], which
+//! the authorizer asks for `thread:<id>` channels, owner only) and the
+//! [`ThreadStore`] that keeps threads, messages and runs. Core never knows
+//! which database answers: the sqlx implementations live in
+//! `wsgate-storage`.
+
+mod store;
+
+pub use store::{Message, Role, Run, RunStatus, StoreError, Thread, ThreadStore};
 
 use std::sync::Arc;
 
