@@ -35,6 +35,10 @@ pub const MAX_TIMER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 /// Largest JWKS document read: real ones are a few KiB; the answer is read
 /// with this running cap, never buffered whole.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Longest thread title, in characters (SPEC §6).
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Most threads or messages one listing returns; a client pages beyond it.
+pub const MAX_PAGE: u32 = 200;
 /// Largest request body of the server API.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most channels one `POST /api/broadcast` may name.

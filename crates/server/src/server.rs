@@ -19,7 +19,7 @@ use wsgate_core::channels::{Caller, Channels};
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
-use wsgate_core::threads::NoThreads;
+use wsgate_core::threads::Threads;
 use wsgate_protocol::CloseCode;
 use wsgate_storage::Storage;
 
@@ -81,9 +81,8 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         broker: backend.broker,
         presence: backend.presence,
         index,
-        // No thread store yet: no thread exists, every `thread:` channel
-        // is refused.
-        threads: Arc::new(NoThreads),
+        // The store answers who owns a `thread:<id>` channel.
+        threads: Arc::new(storage.clone()),
         metrics: metrics.clone(),
         tasks: tasks.clone(),
     });
@@ -95,6 +94,10 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         verifier: verifier.clone(),
         metrics: metrics.clone(),
         channels: channels.clone(),
+        threads: Arc::new(Threads {
+            store: Arc::new(storage.clone()),
+            channels: channels.clone(),
+        }),
         limits: config.limits.clone(),
     });
     let state = AppState(Arc::new(ServerState {

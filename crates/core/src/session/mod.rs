@@ -27,6 +27,7 @@ use crate::connection::outbound::{OutFrame, Outbound};
 use crate::error::CommandError;
 use crate::limits::{Limits, MAX_DROPPED_IN_A_ROW, TOKEN_WARNING};
 use crate::metrics::Metrics;
+use crate::threads::Threads;
 
 /// Who is on the connection and how to answer them: everything a session
 /// needs from its surroundings, kept for its whole life (every byte here
@@ -46,6 +47,7 @@ pub struct SessionShared {
     pub verifier: Arc<dyn TokenVerifier>,
     pub metrics: Arc<Metrics>,
     pub channels: Arc<Channels>,
+    pub threads: Arc<Threads>,
     pub limits: Limits,
 }
 

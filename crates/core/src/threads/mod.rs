@@ -4,7 +4,10 @@
 //! which database answers: the sqlx implementations live in
 //! `wsgate-storage`.
 
+mod service;
 mod store;
+
+pub use service::{Threads, DEFAULT_PAGE, DEFAULT_TITLE};
 
 pub use store::{Message, Role, Run, RunStatus, StoreError, Thread, ThreadStore};
 

@@ -12,3 +12,4 @@ mod jwks;
 mod ops;
 mod process;
 mod storage;
+mod threads;

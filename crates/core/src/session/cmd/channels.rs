@@ -6,11 +6,10 @@
 //!
 //! [`Channels`]: crate::channels::Channels
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use wsgate_protocol::command::{ChannelOnly, History, Position, Publish, Subscribe};
 use wsgate_protocol::{CloseCode, Encoding};
 
@@ -36,26 +35,6 @@ impl Session {
             user: self.ctx.identity.user.clone(),
             connection_id: self.ctx.connection_id.clone(),
         }
-    }
-
-    /// Runs `call` in the background and answers `kind` with its payload,
-    /// or the error.
-    fn reply_later<F>(&self, id: Option<&str>, kind: &'static str, call: F)
-    where
-        F: Future<Output = Result<Value, CommandError>> + Send + 'static,
-    {
-        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
-        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
-        self.ctx.shared.channels.tasks.spawn(async move {
-            let frame = match call.await {
-                Ok(payload) => {
-                    metrics.message_out(kind);
-                    out_frame(encoding, kind, id.as_deref(), payload)
-                }
-                Err(e) => error_frame(&metrics, encoding, id.as_deref(), &e),
-            };
-            outbound.push(frame);
-        });
     }
 
     pub(in crate::session) fn subscribe(

@@ -7,9 +7,12 @@ mod channels;
 mod connection;
 mod threads;
 
+use std::future::Future;
+
+use serde_json::Value;
 use wsgate_protocol::Command;
 
-use super::Session;
+use super::{error_frame, out_frame, Session};
 use crate::error::CommandError;
 
 impl Session {
@@ -23,15 +26,35 @@ impl Session {
             Command::Publish(args) => self.publish(id, args),
             Command::Presence(args) => self.presence(id, args),
             Command::History(args) => self.history(id, args),
-            Command::CreateThread(_)
-            | Command::ListThreads(_)
-            | Command::SwitchThread(_)
-            | Command::GetThreadHistory(_)
-            | Command::RenameThread(_)
-            | Command::DeleteThread(_)
+            Command::CreateThread(args) => self.create_thread(id, args),
+            Command::ListThreads(args) => self.list_threads(id, args),
+            Command::GetThreadHistory(args) => self.get_thread_history(id, args),
+            Command::RenameThread(args) => self.rename_thread(id, args),
+            Command::DeleteThread(args) => self.delete_thread(id, args),
+            Command::SwitchThread(_)
             | Command::UserMessage(_)
             | Command::StartAgent(_)
-            | Command::StopAgent(_) => self.thread_command(&command),
+            | Command::StopAgent(_) => Err(CommandError::not_implemented(command.name())),
         }
+    }
+
+    /// Runs `call` in the background and answers `kind` with its payload,
+    /// or the error.
+    pub(in crate::session) fn reply_later<F>(&self, id: Option<&str>, kind: &'static str, call: F)
+    where
+        F: Future<Output = Result<Value, CommandError>> + Send + 'static,
+    {
+        let (id, encoding) = (id.map(str::to_owned), self.ctx.encoding);
+        let (outbound, metrics) = (self.ctx.outbound.clone(), self.ctx.shared.metrics.clone());
+        self.ctx.shared.channels.tasks.spawn(async move {
+            let frame = match call.await {
+                Ok(payload) => {
+                    metrics.message_out(kind);
+                    out_frame(encoding, kind, id.as_deref(), payload)
+                }
+                Err(e) => error_frame(&metrics, encoding, id.as_deref(), &e),
+            };
+            outbound.push(frame);
+        });
     }
 }

@@ -1,0 +1,196 @@
+//! Thread commands over `/ws` (SPEC §4, §6) on the real server and its
+//! SQLite store: replies, owner-only access, validation, news on
+//! `user:<sub>`, and thread channels opening to their owner.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// Sends a command and returns its reply (the next frame with its id).
+async fn call(ws: &mut Ws, id: &str, kind: &str, payload: Value) -> Value {
+    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
+    loop {
+        let v = next_json(ws).await;
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.connect("alice").await;
+    let (mut bob, _) = server.connect("bob").await;
+
+    let created = call(&mut alice, "1", "create_thread", json!({"title": "Plans"})).await;
+    assert_eq!(created["type"], "thread_created", "{created}");
+    let thread = &created["payload"]["thread"];
+    let id = thread["id"].as_str().unwrap().to_owned();
+    assert_eq!(thread["title"], "Plans");
+    assert!(thread["created_at"].is_i64() && thread["updated_at"].is_i64());
+    assert!(
+        thread.get("owner").is_none(),
+        "the owner is not part of the shape"
+    );
+    let untitled = call(&mut alice, "2", "create_thread", json!({})).await;
+    assert_eq!(untitled["payload"]["thread"]["title"], "New thread");
+
+    let list = call(&mut alice, "3", "list_threads", json!({"limit": 10})).await;
+    assert_eq!(list["type"], "threads");
+    let titles: Vec<&str> = list["payload"]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["New thread", "Plans"], "newest first");
+    let paged = call(&mut alice, "4", "list_threads", json!({"limit": 1})).await;
+    assert_eq!(paged["payload"]["threads"].as_array().unwrap().len(), 1);
+
+    // Bob sees nothing of alice's thread: not_found, exactly as for none.
+    for (kind, payload) in [
+        ("get_thread_history", json!({"thread_id": id})),
+        ("rename_thread", json!({"thread_id": id, "title": "mine"})),
+        ("delete_thread", json!({"thread_id": id})),
+        ("get_thread_history", json!({"thread_id": "no-such-thread"})),
+    ] {
+        let e = call(&mut bob, "b", kind, payload).await;
+        assert_eq!(e["type"], "error", "{kind}: {e}");
+        assert_eq!(e["payload"]["code"], "not_found", "{kind}: {e}");
+    }
+    let bobs = call(&mut bob, "b2", "list_threads", json!({})).await;
+    assert_eq!(bobs["payload"]["threads"], json!([]));
+    // Nor may he subscribe to its channel; alice may.
+    let e = call(
+        &mut bob,
+        "b3",
+        "subscribe",
+        json!({"channel": format!("thread:{id}")}),
+    )
+    .await;
+    assert_eq!(e["payload"]["code"], "forbidden", "{e}");
+    let ok = call(
+        &mut alice,
+        "5",
+        "subscribe",
+        json!({"channel": format!("thread:{id}")}),
+    )
+    .await;
+    assert_eq!(ok["type"], "subscribed", "{ok}");
+
+    let history = call(
+        &mut alice,
+        "6",
+        "get_thread_history",
+        json!({"thread_id": id}),
+    )
+    .await;
+    assert_eq!(history["type"], "thread_history");
+    assert_eq!(history["payload"], json!({"thread_id": id, "messages": []}));
+
+    let renamed = call(
+        &mut alice,
+        "7",
+        "rename_thread",
+        json!({"thread_id": id, "title": "Trip"}),
+    )
+    .await;
+    assert_eq!(renamed["type"], "thread_renamed");
+    assert_eq!(renamed["payload"]["thread"]["title"], "Trip");
+
+    let deleted = call(&mut alice, "8", "delete_thread", json!({"thread_id": id})).await;
+    assert_eq!(deleted["type"], "thread_deleted");
+    assert_eq!(deleted["payload"]["thread_id"], json!(id));
+    let gone = call(
+        &mut alice,
+        "9",
+        "get_thread_history",
+        json!({"thread_id": id}),
+    )
+    .await;
+    assert_eq!(gone["payload"]["code"], "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_thread_fields_are_named() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("val").await;
+    let long = "x".repeat(201);
+    for (kind, payload, field) in [
+        ("create_thread", json!({"title": long}), "payload.title"),
+        ("create_thread", json!({"title": 5}), "payload.title"),
+        (
+            "rename_thread",
+            json!({"thread_id": "t", "title": ""}),
+            "payload.title",
+        ),
+        ("rename_thread", json!({"thread_id": "t"}), "`title`"),
+        ("list_threads", json!({"limit": 0}), "payload.limit"),
+        ("get_thread_history", json!({}), "`thread_id`"),
+    ] {
+        let e = call(&mut ws, "v", kind, payload).await;
+        assert_eq!(e["payload"]["code"], "bad_request", "{kind}: {e}");
+        let message = e["payload"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{kind}: {message}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn thread_changes_reach_the_owners_other_tabs() {
+    let server = TestServer::start().await;
+    let (mut tab1, _) = server.connect("tabs").await;
+    let (mut tab2, _) = server.connect("tabs").await;
+    let sub = call(&mut tab2, "s", "subscribe", json!({"channel": "user:tabs"})).await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+
+    let created = call(&mut tab1, "1", "create_thread", json!({"title": "A"})).await;
+    let id = created["payload"]["thread"]["id"].clone();
+    call(
+        &mut tab1,
+        "2",
+        "rename_thread",
+        json!({"thread_id": id, "title": "B"}),
+    )
+    .await;
+    call(&mut tab1, "3", "delete_thread", json!({"thread_id": id})).await;
+
+    let mut news = Vec::new();
+    while news.len() < 3 {
+        let v = next_json(&mut tab2).await;
+        if v["type"] == "message" {
+            assert_eq!(v["payload"]["channel"], "user:tabs");
+            news.push(v["payload"]["data"].clone());
+        }
+    }
+    assert_eq!(news[0]["type"], "thread_created");
+    assert_eq!(news[0]["thread"]["id"], id);
+    assert_eq!(news[1]["type"], "thread_renamed");
+    assert_eq!(news[1]["thread"]["title"], "B");
+    assert_eq!(news[2], json!({"type": "thread_deleted", "thread_id": id}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn threads_outlive_a_restart() {
+    let dir = temp_dir("threads-restart");
+    let url = format!("sqlite://{}/wsgate.db", dir.display());
+    let with_store = |c: &mut wsgate::config::Config| {
+        c.storage.url = wsgate::config::Secret::new(url.clone());
+    };
+    let server = TestServer::with(with_store).await;
+    let (mut ws, _) = server.connect("keeper").await;
+    let created = call(&mut ws, "1", "create_thread", json!({"title": "Kept"})).await;
+    let id = created["payload"]["thread"]["id"].clone();
+    drop(ws);
+    server.stop().await;
+
+    let server = TestServer::with(with_store).await;
+    let (mut ws, _) = server.connect("keeper").await;
+    let list = call(&mut ws, "2", "list_threads", json!({})).await;
+    assert_eq!(list["payload"]["threads"][0]["id"], id);
+    assert_eq!(list["payload"]["threads"][0]["title"], "Kept");
+    server.stop().await;
+}
