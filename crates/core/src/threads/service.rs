@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use wsgate_protocol::ErrorCode;
 
-use super::{Message, StoreError, Thread, ThreadStore};
+use super::{Message, Run, StoreError, Thread, ThreadStore};
 use crate::auth::Identity;
 use crate::channels::{Caller, Channels};
 use crate::error::CommandError;
@@ -133,6 +133,15 @@ impl Threads {
         let limit = page_size(limit)?;
         self.store
             .list_messages(&identity.user, id, limit, before)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .ok_or_else(not_found)
+    }
+
+    /// The thread's runs, in the order they started.
+    pub async fn runs(&self, identity: &Identity, id: &str) -> Result<Vec<Run>, CommandError> {
+        self.store
+            .list_runs(&identity.user, id)
             .await
             .map_err(|e| self.store_failed(e))?
             .ok_or_else(not_found)

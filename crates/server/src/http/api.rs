@@ -31,7 +31,9 @@ pub struct BroadcastRequest {
     data: Box<RawValue>,
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+/// A JSON body, or the one error shape: 413 over the limit, 415 without a
+/// JSON content type, 400 for anything else wrong with it.
+pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(t)| t).map_err(|e| {
         // Keep the rejection's status: 413 for a body over the limit, 415
         // without a JSON content type; any other fault of the body is 400.

@@ -4,6 +4,7 @@ mod api;
 pub mod error;
 pub mod openapi;
 mod ops;
+mod threads;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -31,6 +32,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/channels/{channel}/presence", get(api::presence))
         .route("/api/channels/{channel}/history", get(api::history))
+        .route("/api/threads", get(threads::list).post(threads::create))
+        .route(
+            "/api/threads/{id}",
+            get(threads::get)
+                .patch(threads::rename)
+                .delete(threads::delete),
+        )
+        .route("/api/threads/{id}/messages", get(threads::messages))
+        .route("/api/threads/{id}/runs", get(threads::runs))
         .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)

@@ -151,6 +151,94 @@ pub fn document() -> Value {
                     "401": error_response("missing or wrong API key")
                 }
             }},
+            "/api/threads": {
+                "get": {
+                    "summary": "The caller's threads, most recently updated first",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
+                        { "name": "before", "in": "query", "required": false, "schema": { "type": "string" }, "description": "a thread id: the page after it" }
+                    ],
+                    "responses": {
+                        "200": { "description": "{threads: [{id, title, created_at, updated_at}]}" },
+                        "400": error_response("Invalid query"),
+                        "401": error_response("Missing or invalid token")
+                    }
+                },
+                "post": {
+                    "summary": "Create a thread (title at most 200 characters)",
+                    "security": [{ "bearer": [] }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "properties": { "title": { "type": "string", "maxLength": 200 } }, "additionalProperties": false
+                    } } } },
+                    "responses": {
+                        "201": { "description": "{thread}" },
+                        "400": error_response("Invalid body or title"),
+                        "401": error_response("Missing or invalid token")
+                    }
+                }
+            },
+            "/api/threads/{id}": {
+                "get": {
+                    "summary": "One of the caller's threads",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": {
+                        "200": { "description": "{thread}" },
+                        "401": error_response("Missing or invalid token"),
+                        "404": error_response("No such thread of the caller's")
+                    }
+                },
+                "patch": {
+                    "summary": "Rename a thread",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["title"], "properties": { "title": { "type": "string", "minLength": 1, "maxLength": 200 } }, "additionalProperties": false
+                    } } } },
+                    "responses": {
+                        "200": { "description": "{thread}" },
+                        "400": error_response("Invalid body or title"),
+                        "401": error_response("Missing or invalid token"),
+                        "404": error_response("No such thread of the caller's")
+                    }
+                },
+                "delete": {
+                    "summary": "Delete a thread with its messages and runs",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": {
+                        "204": { "description": "Deleted" },
+                        "401": error_response("Missing or invalid token"),
+                        "404": error_response("No such thread of the caller's")
+                    }
+                }
+            },
+            "/api/threads/{id}/messages": { "get": {
+                "summary": "A page of a thread's messages, oldest first",
+                "security": [{ "bearer": [] }],
+                "parameters": [
+                    { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
+                    { "name": "before", "in": "query", "required": false, "schema": { "type": "string" }, "description": "a message id: the messages before it" }
+                ],
+                "responses": {
+                    "200": { "description": "{thread_id, messages: [{id, thread_id, role, content, created_at}]}" },
+                    "400": error_response("Invalid query"),
+                    "401": error_response("Missing or invalid token"),
+                    "404": error_response("No such thread of the caller's")
+                }
+            }},
+            "/api/threads/{id}/runs": { "get": {
+                "summary": "A thread's agent runs, in the order they started",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": {
+                    "200": { "description": "{thread_id, runs: [{id, thread_id, status, error, started_at, ended_at}]}" },
+                    "401": error_response("Missing or invalid token"),
+                    "404": error_response("No such thread of the caller's")
+                }
+            }},
             "/api/openapi.json": { "get": {
                 "summary": "This document",
                 "responses": { "200": { "description": "OpenAPI 3 document" } }

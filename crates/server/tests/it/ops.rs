@@ -135,6 +135,10 @@ async fn openapi_lists_every_route() {
         "/api/broadcast",
         "/api/channels/{channel}/presence",
         "/api/channels/{channel}/history",
+        "/api/threads",
+        "/api/threads/{id}",
+        "/api/threads/{id}/messages",
+        "/api/threads/{id}/runs",
     ] {
         assert!(paths.contains(&p), "{p} missing from OpenAPI");
     }

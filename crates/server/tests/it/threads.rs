@@ -194,3 +194,159 @@ async fn threads_outlive_a_restart() {
     assert_eq!(list["payload"]["threads"][0]["title"], "Kept");
     server.stop().await;
 }
+
+/// A REST call as `user` (no token when `None`): status and JSON body.
+async fn rest(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    user: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, server.http(path));
+    if let Some(u) = user {
+        req = req.bearer_auth(token(u));
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_rest_api_serves_the_same_threads_owner_only() {
+    use reqwest::Method;
+    let server = TestServer::start().await;
+    let (s, body) = rest(&server, Method::GET, "/api/threads", None, None).await;
+    assert_eq!((s, body["error"].as_str()), (401, Some("unauthorized")));
+
+    let (s, body) = rest(
+        &server,
+        Method::POST,
+        "/api/threads",
+        Some("ann"),
+        Some(json!({"title": "Via REST"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let id = body["thread"]["id"].as_str().unwrap().to_owned();
+
+    // The same thread over /ws.
+    let (mut ws, _) = server.connect("ann").await;
+    let list = call(&mut ws, "1", "list_threads", json!({})).await;
+    assert_eq!(list["payload"]["threads"][0]["id"], json!(id));
+
+    let (s, body) = rest(&server, Method::GET, "/api/threads", Some("ann"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["threads"][0]["title"], "Via REST");
+    let (s, body) = rest(
+        &server,
+        Method::GET,
+        &format!("/api/threads/{id}"),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["thread"]["id"].as_str()), (200, Some(id.as_str())));
+    let (s, body) = rest(
+        &server,
+        Method::PATCH,
+        &format!("/api/threads/{id}"),
+        Some("ann"),
+        Some(json!({"title": "Renamed"})),
+    )
+    .await;
+    assert_eq!(
+        (s, body["thread"]["title"].as_str()),
+        (200, Some("Renamed"))
+    );
+    let (s, body) = rest(
+        &server,
+        Method::GET,
+        &format!("/api/threads/{id}/messages?limit=5"),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["messages"].clone()), (200, json!([])));
+    let (s, body) = rest(
+        &server,
+        Method::GET,
+        &format!("/api/threads/{id}/runs"),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["runs"].clone()), (200, json!([])));
+
+    // Someone else: 404 on every route, like a thread that does not exist.
+    for (method, path, b) in [
+        (Method::GET, format!("/api/threads/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/api/threads/{id}"),
+            Some(json!({"title": "x"})),
+        ),
+        (Method::DELETE, format!("/api/threads/{id}"), None),
+        (Method::GET, format!("/api/threads/{id}/messages"), None),
+        (Method::GET, format!("/api/threads/{id}/runs"), None),
+        (Method::GET, "/api/threads/no-such".to_string(), None),
+    ] {
+        let (s, body) = rest(&server, method.clone(), &path, Some("mallory"), b).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}"
+        );
+    }
+    // Bad bodies are the JSON error shape, naming what is wrong.
+    let (s, body) = rest(
+        &server,
+        Method::PATCH,
+        &format!("/api/threads/{id}"),
+        Some("ann"),
+        Some(json!({"title": ""})),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (s, body) = rest(
+        &server,
+        Method::POST,
+        "/api/threads",
+        Some("ann"),
+        Some(json!({"title": 5})),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    let (s, _) = rest(
+        &server,
+        Method::DELETE,
+        &format!("/api/threads/{id}"),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = rest(
+        &server,
+        Method::GET,
+        &format!("/api/threads/{id}"),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    server.stop().await;
+}
