@@ -19,7 +19,7 @@ use wsgate_core::channels::{Caller, Channels};
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::SessionShared;
-use wsgate_core::threads::Threads;
+use wsgate_core::threads::{ThreadStore, Threads};
 use wsgate_protocol::CloseCode;
 use wsgate_storage::Storage;
 
@@ -70,6 +70,18 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         .await
         .context("storage.url")?;
     tracing::info!(kind = storage.kind(), "storage open, migrations applied");
+    // Runs still `running` belonged to a server that stopped without
+    // finishing them: nothing will, so they are recorded as failed.
+    let interrupted = storage
+        .fail_interrupted_runs()
+        .await
+        .context("storage: marking interrupted runs")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            "runs interrupted by the last stop marked failed"
+        );
+    }
     let channels = Arc::new(Channels {
         authorizer: Authorizer::new(
             config

@@ -350,3 +350,32 @@ async fn the_rest_api_serves_the_same_threads_owner_only() {
     assert_eq!(s, 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start() {
+    use wsgate_core::threads::ThreadStore;
+    let dir = temp_dir("interrupted");
+    let url = format!("sqlite://{}/wsgate.db", dir.display());
+    // What a killed server leaves behind: a run still `running`.
+    let store = wsgate_storage::Storage::open(&url).await.unwrap();
+    let thread = store.create_thread("kim", "t").await.unwrap();
+    let run = store.create_run("kim", &thread.id).await.unwrap().unwrap();
+    store.close().await;
+
+    let server =
+        TestServer::with(|c| c.storage.url = wsgate::config::Secret::new(url.clone())).await;
+    let (s, body) = rest(
+        &server,
+        reqwest::Method::GET,
+        &format!("/api/threads/{}/runs", thread.id),
+        Some("kim"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["runs"][0]["id"], json!(run.id));
+    assert_eq!(body["runs"][0]["status"], "failed");
+    assert_eq!(body["runs"][0]["error"], "interrupted");
+    assert!(body["runs"][0]["ended_at"].is_i64());
+    server.stop().await;
+}
