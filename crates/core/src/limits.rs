@@ -93,6 +93,9 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Channels one connection may subscribe to (default 128).
     pub max_subscriptions: usize,
+    /// Agent runs of one user at a time (default 3): each holds an upstream
+    /// request and a model's time. `error conflict` beyond it.
+    pub max_runs_per_user: usize,
 }
 
 impl Default for Limits {
@@ -111,6 +114,7 @@ impl Default for Limits {
             heartbeat_timeout_secs: 75,
             outbound_queue_bytes: 1 << 20,
             max_subscriptions: 128,
+            max_runs_per_user: 3,
         }
     }
 }
@@ -150,6 +154,7 @@ impl Limits {
                 self.outbound_queue_bytes as u64,
             ),
             ("limits.max_subscriptions", self.max_subscriptions as u64),
+            ("limits.max_runs_per_user", self.max_runs_per_user as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

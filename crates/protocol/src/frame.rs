@@ -119,6 +119,8 @@ pub const SERVER_TYPES: &[&str] = &[
     "thread_history",
     "thread_renamed",
     "thread_deleted",
+    "run_started",
+    "run_stopped",
     "agent_started",
     "agent_thinking",
     "tool_executing",

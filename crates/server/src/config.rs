@@ -325,12 +325,23 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
+    /// `WSGATE_AGENT__KIND`: `echo` (default, built in), `http` or `openai`.
     pub kind: String,
+    /// `WSGATE_AGENT__URL`: the `http` endpoint, or the `openai` base URL.
     #[serde(serialize_with = "serialize_url")]
     pub url: String,
+    /// `WSGATE_AGENT__MODEL` (`openai`).
     pub model: String,
+    /// `WSGATE_AGENT__API_KEY` (`openai`), sent as a bearer token.
     pub api_key: Option<Secret>,
+    /// `WSGATE_AGENT__SYSTEM_PROMPT` (`openai`): sent first when not empty.
+    pub system_prompt: String,
+    /// `WSGATE_AGENT__TIMEOUT_SECS` (120): a run still going after this
+    /// long ends `failed`.
     pub timeout_secs: u64,
+    /// `WSGATE_AGENT__ECHO_DELAY_MS` (20): the echo agent's pause between
+    /// partial results.
+    pub echo_delay_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -340,7 +351,9 @@ impl Default for AgentConfig {
             url: "http://127.0.0.1:9000/run".into(),
             model: String::new(),
             api_key: None,
+            system_prompt: String::new(),
             timeout_secs: 120,
+            echo_delay_ms: 20,
         }
     }
 }
@@ -522,6 +535,12 @@ impl Config {
             && !url.starts_with("postgresql://")
         {
             return Err(invalid("storage.url", "must be sqlite://… or postgres://…"));
+        }
+        if self.agent.timeout_secs == 0 || self.agent.timeout_secs > 86_400 {
+            return Err(invalid("agent.timeout_secs", "must be between 1 and 86400"));
+        }
+        if self.agent.echo_delay_ms > 60_000 {
+            return Err(invalid("agent.echo_delay_ms", "must be at most 60000"));
         }
         if !["echo", "http", "openai"].contains(&self.agent.kind.as_str()) {
             return Err(invalid(

@@ -12,12 +12,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wsgate_agents::{HttpAgent, OpenAiAgent};
 use wsgate_core::broker;
 use wsgate_core::channels::authorizer::Authorizer;
 use wsgate_core::channels::fanout::ChannelIndex;
 use wsgate_core::channels::{Caller, Channels};
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::runs::{AgentBackend, EchoAgent, Runs};
 use wsgate_core::session::SessionShared;
 use wsgate_core::threads::{ThreadStore, Threads};
 use wsgate_protocol::CloseCode;
@@ -102,14 +104,23 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     let per_ip = NonZeroU32::new(l.handshakes_per_minute_per_ip).unwrap_or(NonZeroU32::MIN);
     let transport = TransportLimits::new(l, Duration::from_millis(config.transport.write_delay_ms));
     let verifier: Arc<dyn wsgate_core::auth::TokenVerifier> = Arc::new(verifier);
+    let store: Arc<dyn ThreadStore> = Arc::new(storage.clone());
+    let runs = Runs::new(
+        store.clone(),
+        channels.clone(),
+        agent_backend(&config.agent)?,
+        Duration::from_secs(config.agent.timeout_secs),
+        config.limits.max_runs_per_user,
+    );
     let sessions = Arc::new(SessionShared {
         verifier: verifier.clone(),
         metrics: metrics.clone(),
         channels: channels.clone(),
         threads: Arc::new(Threads {
-            store: Arc::new(storage.clone()),
+            store,
             channels: channels.clone(),
         }),
+        runs,
         limits: config.limits.clone(),
     });
     let state = AppState(Arc::new(ServerState {
@@ -151,6 +162,39 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     });
     state.tasks.spawn(publish_node_metrics(state.clone()));
     Ok(state)
+}
+
+/// The agent backend `agent.kind` names.
+fn agent_backend(agent: &crate::config::AgentConfig) -> anyhow::Result<Arc<dyn AgentBackend>> {
+    match agent.kind.as_str() {
+        "echo" => Ok(Arc::new(EchoAgent {
+            delay: Duration::from_millis(agent.echo_delay_ms),
+        })),
+        kind => {
+            // One client for every run: connections to the upstream are
+            // pooled. No redirects: the configured URL is the only one.
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .context("agent: HTTP client")?;
+            Ok(match kind {
+                "http" => Arc::new(HttpAgent {
+                    client,
+                    url: agent.url.clone(),
+                    timeout: Duration::from_secs(agent.timeout_secs),
+                }),
+                // `config.validate` admits only echo, http and openai.
+                _ => Arc::new(OpenAiAgent {
+                    client,
+                    base_url: agent.url.clone(),
+                    model: agent.model.clone(),
+                    api_key: agent.api_key.as_ref().map(|k| k.expose().to_owned()),
+                    system_prompt: agent.system_prompt.clone(),
+                }),
+            })
+        }
+    }
 }
 
 /// Publishes this node's figures to the built-in `metrics` channel every

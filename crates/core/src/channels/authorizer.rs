@@ -8,6 +8,11 @@ use crate::auth::Identity;
 
 use super::names::{namespace, pattern_matches, valid_name};
 
+/// Publications a `thread:<id>` channel keeps unless configured (SPEC §6).
+pub const THREAD_HISTORY_SIZE: usize = 1000;
+/// How long it keeps them unless configured.
+pub const THREAD_HISTORY_TTL: Duration = Duration::from_secs(600);
+
 /// Who may subscribe to channels of a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribePolicy {
@@ -89,9 +94,15 @@ impl Authorizer {
             "user".into(),
             NamespacePolicy::new(SubscribePolicy::Owner, PublishPolicy::Server),
         );
+        // Run events live in `thread:<id>`: history is what makes a run
+        // resumable after a reload or a dropped connection (SPEC §6).
         namespaces.insert(
             "thread".into(),
-            NamespacePolicy::new(SubscribePolicy::Owner, PublishPolicy::Server),
+            NamespacePolicy {
+                history_size: THREAD_HISTORY_SIZE,
+                history_ttl: THREAD_HISTORY_TTL,
+                ..NamespacePolicy::new(SubscribePolicy::Owner, PublishPolicy::Server)
+            },
         );
         for (name, mut policy) in configured {
             if name == "user" || name == "thread" {

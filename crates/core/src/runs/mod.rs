@@ -1,13 +1,14 @@
 //! Agent runs, transport-neutral: what an agent backend emits
 //! ([`AgentEvent`]), the backend interface ([`AgentBackend`]) and the
-//! built-in deterministic [`EchoAgent`]. Backends that need an HTTP client
-//! live in their own crate; the run manager that publishes events to
-//! `thread:<id>` and records runs comes with thread storage.
+//! built-in deterministic [`EchoAgent`], and the run manager ([`Runs`]).
+//! Backends that need an HTTP client live in `wsgate-agents`.
 
 mod backend;
 mod echo;
 mod event;
+mod manager;
 
 pub use backend::{AgentBackend, AgentError, AgentInput, AgentMessage, EventSender};
 pub use echo::EchoAgent;
 pub use event::{AgentEvent, EventParseError, MAX_EVENT_LINE_BYTES};
+pub use manager::Runs;

@@ -27,6 +27,7 @@ use crate::connection::outbound::{OutFrame, Outbound};
 use crate::error::CommandError;
 use crate::limits::{Limits, MAX_DROPPED_IN_A_ROW, TOKEN_WARNING};
 use crate::metrics::Metrics;
+use crate::runs::Runs;
 use crate::threads::Threads;
 
 /// Who is on the connection and how to answer them: everything a session
@@ -48,8 +49,13 @@ pub struct SessionShared {
     pub metrics: Arc<Metrics>,
     pub channels: Arc<Channels>,
     pub threads: Arc<Threads>,
+    pub runs: Arc<Runs>,
     pub limits: Limits,
 }
+
+/// Subscriptions a background task made for the session (see
+/// `Session::adopted`).
+pub(crate) type Adopted = std::sync::Mutex<Vec<(Arc<str>, Arc<Subscriber>)>>;
 
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
 /// `Instant::now()`; governor's default clock calibrates a TSC clock on
@@ -63,6 +69,11 @@ pub struct Session {
     /// `max_subscriptions` (128) entries, and an empty `Vec` is 24 bytes
     /// and allocates nothing, where an empty `HashMap` is 48.
     pub(crate) subscriptions: Vec<(Arc<str>, Arc<Subscriber>)>,
+    /// Subscriptions made by background tasks (a new thread's channel, which
+    /// exists only once the task has created the thread), taken into
+    /// `subscriptions` at the next command and undone at the end. Allocated
+    /// on first use: an idle connection pays one pointer.
+    pub(crate) adopted: Option<Arc<Adopted>>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
     /// When `token_expiring` is due; `None` once sent.
@@ -135,6 +146,7 @@ impl Session {
             expire_at,
             ctx,
             subscriptions: Vec::new(),
+            adopted: None,
         };
         session.send("connected", None, connected);
         session
@@ -156,8 +168,18 @@ impl Session {
             .push(error_frame(&shared.metrics, self.ctx.encoding, id, e));
     }
 
+    /// Takes the subscriptions background tasks made into the session's
+    /// own list.
+    pub(crate) fn adopt(&mut self) {
+        if let Some(adopted) = &self.adopted {
+            let mut taken = adopted.lock().unwrap_or_else(|e| e.into_inner());
+            self.subscriptions.append(&mut taken);
+        }
+    }
+
     fn dispatch(&mut self, frame: ClientFrame) {
         self.ctx.shared.metrics.message_in(&frame.kind);
+        self.adopt();
         let id = match &frame.id {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use wsgate_protocol::ErrorCode;
 
-use super::{Message, Run, StoreError, Thread, ThreadStore};
+use super::{Message, Role, Run, StoreError, Thread, ThreadStore};
 use crate::auth::Identity;
 use crate::channels::{Caller, Channels};
 use crate::error::CommandError;
@@ -133,6 +133,21 @@ impl Threads {
         let limit = page_size(limit)?;
         self.store
             .list_messages(&identity.user, id, limit, before)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .ok_or_else(not_found)
+    }
+
+    /// Appends a message to the owner's thread.
+    pub async fn add_message(
+        &self,
+        identity: &Identity,
+        id: &str,
+        role: Role,
+        content: &str,
+    ) -> Result<Message, CommandError> {
+        self.store
+            .add_message(&identity.user, id, role, content)
             .await
             .map_err(|e| self.store_failed(e))?
             .ok_or_else(not_found)

@@ -11,5 +11,6 @@ mod harness;
 mod jwks;
 mod ops;
 mod process;
+mod runs;
 mod storage;
 mod threads;

@@ -30,7 +30,7 @@ fn position(p: Position) -> StreamPosition {
 }
 
 impl Session {
-    fn client(&self) -> ClientInfo {
+    pub(in crate::session) fn client(&self) -> ClientInfo {
         ClientInfo {
             user: self.ctx.identity.user.clone(),
             connection_id: self.ctx.connection_id.clone(),
@@ -192,6 +192,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.adopt();
         let client = self.client();
         for (channel, subscriber) in std::mem::take(&mut self.subscriptions) {
             self.ctx

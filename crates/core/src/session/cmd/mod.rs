@@ -3,6 +3,7 @@
 //! once, or later from a task) and returns the error of a command it
 //! refuses; [`Session::run`]'s caller turns that into the `error` frame.
 
+mod agents;
 mod channels;
 mod connection;
 mod threads;
@@ -31,10 +32,10 @@ impl Session {
             Command::GetThreadHistory(args) => self.get_thread_history(id, args),
             Command::RenameThread(args) => self.rename_thread(id, args),
             Command::DeleteThread(args) => self.delete_thread(id, args),
-            Command::SwitchThread(_)
-            | Command::UserMessage(_)
-            | Command::StartAgent(_)
-            | Command::StopAgent(_) => Err(CommandError::not_implemented(command.name())),
+            Command::UserMessage(args) => self.user_message(id, args),
+            Command::StartAgent(args) => self.start_agent(id, args),
+            Command::StopAgent(args) => self.stop_agent(id, args),
+            Command::SwitchThread(_) => Err(CommandError::not_implemented(command.name())),
         }
     }
 

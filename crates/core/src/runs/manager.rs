@@ -1,0 +1,304 @@
+//! The run manager: one run per thread, at most `limits.max_runs_per_user`
+//! per user, independent of the connection that asked, stopped on request
+//! or after `agent.timeout_secs`, recorded in the store. Every event is a
+//! publication in `thread:<id>` — what lets every tab see the run and a
+//! reconnect recover what it missed — with `data` in the shape of a typed
+//! frame: `{"type": "partial_result", "payload": {run_id, thread_id, delta}}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wsgate_protocol::ErrorCode;
+
+use super::{AgentBackend, AgentError, AgentEvent, AgentInput, AgentMessage};
+use crate::auth::Identity;
+use crate::channels::{Caller, Channels};
+use crate::error::CommandError;
+use crate::limits::MAX_PAGE;
+use crate::threads::{Role, Run, RunStatus, StoreError, ThreadStore};
+
+/// Events a backend may produce ahead of their publication.
+const EVENT_QUEUE: usize = 64;
+
+/// A run in progress.
+struct Active {
+    run_id: Arc<str>,
+    owner: Arc<str>,
+    stop: CancellationToken,
+    /// Cancelled once the run has ended and its last event is published.
+    done: CancellationToken,
+}
+
+pub struct Runs {
+    pub store: Arc<dyn ThreadStore>,
+    pub channels: Arc<Channels>,
+    pub backend: Arc<dyn AgentBackend>,
+    pub timeout: Duration,
+    pub max_per_user: usize,
+    /// By thread id. A std Mutex: each critical section is a map update or
+    /// a scan of the runs in progress, never held across an await.
+    active: Mutex<HashMap<Arc<str>, Active>>,
+}
+
+/// How a run ended.
+enum Outcome {
+    Completed,
+    Stopped,
+    Failed(String),
+}
+
+impl Runs {
+    pub fn new(
+        store: Arc<dyn ThreadStore>,
+        channels: Arc<Channels>,
+        backend: Arc<dyn AgentBackend>,
+        timeout: Duration,
+        max_per_user: usize,
+    ) -> Arc<Self> {
+        Arc::new(Runs {
+            store,
+            channels,
+            backend,
+            timeout,
+            max_per_user,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Active>> {
+        // Critical sections are single inserts, removals and scans.
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_failed(&self, e: StoreError) -> CommandError {
+        self.channels.metrics.storage_errors.inc();
+        CommandError::new(ErrorCode::Unavailable, e.to_string())
+    }
+
+    /// Starts a run on `thread_id` as it stands. `conflict` while the
+    /// thread has a run or the user has `max_per_user` of them.
+    pub async fn start(
+        self: &Arc<Self>,
+        identity: &Identity,
+        thread_id: &str,
+    ) -> Result<Run, CommandError> {
+        let thread: Arc<str> = thread_id.into();
+        let stop = CancellationToken::new();
+        let done = CancellationToken::new();
+        // Reserved before any await, so two starts cannot both pass.
+        {
+            let mut active = self.lock();
+            if active.contains_key(&thread) {
+                return Err(CommandError::conflict("the thread has a run in progress"));
+            }
+            let mine = active
+                .values()
+                .filter(|a| *a.owner == *identity.user)
+                .count();
+            if mine >= self.max_per_user {
+                return Err(CommandError::conflict(format!(
+                    "at most {} runs at a time per user",
+                    self.max_per_user
+                )));
+            }
+            active.insert(
+                thread.clone(),
+                Active {
+                    run_id: "".into(),
+                    owner: identity.user.clone(),
+                    stop: stop.clone(),
+                    done: done.clone(),
+                },
+            );
+        }
+        let prepared = self.prepare(identity, thread_id).await;
+        let (run, input) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                self.lock().remove(&thread);
+                return Err(e);
+            }
+        };
+        if let Some(a) = self.lock().get_mut(&thread) {
+            a.run_id = run.id.as_str().into();
+        }
+        let this = self.clone();
+        let started = run.clone();
+        self.channels.tasks.spawn(async move {
+            this.drive(started, input, stop).await;
+            this.lock().remove(&thread);
+            done.cancel();
+        });
+        Ok(run)
+    }
+
+    /// Records the run and reads the conversation it starts from.
+    async fn prepare(
+        &self,
+        identity: &Identity,
+        thread_id: &str,
+    ) -> Result<(Run, AgentInput), CommandError> {
+        let messages = self
+            .store
+            .list_messages(&identity.user, thread_id, MAX_PAGE, None)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .ok_or_else(|| CommandError::not_found("no such thread"))?;
+        let run = self
+            .store
+            .create_run(&identity.user, thread_id)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .ok_or_else(|| CommandError::not_found("no such thread"))?;
+        let input = AgentInput {
+            run_id: run.id.clone(),
+            thread_id: thread_id.to_owned(),
+            user: identity.user.to_string(),
+            messages: messages
+                .into_iter()
+                .map(|m| AgentMessage {
+                    role: m.role.as_str(),
+                    content: m.content,
+                })
+                .collect(),
+        };
+        Ok((run, input))
+    }
+
+    /// Stops the owner's run `run_id` and waits until its last event is
+    /// out. Someone else's run is `not_found`, as a run that does not run.
+    pub async fn stop(&self, identity: &Identity, run_id: &str) -> Result<(), CommandError> {
+        let done = {
+            let active = self.lock();
+            let run = active
+                .values()
+                .find(|a| *a.run_id == *run_id && *a.owner == *identity.user);
+            let Some(run) = run else {
+                return Err(CommandError::not_found("no such run in progress"));
+            };
+            run.stop.cancel();
+            run.done.clone()
+        };
+        done.cancelled().await;
+        Ok(())
+    }
+
+    /// The run in progress on a thread, if any: `(run_id)`.
+    pub fn active_run(&self, thread_id: &str) -> Option<Arc<str>> {
+        self.lock()
+            .get(thread_id)
+            .map(|a| a.run_id.clone())
+            .filter(|id| !id.is_empty())
+    }
+
+    /// Publishes one event of the run in `thread:<id>`.
+    async fn publish(&self, run: &Run, kind: &str, mut payload: Value) {
+        payload["run_id"] = json!(run.id);
+        payload["thread_id"] = json!(run.thread_id);
+        let data = json!({ "type": kind, "payload": payload });
+        let bytes = Bytes::from(data.to_string());
+        let channel = format!("thread:{}", run.thread_id);
+        if let Err(e) = self
+            .channels
+            .publish(Caller::Server, &channel, bytes, data)
+            .await
+        {
+            tracing::warn!(run_id = %run.id, kind, error = %e, "run event not published");
+        }
+    }
+
+    /// Runs the backend to its end, publishing every event in order.
+    async fn drive(&self, run: Run, input: AgentInput, stop: CancellationToken) {
+        let backend = self.backend.name();
+        self.publish(
+            &run,
+            "agent_started",
+            json!({ "started_at": run.started_at }),
+        )
+        .await;
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut reported = false;
+        let outcome = {
+            let agent = self.backend.run(input, tx);
+            tokio::pin!(agent);
+            let mut finished: Option<Result<String, AgentError>> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break Outcome::Stopped,
+                    _ = tokio::time::sleep_until(deadline) => break Outcome::Failed(format!(
+                        "timed out after {} s", self.timeout.as_secs()
+                    )),
+                    event = rx.recv() => match event {
+                        Some(event) => {
+                            if let Err(e) = self.forward(&run, event, &mut reported).await {
+                                break Outcome::Failed(e);
+                            }
+                        }
+                        // Every event is out once the backend dropped its
+                        // sender: the run's end follows them.
+                        None => break match finished.take() {
+                            Some(Ok(_)) if reported => Outcome::Completed,
+                            Some(Ok(_)) => Outcome::Failed("the agent sent no final report".into()),
+                            Some(Err(e)) => Outcome::Failed(e.to_string()),
+                            None => Outcome::Failed("the agent ended without an answer".into()),
+                        },
+                    },
+                    result = &mut agent, if finished.is_none() => finished = Some(result),
+                }
+            }
+            // Leaving this block drops the backend's future: a stopped or
+            // timed-out run's upstream request goes at once.
+        };
+        let (status, error) = match &outcome {
+            Outcome::Completed => (RunStatus::Completed, None),
+            Outcome::Stopped => (RunStatus::Stopped, None),
+            Outcome::Failed(e) => (RunStatus::Failed, Some(e.as_str())),
+        };
+        if let Err(e) = self.store.finish_run(&run.id, status, error).await {
+            self.channels.metrics.storage_errors.inc();
+            tracing::warn!(run_id = %run.id, error = %e, "run end not recorded");
+        }
+        let mut completed = json!({ "status": status });
+        if let Some(e) = error {
+            completed["error"] = json!(e);
+        }
+        tracing::info!(run_id = %run.id, backend, status = ?status, "run ended");
+        self.publish(&run, "agent_completed", completed).await;
+    }
+
+    /// Publishes one backend event; the final report is stored as the
+    /// assistant message first, so `final_report` carries its id.
+    async fn forward(
+        &self,
+        run: &Run,
+        event: AgentEvent,
+        reported: &mut bool,
+    ) -> Result<(), String> {
+        let kind = event.kind();
+        let mut payload = serde_json::to_value(&event)
+            .map(|mut v| v["payload"].take())
+            .unwrap_or(Value::Null);
+        if let AgentEvent::FinalReport { content } = &event {
+            let message = self
+                .store
+                .add_message(&run.owner, &run.thread_id, Role::Assistant, content)
+                .await
+                .map_err(|e| {
+                    self.channels.metrics.storage_errors.inc();
+                    e.to_string()
+                })?
+                .ok_or("the thread was deleted during the run")?;
+            payload["message_id"] = json!(message.id);
+            *reported = true;
+        }
+        self.publish(run, kind, payload).await;
+        Ok(())
+    }
+}

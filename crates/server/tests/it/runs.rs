@@ -1,0 +1,342 @@
+//! Agent runs over `/ws` with the built-in echo agent (SPEC §4, §6): the
+//! full event order, every tab seeing the run, stop, conflicts, the per-user
+//! cap, timeouts, and a run outliving the connection that started it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+async fn call(ws: &mut Ws, id: &str, kind: &str, payload: Value) -> Value {
+    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
+    loop {
+        let v = next_json(ws).await;
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+/// Run events from `thread:<id>` message frames until `agent_completed`.
+async fn run_events(ws: &mut Ws) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] != "message" {
+            continue;
+        }
+        let p = &v["payload"];
+        assert!(p["channel"].as_str().unwrap().starts_with("thread:"));
+        assert!(p["offset"].is_u64() && p["epoch"].is_string());
+        let data = p["data"].clone();
+        let done = data["type"] == "agent_completed";
+        events.push(data);
+        if done {
+            return events;
+        }
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_message_starts_a_run_that_streams_in_order_and_is_stored() {
+    let server = TestServer::with(|c| c.agent.echo_delay_ms = 5).await;
+    let (mut ws, _) = server.connect("runner").await;
+    let reply = call(
+        &mut ws,
+        "1",
+        "user_message",
+        json!({"content": "hello wide world"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "run_started", "{reply}");
+    let run_id = reply["payload"]["run_id"].as_str().unwrap().to_owned();
+    let thread_id = reply["payload"]["thread_id"].as_str().unwrap().to_owned();
+    assert_eq!(reply["payload"]["message"]["content"], "hello wide world");
+    assert_eq!(reply["payload"]["message"]["role"], "user");
+
+    let events = run_events(&mut ws).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_result",
+            "partial_result",
+            "partial_result",
+            "partial_result",
+            "final_report",
+            "agent_completed"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e["payload"]["run_id"], json!(run_id));
+        assert_eq!(e["payload"]["thread_id"], json!(thread_id));
+    }
+    let partials: String = events
+        .iter()
+        .filter(|e| e["type"] == "partial_result")
+        .map(|e| e["payload"]["delta"].as_str().unwrap())
+        .collect();
+    let report = &events[7]["payload"];
+    assert_eq!(report["content"], json!(partials));
+    assert_eq!(partials, "hello wide world");
+    assert_eq!(events[8]["payload"]["status"], "completed");
+
+    // The answer is the thread's assistant message; the run is recorded.
+    let history = call(
+        &mut ws,
+        "2",
+        "get_thread_history",
+        json!({"thread_id": thread_id}),
+    )
+    .await;
+    let messages = history["payload"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], "hello wide world");
+    assert_eq!(messages[1]["id"], report["message_id"]);
+    let (status, runs) = get_json(
+        &server.http(&format!("/api/threads/{thread_id}/runs")),
+        &[("authorization", &format!("Bearer {}", token("runner")))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(runs["runs"][0]["status"], "completed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_tab_sees_the_run_and_it_outlives_its_requester() {
+    let server = TestServer::with(|c| c.agent.echo_delay_ms = 50).await;
+    let (mut tab1, _) = server.connect("two").await;
+    let (mut tab2, _) = server.connect("two").await;
+    let created = call(&mut tab1, "1", "create_thread", json!({"title": "t"})).await;
+    let thread_id = created["payload"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sub = call(
+        &mut tab2,
+        "s",
+        "subscribe",
+        json!({"channel": format!("thread:{thread_id}")}),
+    )
+    .await;
+    assert_eq!(sub["type"], "subscribed");
+
+    let reply = call(
+        &mut tab1,
+        "2",
+        "user_message",
+        json!({"thread_id": thread_id, "content": "one two three four"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "run_started", "{reply}");
+    // The requester goes away mid-run; the run goes on and tab 2 sees it all.
+    drop(tab1);
+    let events = run_events(&mut tab2).await;
+    assert_eq!(events.first().unwrap()["type"], "agent_started");
+    assert_eq!(events.last().unwrap()["payload"]["status"], "completed");
+    assert_eq!(
+        kinds(&events)
+            .iter()
+            .filter(|k| **k == "partial_result")
+            .count(),
+        4
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stop_conflict_cap_and_timeout() {
+    let server = TestServer::with(|c| {
+        c.agent.echo_delay_ms = 300;
+        c.agent.timeout_secs = 2;
+        c.limits.max_runs_per_user = 1;
+    })
+    .await;
+    let (mut ws, _) = server.connect("busy").await;
+    let (mut other, _) = server.connect("other").await;
+    let words = "a b c d e f g h i j k l m n o p";
+    let reply = call(&mut ws, "1", "user_message", json!({"content": words})).await;
+    let run_id = reply["payload"]["run_id"].as_str().unwrap().to_owned();
+    let thread_id = reply["payload"]["thread_id"].as_str().unwrap().to_owned();
+
+    // One run per thread, and this user's cap is one.
+    let e = call(&mut ws, "2", "start_agent", json!({"thread_id": thread_id})).await;
+    assert_eq!(e["payload"]["code"], "conflict", "{e}");
+    let e = call(
+        &mut ws,
+        "3",
+        "user_message",
+        json!({"content": "second thread"}),
+    )
+    .await;
+    assert_eq!(e["payload"]["code"], "conflict", "{e}");
+    // Another user cannot stop it, nor tell it exists.
+    let e = call(&mut other, "4", "stop_agent", json!({"run_id": run_id})).await;
+    assert_eq!(e["payload"]["code"], "not_found", "{e}");
+
+    // The reply comes once the run has ended, after its last event.
+    send_json(
+        &mut ws,
+        json!({"type": "stop_agent", "id": "5", "payload": {"run_id": run_id}}),
+    )
+    .await;
+    let mut events = Vec::new();
+    let stopped = loop {
+        let v = next_json(&mut ws).await;
+        if v["id"] == "5" {
+            break v;
+        }
+        if v["type"] == "message" {
+            events.push(v["payload"]["data"].clone());
+        }
+    };
+    assert_eq!(stopped["type"], "run_stopped", "{stopped}");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "agent_completed");
+    assert_eq!(last["payload"]["status"], "stopped");
+    assert!(!kinds(&events).contains(&"final_report"));
+
+    // A run that outlasts agent.timeout_secs ends failed.
+    let reply = call(&mut ws, "6", "start_agent", json!({"thread_id": thread_id})).await;
+    assert_eq!(reply["type"], "run_started", "{reply}");
+    let events = run_events(&mut ws).await;
+    let last = &events.last().unwrap()["payload"];
+    assert_eq!(last["status"], "failed");
+    assert!(
+        last["error"].as_str().unwrap().contains("timed out"),
+        "{last}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_agent_commands_are_refused() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("bad").await;
+    let e = call(&mut ws, "1", "user_message", json!({"content": "  "})).await;
+    assert_eq!(e["payload"]["code"], "bad_request");
+    let e = call(&mut ws, "3", "start_agent", json!({"thread_id": "nope"})).await;
+    assert_eq!(e["payload"]["code"], "not_found");
+    let e = call(&mut ws, "4", "stop_agent", json!({"run_id": "nope"})).await;
+    assert_eq!(e["payload"]["code"], "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_agent_streams_through_the_gateway() {
+    use axum::routing::post;
+    // An upstream that streams NDJSON like a real agent: the thread as it
+    // stands comes in, events go out one line at a time.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/run",
+        post(|axum::Json(body): axum::Json<Value>| async move {
+            let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_uppercase();
+            let lines = vec![
+                json!({"type": "agent_thinking", "payload": {"text": "hm"}}),
+                json!({"type": "partial_result", "payload": {"delta": last.clone()}}),
+                json!({"type": "final_report", "payload": {"content": last}}),
+            ];
+            let stream = futures_util::stream::iter(
+                lines
+                    .into_iter()
+                    .map(|l| Ok::<_, std::io::Error>(bytes::Bytes::from(format!("{l}\n")))),
+            );
+            axum::body::Body::from_stream(stream)
+        }),
+    );
+    let upstream = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = TestServer::with(|c| {
+        c.agent.kind = "http".into();
+        c.agent.url = format!("http://{addr}/run");
+    })
+    .await;
+    let (mut ws, _) = server.connect("http-user").await;
+    let reply = call(
+        &mut ws,
+        "1",
+        "user_message",
+        json!({"content": "shout this"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "run_started", "{reply}");
+    let events = run_events(&mut ws).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "agent_started",
+            "agent_thinking",
+            "partial_result",
+            "final_report",
+            "agent_completed"
+        ]
+    );
+    assert_eq!(events[3]["payload"]["content"], "SHOUT THIS");
+    assert_eq!(events[4]["payload"]["status"], "completed");
+    upstream.abort();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_mid_run_recovers_exactly_the_missed_events() {
+    let server = TestServer::with(|c| c.agent.echo_delay_ms = 100).await;
+    let (mut ws, _) = server.connect("flaky").await;
+    let reply = call(
+        &mut ws,
+        "1",
+        "user_message",
+        json!({"content": "a b c d e f g h"}),
+    )
+    .await;
+    let thread_id = reply["payload"]["thread_id"].as_str().unwrap().to_owned();
+    // Read a few events, remember the last position, drop the connection.
+    let mut seen = Vec::new();
+    let (mut offset, mut epoch) = (0, String::new());
+    while seen.len() < 5 {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "message" {
+            offset = v["payload"]["offset"].as_u64().unwrap();
+            epoch = v["payload"]["epoch"].as_str().unwrap().to_owned();
+            seen.push(v["payload"]["data"].clone());
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (mut ws, _) = server.connect("flaky").await;
+    let sub = call(
+        &mut ws,
+        "2",
+        "subscribe",
+        json!({"channel": format!("thread:{thread_id}"), "recover": {"offset": offset, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(sub["payload"]["recovered"], true, "{sub}");
+    let rest = run_events(&mut ws).await;
+    let all: Vec<Value> = seen.into_iter().chain(rest).collect();
+    assert_eq!(all.first().unwrap()["type"], "agent_started");
+    assert_eq!(all.last().unwrap()["payload"]["status"], "completed");
+    let partials: String = all
+        .iter()
+        .filter(|e| e["type"] == "partial_result")
+        .map(|e| e["payload"]["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        partials, "a b c d e f g h",
+        "nothing missing, nothing twice"
+    );
+    server.stop().await;
+}
