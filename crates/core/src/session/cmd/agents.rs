@@ -11,7 +11,9 @@ use wsgate_protocol::command::{StopAgent, ThreadOnly, UserMessage};
 use crate::channels::fanout::{FrameFormat, Subscriber};
 use crate::channels::publication::StreamPosition;
 use crate::error::CommandError;
-use crate::session::{out_frame, Session};
+use crate::session::Session;
+
+use super::channels::subscribed_frame;
 use crate::threads::Role;
 
 /// Characters of a first message that title the thread it creates.
@@ -98,18 +100,7 @@ impl Session {
             };
             if let Some((channel, subscriber)) = follow {
                 let reply = |at: &StreamPosition, recovered: bool| {
-                    metrics.message_out("subscribed");
-                    out_frame(
-                        encoding,
-                        "subscribed",
-                        None,
-                        json!({
-                            "channel": &*channel,
-                            "offset": at.offset,
-                            "epoch": &*at.epoch,
-                            "recovered": recovered,
-                        }),
-                    )
+                    subscribed_frame(&metrics, encoding, None, &channel, at, recovered)
                 };
                 channels
                     .subscribe(&identity, &client, &channel, &subscriber, None, reply)

@@ -20,7 +20,32 @@ use crate::channels::publication::{Filter, StreamPosition};
 use crate::channels::Caller;
 use crate::connection::outbound::OutFrame;
 use crate::error::CommandError;
+use crate::metrics::Metrics;
 use crate::session::{error_frame, out_frame, Session};
+
+/// The `subscribed` reply: where the subscription starts, and whether what
+/// was asked to be recovered was.
+pub(in crate::session) fn subscribed_frame(
+    metrics: &Metrics,
+    encoding: Encoding,
+    id: Option<&str>,
+    channel: &str,
+    at: &StreamPosition,
+    recovered: bool,
+) -> OutFrame {
+    metrics.message_out("subscribed");
+    out_frame(
+        encoding,
+        "subscribed",
+        id,
+        json!({
+            "channel": channel,
+            "offset": at.offset,
+            "epoch": &*at.epoch,
+            "recovered": recovered,
+        }),
+    )
+}
 
 fn position(p: Position) -> StreamPosition {
     StreamPosition {
@@ -71,18 +96,7 @@ impl Session {
         let metrics = self.ctx.shared.metrics.clone();
         channels.clone().tasks.spawn(async move {
             let reply = |at: &StreamPosition, recovered: bool| {
-                metrics.message_out("subscribed");
-                out_frame(
-                    encoding,
-                    "subscribed",
-                    id.as_deref(),
-                    json!({
-                        "channel": &*channel,
-                        "offset": at.offset,
-                        "epoch": &*at.epoch,
-                        "recovered": recovered,
-                    }),
-                )
+                subscribed_frame(&metrics, encoding, id.as_deref(), &channel, at, recovered)
             };
             let recover = recover.map(position);
             let done = channels
