@@ -17,6 +17,7 @@ use wsgate_protocol::ErrorCode;
 
 use super::{AgentBackend, AgentError, AgentEvent, AgentInput, AgentMessage};
 use crate::auth::Identity;
+use crate::channels::publication::{Publication, StreamPosition};
 use crate::channels::{Caller, Channels};
 use crate::error::CommandError;
 use crate::limits::MAX_PAGE;
@@ -32,6 +33,19 @@ struct Active {
     stop: CancellationToken,
     /// Cancelled once the run has ended and its last event is published.
     done: CancellationToken,
+    /// Set once `agent_started` is published: when the run started, and
+    /// the channel position just before its first event, from which a
+    /// connection that arrives mid-run replays it.
+    started: Option<(i64, StreamPosition)>,
+}
+
+/// A run in progress as `switch_thread` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRun {
+    pub run_id: Arc<str>,
+    pub started_at: i64,
+    /// Recovering from here replays the run from its first event.
+    pub replay_from: StreamPosition,
 }
 
 pub struct Runs {
@@ -113,6 +127,7 @@ impl Runs {
                     owner: identity.user.clone(),
                     stop: stop.clone(),
                     done: done.clone(),
+                    started: None,
                 },
             );
         }
@@ -188,39 +203,63 @@ impl Runs {
         Ok(())
     }
 
-    /// The run in progress on a thread, if any: `(run_id)`.
-    pub fn active_run(&self, thread_id: &str) -> Option<Arc<str>> {
-        self.lock()
-            .get(thread_id)
-            .map(|a| a.run_id.clone())
-            .filter(|id| !id.is_empty())
+    /// Whether a run is in progress (or starting) on the thread.
+    pub fn is_running(&self, thread_id: &str) -> bool {
+        self.lock().contains_key(thread_id)
     }
 
-    /// Publishes one event of the run in `thread:<id>`.
-    async fn publish(&self, run: &Run, kind: &str, mut payload: Value) {
+    /// The run in progress on a thread, once its first event is out.
+    pub fn active_run(&self, thread_id: &str) -> Option<ActiveRun> {
+        let active = self.lock();
+        let a = active.get(thread_id)?;
+        let (started_at, replay_from) = a.started.clone()?;
+        Some(ActiveRun {
+            run_id: a.run_id.clone(),
+            started_at,
+            replay_from,
+        })
+    }
+
+    /// Publishes one event of the run in `thread:<id>`; the publication,
+    /// unless the broker failed.
+    async fn publish(&self, run: &Run, kind: &str, mut payload: Value) -> Option<Arc<Publication>> {
         payload["run_id"] = json!(run.id);
         payload["thread_id"] = json!(run.thread_id);
         let data = json!({ "type": kind, "payload": payload });
         let bytes = Bytes::from(data.to_string());
         let channel = format!("thread:{}", run.thread_id);
-        if let Err(e) = self
+        match self
             .channels
             .publish(Caller::Server, &channel, bytes, data)
             .await
         {
-            tracing::warn!(run_id = %run.id, kind, error = %e, "run event not published");
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, kind, error = %e, "run event not published");
+                None
+            }
         }
     }
 
     /// Runs the backend to its end, publishing every event in order.
     async fn drive(&self, run: Run, input: AgentInput, stop: CancellationToken) {
         let backend = self.backend.name();
-        self.publish(
-            &run,
-            "agent_started",
-            json!({ "started_at": run.started_at }),
-        )
-        .await;
+        let first = self
+            .publish(
+                &run,
+                "agent_started",
+                json!({ "started_at": run.started_at }),
+            )
+            .await;
+        if let Some(p) = first {
+            let before = StreamPosition {
+                offset: p.offset.saturating_sub(1),
+                epoch: p.epoch.clone(),
+            };
+            if let Some(a) = self.lock().get_mut(run.thread_id.as_str()) {
+                a.started = Some((run.started_at, before));
+            }
+        }
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut reported = false;

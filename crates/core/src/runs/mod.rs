@@ -11,4 +11,4 @@ mod manager;
 pub use backend::{AgentBackend, AgentError, AgentInput, AgentMessage, EventSender};
 pub use echo::EchoAgent;
 pub use event::{AgentEvent, EventParseError, MAX_EVENT_LINE_BYTES};
-pub use manager::Runs;
+pub use manager::{ActiveRun, Runs};

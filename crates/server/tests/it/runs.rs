@@ -340,3 +340,77 @@ async fn a_reconnect_mid_run_recovers_exactly_the_missed_events() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
+    let server = TestServer::with(|c| c.agent.echo_delay_ms = 100).await;
+    let (mut tab1, _) = server.connect("switcher").await;
+    let reply = call(
+        &mut tab1,
+        "1",
+        "user_message",
+        json!({"content": "one two three four five six"}),
+    )
+    .await;
+    let thread_id = reply["payload"]["thread_id"].as_str().unwrap().to_owned();
+    // Let part of the answer stream before the second tab opens.
+    let mut partials_seen = 0;
+    while partials_seen < 2 {
+        let v = next_json(&mut tab1).await;
+        if v["payload"]["data"]["type"] == "partial_result" {
+            partials_seen += 1;
+        }
+    }
+    let (mut tab2, _) = server.connect("switcher").await;
+    let loaded = call(
+        &mut tab2,
+        "2",
+        "switch_thread",
+        json!({"thread_id": thread_id}),
+    )
+    .await;
+    assert_eq!(loaded["type"], "thread_loaded", "{loaded}");
+    let p = &loaded["payload"];
+    assert_eq!(p["thread"]["id"], json!(thread_id));
+    assert_eq!(p["messages"][0]["content"], "one two three four five six");
+    assert_eq!(p["active_run"]["run_id"], reply["payload"]["run_id"]);
+    assert!(p["offset"].is_u64() && p["epoch"].is_string());
+    let events = run_events(&mut tab2).await;
+    assert_eq!(
+        events[0]["type"], "agent_started",
+        "replayed from the start"
+    );
+    let partials: String = events
+        .iter()
+        .filter(|e| e["type"] == "partial_result")
+        .map(|e| e["payload"]["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        partials, "one two three four five six",
+        "nothing missing, nothing twice"
+    );
+    assert_eq!(events.last().unwrap()["payload"]["status"], "completed");
+
+    // After the run: no active run, and the answer is among the messages.
+    let (mut tab3, _) = server.connect("switcher").await;
+    let loaded = call(
+        &mut tab3,
+        "3",
+        "switch_thread",
+        json!({"thread_id": thread_id}),
+    )
+    .await;
+    assert_eq!(loaded["payload"]["active_run"], Value::Null);
+    assert_eq!(loaded["payload"]["messages"].as_array().unwrap().len(), 2);
+    // Someone else's thread: not_found.
+    let (mut other, _) = server.connect("someone").await;
+    let e = call(
+        &mut other,
+        "4",
+        "switch_thread",
+        json!({"thread_id": thread_id}),
+    )
+    .await;
+    assert_eq!(e["payload"]["code"], "not_found", "{e}");
+    server.stop().await;
+}

@@ -23,7 +23,10 @@ impl Session {
     /// The subscriber for `thread:<id>` when this connection is not yet
     /// subscribed (registered in the session now; the caller's task makes
     /// it live before the run starts).
-    fn follow(&mut self, thread_id: &str) -> Option<(Arc<str>, Arc<Subscriber>)> {
+    pub(in crate::session) fn follow(
+        &mut self,
+        thread_id: &str,
+    ) -> Option<(Arc<str>, Arc<Subscriber>)> {
         let channel: Arc<str> = format!("thread:{thread_id}").into();
         self.subscriptions.retain(|(_, s)| !s.is_closed());
         if self.subscriptions.iter().any(|(c, _)| *c == channel) {
@@ -66,7 +69,7 @@ impl Session {
                     threads.create(&identity, Some(&title)).await?
                 }
             };
-            if runs.active_run(&thread.id).is_some() {
+            if runs.is_running(&thread.id) {
                 return Err(CommandError::conflict("the thread has a run in progress"));
             }
             let message = match content {

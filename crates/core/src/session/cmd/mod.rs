@@ -35,7 +35,7 @@ impl Session {
             Command::UserMessage(args) => self.user_message(id, args),
             Command::StartAgent(args) => self.start_agent(id, args),
             Command::StopAgent(args) => self.stop_agent(id, args),
-            Command::SwitchThread(_) => Err(CommandError::not_implemented(command.name())),
+            Command::SwitchThread(args) => self.switch_thread(id, args),
         }
     }
 
