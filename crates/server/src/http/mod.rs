@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(threads::rename)
                 .delete(threads::delete),
         )
-        .route("/api/threads/{id}/messages", get(threads::messages))
+        .route(
+            "/api/threads/{id}/messages",
+            get(threads::messages).post(threads::post_message),
+        )
         .route("/api/threads/{id}/runs", get(threads::runs))
         .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))

@@ -214,7 +214,21 @@ pub fn document() -> Value {
                     }
                 }
             },
-            "/api/threads/{id}/messages": { "get": {
+            "/api/threads/{id}/messages": { "post": {
+                "summary": "Store a user message and start an agent run; its events stream on thread:<id>",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["content"], "properties": { "content": { "type": "string", "minLength": 1 } }, "additionalProperties": false
+                } } } },
+                "responses": {
+                    "202": { "description": "{message, run_id}" },
+                    "400": error_response("Invalid body or content"),
+                    "401": error_response("Missing or invalid token"),
+                    "404": error_response("No such thread of the caller's"),
+                    "409": error_response("A run in progress on the thread, or the per-user run cap reached")
+                }
+            }, "get": {
                 "summary": "A page of a thread's messages, oldest first",
                 "security": [{ "bearer": [] }],
                 "parameters": [

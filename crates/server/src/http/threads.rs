@@ -10,6 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wsgate_core::auth::Identity;
+use wsgate_core::threads::Role;
 
 use super::api::body;
 use super::error::ApiError;
@@ -37,6 +38,12 @@ pub struct PageQuery {
 pub struct NewThread {
     #[serde(default)]
     title: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    content: String,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +136,46 @@ pub async fn messages(
         .messages(&identity, &id, q.limit, q.before.as_deref())
         .await?;
     Ok(Json(json!({ "thread_id": id, "messages": messages })))
+}
+
+/// `POST /api/threads/{id}/messages` `{content}` → 202 `{message, run_id}`:
+/// the message is stored and a run starts, whose events stream on
+/// `thread:<id>` like any run's.
+pub async fn post_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<NewMessage>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let identity = user(&state, &headers)?;
+    let body = body(req)?;
+    let threads = &state.sessions.threads;
+    let runs = &state.sessions.runs;
+    let content = body.content;
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request("content must not be empty"));
+    }
+    let limit = state.config.limits.max_message_bytes;
+    if content.len() > limit {
+        return Err(ApiError::bad_request(format!(
+            "content: at most {limit} bytes"
+        )));
+    }
+    // Refused before anything is stored, as over `/ws`.
+    threads.get(&identity, &id).await?;
+    if runs.is_running(&id) {
+        return Err(ApiError::from(wsgate_core::error::CommandError::conflict(
+            "the thread has a run in progress",
+        )));
+    }
+    let message = threads
+        .add_message(&identity, &id, Role::User, &content)
+        .await?;
+    let run = runs.start(&identity, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message": message, "run_id": run.id })),
+    ))
 }
 
 /// `GET /api/threads/{id}/runs`.

@@ -414,3 +414,77 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
     assert_eq!(e["payload"]["code"], "not_found", "{e}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_posted_over_rest_starts_a_run_that_streams_on_the_thread() {
+    let server = TestServer::with(|c| c.agent.echo_delay_ms = 50).await;
+    let (mut ws, _) = server.connect("poster").await;
+    let created = call(&mut ws, "1", "create_thread", json!({"title": "rest"})).await;
+    let thread_id = created["payload"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sub = call(
+        &mut ws,
+        "2",
+        "subscribe",
+        json!({"channel": format!("thread:{thread_id}")}),
+    )
+    .await;
+    assert_eq!(sub["type"], "subscribed");
+
+    let client = reqwest::Client::new();
+    let url = server.http(&format!("/api/threads/{thread_id}/messages"));
+    let resp = client
+        .post(&url)
+        .bearer_auth(token("poster"))
+        .json(&json!({"content": "from the api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["message"]["content"], "from the api");
+    let run_id = body["run_id"].clone();
+    // A second message while the run goes on: conflict, nothing stored.
+    let resp = client
+        .post(&url)
+        .bearer_auth(token("poster"))
+        .json(&json!({"content": "too soon"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    // Someone else: 404.
+    let resp = client
+        .post(&url)
+        .bearer_auth(token("stranger"))
+        .json(&json!({"content": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let events = run_events(&mut ws).await;
+    assert_eq!(events[0]["payload"]["run_id"], run_id);
+    assert_eq!(events.last().unwrap()["payload"]["status"], "completed");
+    let history = call(
+        &mut ws,
+        "3",
+        "get_thread_history",
+        json!({"thread_id": thread_id}),
+    )
+    .await;
+    let contents: Vec<&str> = history["payload"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["from the api", "from the api"],
+        "the question, then the echo"
+    );
+    server.stop().await;
+}
