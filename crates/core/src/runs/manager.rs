@@ -21,8 +21,10 @@ use crate::channels::publication::{Publication, StreamPosition};
 use crate::channels::{Caller, Channels};
 use crate::error::CommandError;
 use crate::limits::MAX_PAGE;
-use crate::threads::{Role, Run, RunStatus, StoreError, ThreadStore};
+use crate::threads::{Message, Role, Run, RunStatus, StoreError, Thread, ThreadStore, Threads};
 
+/// Characters of a first message that title the thread it creates.
+const TITLE_FROM_CONTENT: usize = 60;
 /// Events a backend may produce ahead of their publication.
 const EVENT_QUEUE: usize = 64;
 
@@ -150,6 +152,45 @@ impl Runs {
             done.cancel();
         });
         Ok(run)
+    }
+
+    /// A user's message that is to start a run, checked and stored, for
+    /// every front end: content non-empty and at most `max_bytes`; the
+    /// thread (a new one, titled with the content's start, when `thread_id`
+    /// is `None`) must be the user's and have no run in progress — checked
+    /// before anything is stored. The caller then calls [`Runs::start`].
+    pub async fn accept_message(
+        &self,
+        threads: &Threads,
+        identity: &Identity,
+        thread_id: Option<&str>,
+        content: &str,
+        max_bytes: usize,
+    ) -> Result<(Thread, Message), CommandError> {
+        if content.trim().is_empty() {
+            return Err(CommandError::bad_request(
+                "payload.content must not be empty",
+            ));
+        }
+        if content.len() > max_bytes {
+            return Err(CommandError::bad_request(format!(
+                "payload.content: at most {max_bytes} bytes"
+            )));
+        }
+        let thread = match thread_id {
+            Some(t) => threads.get(identity, t).await?,
+            None => {
+                let title: String = content.chars().take(TITLE_FROM_CONTENT).collect();
+                threads.create(identity, Some(&title)).await?
+            }
+        };
+        if self.is_running(&thread.id) {
+            return Err(CommandError::conflict("the thread has a run in progress"));
+        }
+        let message = threads
+            .add_message(identity, &thread.id, Role::User, content)
+            .await?;
+        Ok((thread, message))
     }
 
     /// Records the run and reads the conversation it starts from.

@@ -10,7 +10,6 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wsgate_core::auth::Identity;
-use wsgate_core::threads::Role;
 
 use super::api::body;
 use super::error::ApiError;
@@ -149,27 +148,10 @@ pub async fn post_message(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let identity = user(&state, &headers)?;
     let body = body(req)?;
-    let threads = &state.sessions.threads;
-    let runs = &state.sessions.runs;
-    let content = body.content;
-    if content.trim().is_empty() {
-        return Err(ApiError::bad_request("content must not be empty"));
-    }
-    let limit = state.config.limits.max_message_bytes;
-    if content.len() > limit {
-        return Err(ApiError::bad_request(format!(
-            "content: at most {limit} bytes"
-        )));
-    }
-    // Refused before anything is stored, as over `/ws`.
-    threads.get(&identity, &id).await?;
-    if runs.is_running(&id) {
-        return Err(ApiError::from(wsgate_core::error::CommandError::conflict(
-            "the thread has a run in progress",
-        )));
-    }
-    let message = threads
-        .add_message(&identity, &id, Role::User, &content)
+    let (threads, runs) = (&state.sessions.threads, &state.sessions.runs);
+    let max = state.config.limits.max_message_bytes;
+    let (_, message) = runs
+        .accept_message(threads, &identity, Some(&id), &body.content, max)
         .await?;
     let run = runs.start(&identity, &id).await?;
     Ok((

@@ -43,18 +43,6 @@ async fn start() -> TestServer {
     TestServer::with(channels_config).await
 }
 
-/// Sends a command and returns the reply with the same id, skipping other
-/// frames.
-async fn call(ws: &mut Ws, kind: &str, id: &str, payload: Value) -> Value {
-    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
-    loop {
-        let v = next_json(ws).await;
-        if v["id"] == id {
-            return v;
-        }
-    }
-}
-
 async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     loop {
         let v = next_json(ws).await;

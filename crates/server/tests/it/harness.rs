@@ -193,6 +193,18 @@ pub async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// Sends a command and returns the reply with the same id, skipping other
+/// frames.
+pub async fn call(ws: &mut Ws, kind: &str, id: &str, payload: Value) -> Value {
+    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
+    loop {
+        let v = next_json(ws).await;
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
 pub async fn send_json(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }

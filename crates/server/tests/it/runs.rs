@@ -8,16 +8,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-async fn call(ws: &mut Ws, id: &str, kind: &str, payload: Value) -> Value {
-    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
-    loop {
-        let v = next_json(ws).await;
-        if v["id"] == id {
-            return v;
-        }
-    }
-}
-
 /// Run events from `thread:<id>` message frames until `agent_completed`.
 async fn run_events(ws: &mut Ws) -> Vec<Value> {
     let mut events = Vec::new();
@@ -48,8 +38,8 @@ async fn a_message_starts_a_run_that_streams_in_order_and_is_stored() {
     let (mut ws, _) = server.connect("runner").await;
     let reply = call(
         &mut ws,
-        "1",
         "user_message",
+        "1",
         json!({"content": "hello wide world"}),
     )
     .await;
@@ -91,8 +81,8 @@ async fn a_message_starts_a_run_that_streams_in_order_and_is_stored() {
     // The answer is the thread's assistant message; the run is recorded.
     let history = call(
         &mut ws,
-        "2",
         "get_thread_history",
+        "2",
         json!({"thread_id": thread_id}),
     )
     .await;
@@ -116,15 +106,15 @@ async fn every_tab_sees_the_run_and_it_outlives_its_requester() {
     let server = TestServer::with(|c| c.agent.echo_delay_ms = 50).await;
     let (mut tab1, _) = server.connect("two").await;
     let (mut tab2, _) = server.connect("two").await;
-    let created = call(&mut tab1, "1", "create_thread", json!({"title": "t"})).await;
+    let created = call(&mut tab1, "create_thread", "1", json!({"title": "t"})).await;
     let thread_id = created["payload"]["thread"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let sub = call(
         &mut tab2,
-        "s",
         "subscribe",
+        "s",
         json!({"channel": format!("thread:{thread_id}")}),
     )
     .await;
@@ -132,8 +122,8 @@ async fn every_tab_sees_the_run_and_it_outlives_its_requester() {
 
     let reply = call(
         &mut tab1,
-        "2",
         "user_message",
+        "2",
         json!({"thread_id": thread_id, "content": "one two three four"}),
     )
     .await;
@@ -164,23 +154,23 @@ async fn stop_conflict_cap_and_timeout() {
     let (mut ws, _) = server.connect("busy").await;
     let (mut other, _) = server.connect("other").await;
     let words = "a b c d e f g h i j k l m n o p";
-    let reply = call(&mut ws, "1", "user_message", json!({"content": words})).await;
+    let reply = call(&mut ws, "user_message", "1", json!({"content": words})).await;
     let run_id = reply["payload"]["run_id"].as_str().unwrap().to_owned();
     let thread_id = reply["payload"]["thread_id"].as_str().unwrap().to_owned();
 
     // One run per thread, and this user's cap is one.
-    let e = call(&mut ws, "2", "start_agent", json!({"thread_id": thread_id})).await;
+    let e = call(&mut ws, "start_agent", "2", json!({"thread_id": thread_id})).await;
     assert_eq!(e["payload"]["code"], "conflict", "{e}");
     let e = call(
         &mut ws,
-        "3",
         "user_message",
+        "3",
         json!({"content": "second thread"}),
     )
     .await;
     assert_eq!(e["payload"]["code"], "conflict", "{e}");
     // Another user cannot stop it, nor tell it exists.
-    let e = call(&mut other, "4", "stop_agent", json!({"run_id": run_id})).await;
+    let e = call(&mut other, "stop_agent", "4", json!({"run_id": run_id})).await;
     assert_eq!(e["payload"]["code"], "not_found", "{e}");
 
     // The reply comes once the run has ended, after its last event.
@@ -206,7 +196,7 @@ async fn stop_conflict_cap_and_timeout() {
     assert!(!kinds(&events).contains(&"final_report"));
 
     // A run that outlasts agent.timeout_secs ends failed.
-    let reply = call(&mut ws, "6", "start_agent", json!({"thread_id": thread_id})).await;
+    let reply = call(&mut ws, "start_agent", "6", json!({"thread_id": thread_id})).await;
     assert_eq!(reply["type"], "run_started", "{reply}");
     let events = run_events(&mut ws).await;
     let last = &events.last().unwrap()["payload"];
@@ -223,11 +213,11 @@ async fn stop_conflict_cap_and_timeout() {
 async fn bad_agent_commands_are_refused() {
     let server = TestServer::start().await;
     let (mut ws, _) = server.connect("bad").await;
-    let e = call(&mut ws, "1", "user_message", json!({"content": "  "})).await;
+    let e = call(&mut ws, "user_message", "1", json!({"content": "  "})).await;
     assert_eq!(e["payload"]["code"], "bad_request");
-    let e = call(&mut ws, "3", "start_agent", json!({"thread_id": "nope"})).await;
+    let e = call(&mut ws, "start_agent", "3", json!({"thread_id": "nope"})).await;
     assert_eq!(e["payload"]["code"], "not_found");
-    let e = call(&mut ws, "4", "stop_agent", json!({"run_id": "nope"})).await;
+    let e = call(&mut ws, "stop_agent", "4", json!({"run_id": "nope"})).await;
     assert_eq!(e["payload"]["code"], "not_found");
     server.stop().await;
 }
@@ -268,8 +258,8 @@ async fn an_http_agent_streams_through_the_gateway() {
     let (mut ws, _) = server.connect("http-user").await;
     let reply = call(
         &mut ws,
-        "1",
         "user_message",
+        "1",
         json!({"content": "shout this"}),
     )
     .await;
@@ -297,8 +287,8 @@ async fn a_reconnect_mid_run_recovers_exactly_the_missed_events() {
     let (mut ws, _) = server.connect("flaky").await;
     let reply = call(
         &mut ws,
-        "1",
         "user_message",
+        "1",
         json!({"content": "a b c d e f g h"}),
     )
     .await;
@@ -319,8 +309,7 @@ async fn a_reconnect_mid_run_recovers_exactly_the_missed_events() {
     let (mut ws, _) = server.connect("flaky").await;
     let sub = call(
         &mut ws,
-        "2",
-        "subscribe",
+        "subscribe", "2",
         json!({"channel": format!("thread:{thread_id}"), "recover": {"offset": offset, "epoch": epoch}}),
     )
     .await;
@@ -347,8 +336,8 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
     let (mut tab1, _) = server.connect("switcher").await;
     let reply = call(
         &mut tab1,
-        "1",
         "user_message",
+        "1",
         json!({"content": "one two three four five six"}),
     )
     .await;
@@ -364,8 +353,8 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
     let (mut tab2, _) = server.connect("switcher").await;
     let loaded = call(
         &mut tab2,
-        "2",
         "switch_thread",
+        "2",
         json!({"thread_id": thread_id}),
     )
     .await;
@@ -395,8 +384,8 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
     let (mut tab3, _) = server.connect("switcher").await;
     let loaded = call(
         &mut tab3,
-        "3",
         "switch_thread",
+        "3",
         json!({"thread_id": thread_id}),
     )
     .await;
@@ -406,8 +395,8 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
     let (mut other, _) = server.connect("someone").await;
     let e = call(
         &mut other,
-        "4",
         "switch_thread",
+        "4",
         json!({"thread_id": thread_id}),
     )
     .await;
@@ -419,15 +408,15 @@ async fn a_tab_opened_mid_run_gets_the_whole_run_so_far_then_the_rest() {
 async fn a_message_posted_over_rest_starts_a_run_that_streams_on_the_thread() {
     let server = TestServer::with(|c| c.agent.echo_delay_ms = 50).await;
     let (mut ws, _) = server.connect("poster").await;
-    let created = call(&mut ws, "1", "create_thread", json!({"title": "rest"})).await;
+    let created = call(&mut ws, "create_thread", "1", json!({"title": "rest"})).await;
     let thread_id = created["payload"]["thread"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let sub = call(
         &mut ws,
-        "2",
         "subscribe",
+        "2",
         json!({"channel": format!("thread:{thread_id}")}),
     )
     .await;
@@ -470,8 +459,8 @@ async fn a_message_posted_over_rest_starts_a_run_that_streams_on_the_thread() {
     assert_eq!(events.last().unwrap()["payload"]["status"], "completed");
     let history = call(
         &mut ws,
-        "3",
         "get_thread_history",
+        "3",
         json!({"thread_id": thread_id}),
     )
     .await;

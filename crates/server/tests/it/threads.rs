@@ -6,24 +6,13 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// Sends a command and returns its reply (the next frame with its id).
-async fn call(ws: &mut Ws, id: &str, kind: &str, payload: Value) -> Value {
-    send_json(ws, json!({"type": kind, "id": id, "payload": payload})).await;
-    loop {
-        let v = next_json(ws).await;
-        if v["id"] == id {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
     let server = TestServer::start().await;
     let (mut alice, _) = server.connect("alice").await;
     let (mut bob, _) = server.connect("bob").await;
 
-    let created = call(&mut alice, "1", "create_thread", json!({"title": "Plans"})).await;
+    let created = call(&mut alice, "create_thread", "1", json!({"title": "Plans"})).await;
     assert_eq!(created["type"], "thread_created", "{created}");
     let thread = &created["payload"]["thread"];
     let id = thread["id"].as_str().unwrap().to_owned();
@@ -33,10 +22,10 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
         thread.get("owner").is_none(),
         "the owner is not part of the shape"
     );
-    let untitled = call(&mut alice, "2", "create_thread", json!({})).await;
+    let untitled = call(&mut alice, "create_thread", "2", json!({})).await;
     assert_eq!(untitled["payload"]["thread"]["title"], "New thread");
 
-    let list = call(&mut alice, "3", "list_threads", json!({"limit": 10})).await;
+    let list = call(&mut alice, "list_threads", "3", json!({"limit": 10})).await;
     assert_eq!(list["type"], "threads");
     let titles: Vec<&str> = list["payload"]["threads"]
         .as_array()
@@ -45,7 +34,7 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
         .map(|t| t["title"].as_str().unwrap())
         .collect();
     assert_eq!(titles, ["New thread", "Plans"], "newest first");
-    let paged = call(&mut alice, "4", "list_threads", json!({"limit": 1})).await;
+    let paged = call(&mut alice, "list_threads", "4", json!({"limit": 1})).await;
     assert_eq!(paged["payload"]["threads"].as_array().unwrap().len(), 1);
 
     // Bob sees nothing of alice's thread: not_found, exactly as for none.
@@ -55,25 +44,25 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
         ("delete_thread", json!({"thread_id": id})),
         ("get_thread_history", json!({"thread_id": "no-such-thread"})),
     ] {
-        let e = call(&mut bob, "b", kind, payload).await;
+        let e = call(&mut bob, kind, "b", payload).await;
         assert_eq!(e["type"], "error", "{kind}: {e}");
         assert_eq!(e["payload"]["code"], "not_found", "{kind}: {e}");
     }
-    let bobs = call(&mut bob, "b2", "list_threads", json!({})).await;
+    let bobs = call(&mut bob, "list_threads", "b2", json!({})).await;
     assert_eq!(bobs["payload"]["threads"], json!([]));
     // Nor may he subscribe to its channel; alice may.
     let e = call(
         &mut bob,
-        "b3",
         "subscribe",
+        "b3",
         json!({"channel": format!("thread:{id}")}),
     )
     .await;
     assert_eq!(e["payload"]["code"], "forbidden", "{e}");
     let ok = call(
         &mut alice,
-        "5",
         "subscribe",
+        "5",
         json!({"channel": format!("thread:{id}")}),
     )
     .await;
@@ -81,8 +70,8 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
 
     let history = call(
         &mut alice,
-        "6",
         "get_thread_history",
+        "6",
         json!({"thread_id": id}),
     )
     .await;
@@ -91,21 +80,21 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
 
     let renamed = call(
         &mut alice,
-        "7",
         "rename_thread",
+        "7",
         json!({"thread_id": id, "title": "Trip"}),
     )
     .await;
     assert_eq!(renamed["type"], "thread_renamed");
     assert_eq!(renamed["payload"]["thread"]["title"], "Trip");
 
-    let deleted = call(&mut alice, "8", "delete_thread", json!({"thread_id": id})).await;
+    let deleted = call(&mut alice, "delete_thread", "8", json!({"thread_id": id})).await;
     assert_eq!(deleted["type"], "thread_deleted");
     assert_eq!(deleted["payload"]["thread_id"], json!(id));
     let gone = call(
         &mut alice,
-        "9",
         "get_thread_history",
+        "9",
         json!({"thread_id": id}),
     )
     .await;
@@ -130,7 +119,7 @@ async fn bad_thread_fields_are_named() {
         ("list_threads", json!({"limit": 0}), "payload.limit"),
         ("get_thread_history", json!({}), "`thread_id`"),
     ] {
-        let e = call(&mut ws, "v", kind, payload).await;
+        let e = call(&mut ws, kind, "v", payload).await;
         assert_eq!(e["payload"]["code"], "bad_request", "{kind}: {e}");
         let message = e["payload"]["message"].as_str().unwrap();
         assert!(message.contains(field), "{kind}: {message}");
@@ -143,19 +132,19 @@ async fn thread_changes_reach_the_owners_other_tabs() {
     let server = TestServer::start().await;
     let (mut tab1, _) = server.connect("tabs").await;
     let (mut tab2, _) = server.connect("tabs").await;
-    let sub = call(&mut tab2, "s", "subscribe", json!({"channel": "user:tabs"})).await;
+    let sub = call(&mut tab2, "subscribe", "s", json!({"channel": "user:tabs"})).await;
     assert_eq!(sub["type"], "subscribed", "{sub}");
 
-    let created = call(&mut tab1, "1", "create_thread", json!({"title": "A"})).await;
+    let created = call(&mut tab1, "create_thread", "1", json!({"title": "A"})).await;
     let id = created["payload"]["thread"]["id"].clone();
     call(
         &mut tab1,
-        "2",
         "rename_thread",
+        "2",
         json!({"thread_id": id, "title": "B"}),
     )
     .await;
-    call(&mut tab1, "3", "delete_thread", json!({"thread_id": id})).await;
+    call(&mut tab1, "delete_thread", "3", json!({"thread_id": id})).await;
 
     let mut news = Vec::new();
     while news.len() < 3 {
@@ -182,14 +171,14 @@ async fn threads_outlive_a_restart() {
     };
     let server = TestServer::with(with_store).await;
     let (mut ws, _) = server.connect("keeper").await;
-    let created = call(&mut ws, "1", "create_thread", json!({"title": "Kept"})).await;
+    let created = call(&mut ws, "create_thread", "1", json!({"title": "Kept"})).await;
     let id = created["payload"]["thread"]["id"].clone();
     drop(ws);
     server.stop().await;
 
     let server = TestServer::with(with_store).await;
     let (mut ws, _) = server.connect("keeper").await;
-    let list = call(&mut ws, "2", "list_threads", json!({})).await;
+    let list = call(&mut ws, "list_threads", "2", json!({})).await;
     assert_eq!(list["payload"]["threads"][0]["id"], id);
     assert_eq!(list["payload"]["threads"][0]["title"], "Kept");
     server.stop().await;
@@ -236,7 +225,7 @@ async fn the_rest_api_serves_the_same_threads_owner_only() {
 
     // The same thread over /ws.
     let (mut ws, _) = server.connect("ann").await;
-    let list = call(&mut ws, "1", "list_threads", json!({})).await;
+    let list = call(&mut ws, "list_threads", "1", json!({})).await;
     assert_eq!(list["payload"]["threads"][0]["id"], json!(id));
 
     let (s, body) = rest(&server, Method::GET, "/api/threads", Some("ann"), None).await;

@@ -8,16 +8,12 @@ use std::sync::Arc;
 use serde_json::json;
 use wsgate_protocol::command::{StopAgent, ThreadOnly, UserMessage};
 
-use crate::channels::fanout::{FrameFormat, Subscriber};
+use crate::channels::fanout::Subscriber;
 use crate::channels::publication::StreamPosition;
 use crate::error::CommandError;
 use crate::session::Session;
 
 use super::channels::subscribed_frame;
-use crate::threads::Role;
-
-/// Characters of a first message that title the thread it creates.
-const TITLE_FROM_CONTENT: usize = 60;
 
 impl Session {
     /// The subscriber for `thread:<id>` when this connection is not yet
@@ -32,12 +28,7 @@ impl Session {
         if self.subscriptions.iter().any(|(c, _)| *c == channel) {
             return None;
         }
-        let subscriber = Subscriber::for_connection(
-            self.ctx.outbound.clone(),
-            FrameFormat::Envelope(self.ctx.encoding),
-            None,
-            self.ctx.connection_id.clone(),
-        );
+        let subscriber = self.subscriber(None);
         self.subscriptions
             .push((channel.clone(), subscriber.clone()));
         Some((channel, subscriber))
@@ -47,54 +38,40 @@ impl Session {
     /// message when given) and answers `run_started`.
     fn run_on(&mut self, id: Option<&str>, thread: Option<String>, content: Option<String>) {
         let following = thread.as_deref().and_then(|t| self.follow(t));
-        let (threads, runs) = (
-            self.ctx.shared.threads.clone(),
-            self.ctx.shared.runs.clone(),
-        );
-        let channels = self.ctx.shared.channels.clone();
-        let (identity, client) = (self.ctx.identity.clone(), self.client());
-        let (encoding, metrics) = (self.ctx.encoding, self.ctx.shared.metrics.clone());
         // A new thread's channel is followed once the thread exists; the
         // subscription is handed back to the session through `adopted`.
-        let adopted = thread
-            .is_none()
-            .then(|| self.adopted.get_or_insert_with(Default::default).clone());
-        let outbound = self.ctx.outbound.clone();
+        let adopted = thread.is_none().then(|| {
+            let list = self.adopted.get_or_insert_with(Default::default).clone();
+            (list, self.subscriber(None))
+        });
+        let shared = self.ctx.shared.clone();
+        let (identity, client) = (self.ctx.identity.clone(), self.client());
+        let encoding = self.ctx.encoding;
         self.reply_later(id, "run_started", async move {
-            let thread = match thread {
-                Some(t) => threads.get(&identity, &t).await?,
-                None => {
-                    let content = content.as_deref().unwrap_or_default();
-                    let title: String = content.chars().take(TITLE_FROM_CONTENT).collect();
-                    threads.create(&identity, Some(&title)).await?
+            let (threads, runs) = (&shared.threads, &shared.runs);
+            let (thread, message) = match content {
+                Some(c) => {
+                    let max = shared.limits.max_message_bytes;
+                    let (t, m) = runs
+                        .accept_message(threads, &identity, thread.as_deref(), &c, max)
+                        .await?;
+                    (t, Some(m))
                 }
-            };
-            if runs.is_running(&thread.id) {
-                return Err(CommandError::conflict("the thread has a run in progress"));
-            }
-            let message = match content {
-                Some(c) => Some(
+                // `start_agent` always names its thread.
+                None => (
                     threads
-                        .add_message(&identity, &thread.id, Role::User, &c)
+                        .get(&identity, thread.as_deref().unwrap_or_default())
                         .await?,
+                    None,
                 ),
-                None => None,
             };
-            let follow = match (following, &adopted) {
+            let follow = match (following, adopted) {
                 (Some(f), _) => Some(f),
-                (None, Some(adopted)) => {
-                    let channel: Arc<str> = format!("thread:{}", thread.id).into();
-                    let subscriber = Subscriber::for_connection(
-                        outbound,
-                        FrameFormat::Envelope(encoding),
-                        None,
-                        client.connection_id.clone(),
-                    );
-                    let f = (channel, subscriber);
+                (None, Some((list, subscriber))) => {
+                    let f: (Arc<str>, _) = (format!("thread:{}", thread.id).into(), subscriber);
                     // Handed to the session before it goes live, so the
                     // session's end undoes it whatever happens next.
-                    adopted
-                        .lock()
+                    list.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(f.clone());
                     Some(f)
@@ -103,9 +80,10 @@ impl Session {
             };
             if let Some((channel, subscriber)) = follow {
                 let reply = |at: &StreamPosition, recovered: bool| {
-                    subscribed_frame(&metrics, encoding, None, &channel, at, recovered)
+                    subscribed_frame(&shared.metrics, encoding, None, &channel, at, recovered)
                 };
-                channels
+                shared
+                    .channels
                     .subscribe(&identity, &client, &channel, &subscriber, None, reply)
                     .await?;
             }
@@ -123,17 +101,6 @@ impl Session {
         id: Option<&str>,
         args: UserMessage,
     ) -> Result<(), CommandError> {
-        if args.content.trim().is_empty() {
-            return Err(CommandError::bad_request(
-                "payload.content must not be empty",
-            ));
-        }
-        let limit = self.ctx.shared.limits.max_message_bytes;
-        if args.content.len() > limit {
-            return Err(CommandError::bad_request(format!(
-                "payload.content: at most {limit} bytes"
-            )));
-        }
         self.run_on(id, args.thread_id, Some(args.content));
         Ok(())
     }

@@ -55,6 +55,16 @@ fn position(p: Position) -> StreamPosition {
 }
 
 impl Session {
+    /// A new subscription of this connection, in its encoding.
+    pub(in crate::session) fn subscriber(&self, filter: Option<Filter>) -> Arc<Subscriber> {
+        Subscriber::for_connection(
+            self.ctx.outbound.clone(),
+            FrameFormat::Envelope(self.ctx.encoding),
+            filter,
+            self.ctx.connection_id.clone(),
+        )
+    }
+
     pub(in crate::session) fn client(&self) -> ClientInfo {
         ClientInfo {
             user: self.ctx.identity.user.clone(),
@@ -80,12 +90,7 @@ impl Session {
         if self.subscriptions.len() >= self.ctx.shared.limits.max_subscriptions {
             return Err(CommandError::bad_request("subscription limit reached"));
         }
-        let subscriber = Subscriber::for_connection(
-            self.ctx.outbound.clone(),
-            FrameFormat::Envelope(self.ctx.encoding),
-            filter.map(Filter::Exact),
-            self.ctx.connection_id.clone(),
-        );
+        let subscriber = self.subscriber(filter.map(Filter::Exact));
         let channel: Arc<str> = channel.into();
         self.subscriptions
             .push((channel.clone(), subscriber.clone()));
