@@ -3,8 +3,9 @@
 # when it is missing, then runs `cargo nextest run --workspace` (extra
 # arguments are passed on, e.g. a test name filter).
 #   - cargo-nextest
-#   - PostgreSQL on 127.0.0.1:5432 running (the storage tests; started if
-#     installed but stopped)
+#   - PostgreSQL on 127.0.0.1:5432 running (started if installed but
+#     stopped); the PostgreSQL tests run when TEST_POSTGRES_URL is set
+#     (.ci/run sets it) and are reported skipped otherwise
 #   - Chromium (Debian package) and playwright-core (tests/browser) for the
 #     browser test
 set -euo pipefail

@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use wsgate_protocol::{Command, SERVER_TYPES};
 
 type Labeled = Family<[(&'static str, &'static str); 1], Counter>;
+type Labeled2 = Family<[(&'static str, &'static str); 2], Counter>;
 
 /// Maps a client-controlled type name onto a bounded label value: the
 /// protocol's command and server frame types, anything else `unknown`, so
@@ -74,6 +75,14 @@ pub struct Metrics {
     pub publish_write_latency: Histogram,
     pub broker_errors: Counter,
     pub storage_errors: Counter,
+    /// `wsgate_agent_runs_total{backend, status}`: runs ended, by backend
+    /// and `completed` / `stopped` / `failed`.
+    pub agent_runs: Labeled2,
+    /// From a run's start to its end.
+    pub agent_run_duration: Histogram,
+    /// From a run's start (recorded, about to call the backend) to the
+    /// backend's first event.
+    pub agent_first_event: Histogram,
     /// `wsgate_deliveries_total`: publications handed to subscriber queues.
     pub deliveries: Counter,
     /// `wsgate_publications_total`.
@@ -102,6 +111,11 @@ impl Metrics {
             publish_write_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             broker_errors: Counter::default(),
             storage_errors: Counter::default(),
+            agent_runs: Labeled2::default(),
+            // 10 ms .. ~45 min
+            agent_run_duration: Histogram::new(exponential_buckets(0.01, 3.0, 12)),
+            // 1 ms .. ~65 s
+            agent_first_event: Histogram::new(exponential_buckets(0.001, 3.0, 11)),
             deliveries: Counter::default(),
             publications: Counter::default(),
             messages_in_total: Counter::default(),
@@ -133,6 +147,11 @@ impl Metrics {
             "deliveries", "Publications handed to subscriber queues", deliveries;
             "publications", "Publications accepted", publications;
             "storage_errors", "Errors talking to storage", storage_errors;
+            "agent_runs", "Agent runs ended, by backend and status", agent_runs;
+            "agent_run_duration_seconds", "How long agent runs took", agent_run_duration;
+            "agent_time_to_first_event_seconds",
+                "Time from a run's start to the agent's first event",
+                agent_first_event;
         }
         m
     }
@@ -155,6 +174,14 @@ impl Metrics {
     pub fn observe_publish_latency(&self, secs: f64) {
         self.publish_write_latency.observe(secs);
         self.latency_window.record(secs);
+    }
+
+    /// One run ended: its backend, status and duration.
+    pub fn run_ended(&self, backend: &'static str, status: &'static str, secs: f64) {
+        self.agent_runs
+            .get_or_create(&[("backend", backend), ("status", status)])
+            .inc();
+        self.agent_run_duration.observe(secs);
     }
 
     pub fn error(&self, code: &'static str) {

@@ -1,7 +1,8 @@
 //! The thread store on both databases: each case below runs once on a
 //! fresh SQLite file in a temporary directory (`sqlite::…`) and once on a
-//! fresh database of the test PostgreSQL (`postgres::…`; 127.0.0.1:5432 or
-//! `TEST_POSTGRES_URL`), which is dropped afterwards.
+//! fresh database of the test PostgreSQL (`postgres::…`; `TEST_POSTGRES_URL`,
+//! which `.ci/run` sets), which is dropped afterwards. Without the variable
+//! the PostgreSQL cases are reported skipped (see build.rs).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,8 +13,7 @@ use wsgate_core::threads::{Role, RunStatus, StoreError, Thread, ThreadOwners, Th
 use wsgate_storage::Storage;
 
 fn postgres_base() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL (see .ci/run)")
 }
 
 /// A store of its own for one test, and what to remove after it.
@@ -45,7 +45,7 @@ impl TestDb {
         let base = postgres_base();
         let mut admin = sqlx::PgConnection::connect(&base)
             .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
+            .expect("the PostgreSQL of TEST_POSTGRES_URL answers");
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
@@ -109,6 +109,7 @@ macro_rules! on_both_databases {
         mod postgres {
             $(
                 #[tokio::test]
+                #[cfg_attr(not(wsgate_postgres), ignore = "PostgreSQL: set TEST_POSTGRES_URL (.ci/run does)")]
                 async fn $case() {
                     super::TestDb::postgres()
                         .await

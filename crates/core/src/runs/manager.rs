@@ -285,6 +285,7 @@ impl Runs {
     /// Runs the backend to its end, publishing every event in order.
     async fn drive(&self, run: Run, input: AgentInput, stop: CancellationToken) {
         let backend = self.backend.name();
+        let began = tokio::time::Instant::now();
         let first = self
             .publish(
                 &run,
@@ -304,6 +305,7 @@ impl Runs {
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut reported = false;
+        let mut heard = false;
         let outcome = {
             let agent = self.backend.run(input, tx);
             tokio::pin!(agent);
@@ -317,6 +319,13 @@ impl Runs {
                     )),
                     event = rx.recv() => match event {
                         Some(event) => {
+                            if !heard {
+                                heard = true;
+                                self.channels
+                                    .metrics
+                                    .agent_first_event
+                                    .observe(began.elapsed().as_secs_f64());
+                            }
                             if let Err(e) = self.forward(&run, event, &mut reported).await {
                                 break Outcome::Failed(e);
                             }
@@ -349,6 +358,9 @@ impl Runs {
         if let Some(e) = error {
             completed["error"] = json!(e);
         }
+        self.channels
+            .metrics
+            .run_ended(backend, status.as_str(), began.elapsed().as_secs_f64());
         tracing::info!(run_id = %run.id, backend, status = ?status, "run ended");
         self.publish(&run, "agent_completed", completed).await;
     }

@@ -36,6 +36,60 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The test PostgreSQL's admin URL. Tests that need it carry
+/// `#[cfg_attr(not(wsgate_postgres), ignore = …)]`: the build script sets
+/// `wsgate_postgres` when `TEST_POSTGRES_URL` is set (`.ci/run` sets it), so
+/// without it they are reported skipped, not passed.
+pub fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL (see .ci/run)")
+}
+
+/// The test PostgreSQL's socket address.
+pub async fn postgres_addr() -> SocketAddr {
+    let url = reqwest::Url::parse(&postgres_base()).expect("TEST_POSTGRES_URL is a URL");
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// A fresh database on the test PostgreSQL: its URL and name, for
+/// [`drop_database`].
+pub async fn create_database() -> (String, String) {
+    use sqlx::{Connection, Executor};
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "wsgate_it_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let base = postgres_base();
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("the PostgreSQL of TEST_POSTGRES_URL answers");
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    (format!("{prefix}/{name}"), name)
+}
+
+pub async fn drop_database(name: &str) {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect(&postgres_base()).await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+}
+
 pub fn base_config() -> Config {
     let mut c = Config::default();
     // Each server its own SQLite file, never ./wsgate-data.

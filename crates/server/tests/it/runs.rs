@@ -205,6 +205,18 @@ async fn stop_conflict_cap_and_timeout() {
         last["error"].as_str().unwrap().contains("timed out"),
         "{last}"
     );
+    // Both ends are counted by backend and status, with their durations;
+    // the stopped run had sent events, the timed-out one too.
+    let metrics = server.metrics_text().await;
+    for line in [
+        r#"wsgate_agent_runs_total{backend="echo",status="stopped"} 1"#,
+        r#"wsgate_agent_runs_total{backend="echo",status="failed"} 1"#,
+        "wsgate_agent_run_duration_seconds_count 2",
+        "wsgate_agent_time_to_first_event_seconds_count 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"status="completed""#), "{metrics}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.stop().await;
 }

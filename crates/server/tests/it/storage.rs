@@ -1,54 +1,17 @@
 //! The store and `/ready`: SQLite files and a real PostgreSQL
-//! (127.0.0.1:5432, or `TEST_POSTGRES_URL`), each test in a database of its
-//! own; losing PostgreSQL is a TCP relay in front of it being cut.
+//! (`TEST_POSTGRES_URL`; skipped without it), each test in a database of
+//! its own; losing PostgreSQL is a TCP relay in front of it being cut.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Row};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use wsgate::config::Secret;
 
 use crate::harness::*;
-
-fn postgres_base() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh database on the test PostgreSQL; dropped by [`drop_database`].
-async fn create_database() -> (String, String) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "wsgate_it_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let base = postgres_base();
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
-        .await
-        .unwrap();
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    (format!("{prefix}/{name}"), name)
-}
-
-async fn drop_database(name: &str) {
-    let mut admin = sqlx::PgConnection::connect(&postgres_base()).await.unwrap();
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-}
 
 async fn ready(server: &TestServer) -> (u16, Value) {
     get_json(&server.http("/ready"), &[]).await
@@ -90,6 +53,10 @@ async fn sqlite_store_is_created_and_migrated_at_start() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(wsgate_postgres),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (.ci/run does)"
+)]
 async fn postgres_store_is_migrated_and_ready() {
     let (url, name) = create_database().await;
     let server = TestServer::with(|c| c.storage.url = Secret::new(url.clone())).await;
@@ -134,9 +101,13 @@ impl Relay {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(wsgate_postgres),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (.ci/run does)"
+)]
 async fn ready_reports_a_lost_store_and_its_return() {
     let (url, name) = create_database().await;
-    let target: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let target = postgres_addr().await;
     let port = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()

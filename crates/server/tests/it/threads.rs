@@ -162,10 +162,42 @@ async fn thread_changes_reach_the_owners_other_tabs() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn threads_outlive_a_restart() {
-    let dir = temp_dir("threads-restart");
-    let url = format!("sqlite://{}/wsgate.db", dir.display());
+/// A store for one test: a fresh SQLite file, or a database of its own on
+/// the test PostgreSQL, dropped by [`Store::remove`].
+enum Store {
+    Sqlite(String),
+    Postgres(String, String),
+}
+
+impl Store {
+    async fn new(postgres: bool) -> Self {
+        if postgres {
+            let (url, name) = create_database().await;
+            Store::Postgres(url, name)
+        } else {
+            let dir = temp_dir("threads-store");
+            Store::Sqlite(format!("sqlite://{}/wsgate.db", dir.display()))
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Sqlite(url) | Store::Postgres(url, _) => url.clone(),
+        }
+    }
+
+    async fn remove(self) {
+        if let Store::Postgres(_, name) = self {
+            drop_database(&name).await;
+        }
+    }
+}
+
+/// Threads, their messages and a run survive a restart (the run's answer
+/// stored before `agent_completed`).
+async fn threads_outlive_a_restart(postgres: bool) {
+    let store = Store::new(postgres).await;
+    let url = store.url();
     let with_store = |c: &mut wsgate::config::Config| {
         c.storage.url = wsgate::config::Secret::new(url.clone());
     };
@@ -173,15 +205,69 @@ async fn threads_outlive_a_restart() {
     let (mut ws, _) = server.connect("keeper").await;
     let created = call(&mut ws, "create_thread", "1", json!({"title": "Kept"})).await;
     let id = created["payload"]["thread"]["id"].clone();
+    let sub = call(
+        &mut ws,
+        "subscribe",
+        "s",
+        json!({"channel": format!("thread:{}", id.as_str().unwrap())}),
+    )
+    .await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    let started = call(
+        &mut ws,
+        "user_message",
+        "2",
+        json!({"thread_id": id, "content": "kept words"}),
+    )
+    .await;
+    assert_eq!(started["type"], "run_started", "{started}");
+    loop {
+        let v = next_json(&mut ws).await;
+        if v["payload"]["data"]["type"] == "agent_completed" {
+            break;
+        }
+    }
     drop(ws);
     server.stop().await;
 
     let server = TestServer::with(with_store).await;
     let (mut ws, _) = server.connect("keeper").await;
-    let list = call(&mut ws, "list_threads", "2", json!({})).await;
+    let list = call(&mut ws, "list_threads", "3", json!({})).await;
     assert_eq!(list["payload"]["threads"][0]["id"], id);
     assert_eq!(list["payload"]["threads"][0]["title"], "Kept");
+    let history = call(&mut ws, "get_thread_history", "4", json!({"thread_id": id})).await;
+    let messages = history["payload"]["messages"].as_array().unwrap();
+    let said: Vec<_> = messages
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(said, [("user", "kept words"), ("assistant", "kept words")]);
+    let (s, runs) = rest(
+        &server,
+        reqwest::Method::GET,
+        &format!("/api/threads/{}/runs", id.as_str().unwrap()),
+        Some("keeper"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{runs}");
+    assert_eq!(runs["runs"][0]["status"], "completed");
     server.stop().await;
+    store.remove().await;
+}
+
+#[tokio::test]
+async fn threads_outlive_a_restart_on_sqlite() {
+    threads_outlive_a_restart(false).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(wsgate_postgres),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (.ci/run does)"
+)]
+async fn threads_outlive_a_restart_on_postgres() {
+    threads_outlive_a_restart(true).await;
 }
 
 /// A REST call as `user` (no token when `None`): status and JSON body.
@@ -340,11 +426,10 @@ async fn the_rest_api_serves_the_same_threads_owner_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start() {
+async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start(postgres: bool) {
     use wsgate_core::threads::ThreadStore;
-    let dir = temp_dir("interrupted");
-    let url = format!("sqlite://{}/wsgate.db", dir.display());
+    let db = Store::new(postgres).await;
+    let url = db.url();
     // What a killed server leaves behind: a run still `running`.
     let store = wsgate_storage::Storage::open(&url).await.unwrap();
     let thread = store.create_thread("kim", "t").await.unwrap();
@@ -367,4 +452,19 @@ async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start() {
     assert_eq!(body["runs"][0]["error"], "interrupted");
     assert!(body["runs"][0]["ended_at"].is_i64());
     server.stop().await;
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start_on_sqlite() {
+    a_run_left_running_by_a_killed_server_is_failed_at_the_next_start(false).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(wsgate_postgres),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (.ci/run does)"
+)]
+async fn a_run_left_running_by_a_killed_server_is_failed_at_the_next_start_on_postgres() {
+    a_run_left_running_by_a_killed_server_is_failed_at_the_next_start(true).await;
 }
