@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use wsgate_deflate::{Deflate, Inflating};
 
+mod agent;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Open N idle authenticated connections; report handshakes/s and the
@@ -36,6 +38,10 @@ pub enum BenchCommand {
     /// per publication written to every socket) to check that `fanout`
     /// receives faster than the server under test sends.
     TrivialSender(TrivialArgs),
+    /// N concurrent agent runs, one user and connection each; reports
+    /// runs/s, events/s, `user_message` → `agent_started`, loss, the event
+    /// latency (with `--upstream`) and the server's CPU per event.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +182,7 @@ pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Conns(args) => runtime.block_on(conns(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout(args)),
         BenchCommand::TrivialSender(args) => runtime.block_on(trivial_sender(args)),
+        BenchCommand::Agent(args) => runtime.block_on(agent::agent(args)),
     }
 }
 

@@ -10,14 +10,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// How long a request waits for a pooled connection, and `/ready` for its
 /// probe: an unreachable store is reported, not waited on.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// Connections per pool. SQLite serialises writers anyway; PostgreSQL gets
 /// a handful so a slow query does not hold up the rest.
-const SQLITE_CONNECTIONS: u32 = 4;
+/// Reading connections besides SQLite's one writer.
+const SQLITE_READERS: u32 = 4;
 const POSTGRES_CONNECTIONS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +43,16 @@ pub enum StorageError {
 /// A pool on one of the two supported databases.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    Sqlite(SqlitePool),
+    /// SQLite allows one writer at a time; several writing connections
+    /// meet `SQLITE_BUSY` and sleep in its busy handler (1, 2, 5, 10 … ms:
+    /// `user_message` → `agent_started` took 150 ms at 100 runs/s, see
+    /// docs/benchmarks.md). So writes queue, in order, for one connection
+    /// in the pool, and reads (WAL: they never wait for the writer) use
+    /// the others.
+    Sqlite {
+        reads: SqlitePool,
+        writes: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -56,7 +68,12 @@ impl Storage {
                 // with foreign keys on, a per-connection setting in SQLite.
                 .foreign_keys(true)
                 // Readers do not wait for the writer.
-                .journal_mode(SqliteJournalMode::Wal);
+                .journal_mode(SqliteJournalMode::Wal)
+                // In WAL mode NORMAL loses no committed transaction when
+                // the process dies, only (at most the last ones) on a power
+                // cut, and spares an fsync per commit (SQLite's advice
+                // for WAL; sqlx's default is FULL).
+                .synchronous(SqliteSynchronous::Normal);
             if let Some(dir) = options.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|source| StorageError::Directory {
@@ -65,14 +82,20 @@ impl Storage {
                     })?;
                 }
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_CONNECTIONS)
+            let writes = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ANSWER_WITHIN)
+                .connect_with(options.clone())
+                .await
+                .map_err(StorageError::Connect)?;
+            sqlx::migrate!("migrations/sqlite").run(&writes).await?;
+            let reads = SqlitePoolOptions::new()
+                .max_connections(SQLITE_READERS)
                 .acquire_timeout(ANSWER_WITHIN)
                 .connect_with(options)
                 .await
                 .map_err(StorageError::Connect)?;
-            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Storage::Sqlite(pool)
+            Storage::Sqlite { reads, writes }
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
@@ -89,7 +112,7 @@ impl Storage {
     /// `sqlite` or `postgres`, for logs and `/ready`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Storage::Sqlite(_) => "sqlite",
+            Storage::Sqlite { .. } => "sqlite",
             Storage::Postgres(_) => "postgres",
         }
     }
@@ -98,7 +121,9 @@ impl Storage {
     pub async fn ping(&self) -> Result<(), StorageError> {
         let query = async {
             match self {
-                Storage::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+                Storage::Sqlite { reads, .. } => {
+                    sqlx::query("SELECT 1").execute(reads).await.map(drop)
+                }
                 Storage::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
             }
         };
@@ -112,7 +137,10 @@ impl Storage {
     /// Waits for checked-out connections and closes the pool.
     pub async fn close(&self) {
         match self {
-            Storage::Sqlite(pool) => pool.close().await,
+            Storage::Sqlite { reads, writes } => {
+                reads.close().await;
+                writes.close().await;
+            }
             Storage::Postgres(pool) => pool.close().await,
         }
     }

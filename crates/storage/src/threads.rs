@@ -1,6 +1,7 @@
 //! [`ThreadStore`] and [`ThreadOwners`] on either database. The SQL is the
 //! same for both (SQLite reads `$1` placeholders too); only the pool type
-//! differs, so each query is written once and run through [`on_pool!`].
+//! differs, so each query is written once and run through [`on_pool!`],
+//! which also picks SQLite's single writer for statements that write.
 //!
 //! Owner-only access is part of every query (`WHERE … AND owner = $n`), so
 //! someone else's thread is indistinguishable from a missing one.
@@ -15,12 +16,19 @@ use wsgate_core::threads::{
 
 use crate::Storage;
 
-/// Runs `$body` with `$pool` bound to whichever pool the store has. The
-/// body is compiled once per database.
+/// Runs `$body` with `$pool` bound to whichever pool the store has: on
+/// SQLite the readers' pool for `read`, the one writer connection for
+/// `write`. The body is compiled once per database.
 macro_rules! on_pool {
-    ($storage:expr, $pool:ident => $body:expr) => {
+    ($storage:expr, read $pool:ident => $body:expr) => {
         match $storage {
-            Storage::Sqlite($pool) => $body,
+            Storage::Sqlite { reads: $pool, .. } => $body,
+            Storage::Postgres($pool) => $body,
+        }
+    };
+    ($storage:expr, write $pool:ident => $body:expr) => {
+        match $storage {
+            Storage::Sqlite { writes: $pool, .. } => $body,
             Storage::Postgres($pool) => $body,
         }
     };
@@ -143,7 +151,7 @@ impl Storage {
     /// Whether `owner` has the thread `id`.
     async fn owns(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
         let sql = "SELECT id FROM threads WHERE id = $1 AND owner = $2";
-        let found: Option<String> = on_pool!(self, pool => sqlx::query_scalar(sql)
+        let found: Option<String> = on_pool!(self, read pool => sqlx::query_scalar(sql)
             .bind(id)
             .bind(owner)
             .fetch_optional(pool)
@@ -157,7 +165,7 @@ impl Storage {
 impl ThreadOwners for Storage {
     async fn owner(&self, thread_id: &str) -> Result<Option<Arc<str>>, StoreUnavailable> {
         let sql = "SELECT owner FROM threads WHERE id = $1";
-        let owner: Option<String> = on_pool!(self, pool => sqlx::query_scalar(sql)
+        let owner: Option<String> = on_pool!(self, read pool => sqlx::query_scalar(sql)
             .bind(thread_id)
             .fetch_optional(pool)
             .await)
@@ -179,7 +187,7 @@ impl ThreadStore for Storage {
         };
         let sql = "INSERT INTO threads (id, owner, title, created_at, updated_at) \
                    VALUES ($1, $2, $3, $4, $5)";
-        on_pool!(self, pool => sqlx::query(sql)
+        on_pool!(self, write pool => sqlx::query(sql)
             .bind(&thread.id)
             .bind(&thread.owner)
             .bind(&thread.title)
@@ -206,7 +214,7 @@ impl ThreadStore for Storage {
                     "SELECT {THREAD_COLUMNS} FROM threads WHERE owner = $1 \
                      ORDER BY updated_at DESC, id DESC LIMIT $2"
                 );
-                on_pool!(self, pool => sqlx::query_as(&sql)
+                on_pool!(self, read pool => sqlx::query_as(&sql)
                     .bind(owner)
                     .bind(i64::from(limit))
                     .fetch_all(pool)
@@ -221,7 +229,7 @@ impl ThreadStore for Storage {
                          (SELECT updated_at, id FROM threads WHERE id = $2 AND owner = $1) \
                      ORDER BY updated_at DESC, id DESC LIMIT $3"
                 );
-                on_pool!(self, pool => sqlx::query_as(&sql)
+                on_pool!(self, read pool => sqlx::query_as(&sql)
                     .bind(owner)
                     .bind(cursor)
                     .bind(i64::from(limit))
@@ -235,7 +243,7 @@ impl ThreadStore for Storage {
 
     async fn get_thread(&self, owner: &str, id: &str) -> Result<Option<Thread>, StoreError> {
         let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND owner = $2");
-        let row: Option<ThreadRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let row: Option<ThreadRow> = on_pool!(self, read pool => sqlx::query_as(&sql)
             .bind(id)
             .bind(owner)
             .fetch_optional(pool)
@@ -254,7 +262,7 @@ impl ThreadStore for Storage {
             "UPDATE threads SET title = $1, updated_at = $2 WHERE id = $3 AND owner = $4 \
              RETURNING {THREAD_COLUMNS}"
         );
-        let row: Option<ThreadRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let row: Option<ThreadRow> = on_pool!(self, write pool => sqlx::query_as(&sql)
             .bind(title)
             .bind(now_ms())
             .bind(id)
@@ -268,7 +276,7 @@ impl ThreadStore for Storage {
     async fn delete_thread(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
         // Messages and runs go with it: ON DELETE CASCADE.
         let sql = "DELETE FROM threads WHERE id = $1 AND owner = $2";
-        let done = on_pool!(self, pool => sqlx::query(sql)
+        let done = on_pool!(self, write pool => sqlx::query(sql)
             .bind(id)
             .bind(owner)
             .execute(pool)
@@ -297,7 +305,7 @@ impl ThreadStore for Storage {
         let bump = "UPDATE threads SET updated_at = $1 WHERE id = $2 AND owner = $3";
         let insert = "INSERT INTO messages (id, thread_id, role, content, created_at) \
                       VALUES ($1, $2, $3, $4, $5)";
-        let stored: Result<bool, sqlx::Error> = on_pool!(self, pool => async {
+        let stored: Result<bool, sqlx::Error> = on_pool!(self, write pool => async {
             let mut tx = pool.begin().await?;
             let owned = sqlx::query(bump)
                 .bind(message.created_at)
@@ -344,7 +352,7 @@ impl ThreadStore for Storage {
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = $1 \
                      ORDER BY seq DESC LIMIT $2"
                 );
-                on_pool!(self, pool => sqlx::query_as(&sql)
+                on_pool!(self, read pool => sqlx::query_as(&sql)
                     .bind(thread_id)
                     .bind(i64::from(limit))
                     .fetch_all(pool)
@@ -356,7 +364,7 @@ impl ThreadStore for Storage {
                      AND seq < (SELECT seq FROM messages WHERE id = $2 AND thread_id = $1) \
                      ORDER BY seq DESC LIMIT $3"
                 );
-                on_pool!(self, pool => sqlx::query_as(&sql)
+                on_pool!(self, read pool => sqlx::query_as(&sql)
                     .bind(thread_id)
                     .bind(cursor)
                     .bind(i64::from(limit))
@@ -386,7 +394,7 @@ impl ThreadStore for Storage {
         // Inserts nothing unless `owner` has the thread.
         let sql = "INSERT INTO runs (id, thread_id, owner, status, started_at) \
                    SELECT $1, id, owner, $2, $3 FROM threads WHERE id = $4 AND owner = $5";
-        let inserted = on_pool!(self, pool => sqlx::query(sql)
+        let inserted = on_pool!(self, write pool => sqlx::query(sql)
             .bind(&run.id)
             .bind(run.status.as_str())
             .bind(run.started_at)
@@ -408,7 +416,7 @@ impl ThreadStore for Storage {
         debug_assert_ne!(status, RunStatus::Running, "a run ends in a final status");
         let sql = "UPDATE runs SET status = $1, error = $2, ended_at = $3 \
                    WHERE id = $4 AND status = 'running'";
-        let done = on_pool!(self, pool => sqlx::query(sql)
+        let done = on_pool!(self, write pool => sqlx::query(sql)
             .bind(status.as_str())
             .bind(error)
             .bind(now_ms())
@@ -429,7 +437,7 @@ impl ThreadStore for Storage {
             return Ok(None);
         }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = $1 ORDER BY seq");
-        let rows: Vec<RunRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let rows: Vec<RunRow> = on_pool!(self, read pool => sqlx::query_as(&sql)
             .bind(thread_id)
             .fetch_all(pool)
             .await)
@@ -444,7 +452,7 @@ impl ThreadStore for Storage {
     async fn fail_interrupted_runs(&self) -> Result<u64, StoreError> {
         let sql = "UPDATE runs SET status = 'failed', error = 'interrupted', ended_at = $1 \
                    WHERE status = 'running'";
-        on_pool!(self, pool => sqlx::query(sql)
+        on_pool!(self, write pool => sqlx::query(sql)
             .bind(now_ms())
             .execute(pool)
             .await

@@ -133,12 +133,13 @@ on_both_databases!(
     interrupted_runs_fail_at_start,
     deleting_a_thread_deletes_its_messages_and_runs,
     errors_do_not_reveal_the_store_url,
+    concurrent_writes_all_land,
 );
 
 /// Runs a statement the store has no method for (forcing timestamps).
 async fn execute(store: &Storage, sql: &str) {
     match store {
-        Storage::Sqlite(pool) => pool.execute(sql).await.map(drop),
+        Storage::Sqlite { writes: pool, .. } => pool.execute(sql).await.map(drop),
         Storage::Postgres(pool) => pool.execute(sql).await.map(drop),
     }
     .unwrap();
@@ -147,7 +148,9 @@ async fn execute(store: &Storage, sql: &str) {
 /// A `SELECT count(*) …` with one text parameter.
 async fn count(store: &Storage, sql: &str, param: &str) -> i64 {
     match store {
-        Storage::Sqlite(pool) => sqlx::query_scalar(sql).bind(param).fetch_one(pool).await,
+        Storage::Sqlite { writes: pool, .. } => {
+            sqlx::query_scalar(sql).bind(param).fetch_one(pool).await
+        }
         Storage::Postgres(pool) => sqlx::query_scalar(sql).bind(param).fetch_one(pool).await,
     }
     .unwrap()
@@ -178,12 +181,14 @@ async fn all_pages(store: &Storage, owner: &str, page: u32) -> Vec<String> {
 async fn migrations_are_applied_once(db: &TestDb) {
     let sql = "SELECT count(*) FROM _sqlx_migrations WHERE version IN (1, 2) AND success = $1";
     let applied: i64 = match &db.store {
-        Storage::Sqlite(pool) => sqlx::query_scalar(sql).bind(true).fetch_one(pool).await,
+        Storage::Sqlite { writes: pool, .. } => {
+            sqlx::query_scalar(sql).bind(true).fetch_one(pool).await
+        }
         Storage::Postgres(pool) => sqlx::query_scalar(sql).bind(true).fetch_one(pool).await,
     }
     .unwrap();
     assert_eq!(applied, 2);
-    if let Storage::Sqlite(pool) = &db.store {
+    if let Storage::Sqlite { writes: pool, .. } = &db.store {
         let on: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
             .fetch_one(pool)
             .await
@@ -631,4 +636,33 @@ async fn errors_do_not_reveal_the_store_url(db: &TestDb) {
     }
     let unavailable = store.owner(&thread.id).await.unwrap_err();
     assert!(unavailable.0.contains("closed"), "{unavailable}");
+}
+
+/// Many writers at once, transactions included: every write lands, none
+/// waits on another forever (SQLite's writes share one connection).
+async fn concurrent_writes_all_land(db: &TestDb) {
+    let store = Arc::new(db.store.clone());
+    let thread = store.create_thread("busy", "t").await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (store, id) = (store.clone(), thread.id.clone());
+        tasks.spawn(async move {
+            let m = store
+                .add_message("busy", &id, Role::User, &format!("m{i}"))
+                .await;
+            let t = store.create_thread("busy", &format!("t{i}")).await;
+            (m.map(|m| m.is_some()), t.map(drop))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (m, t) = done.unwrap();
+        assert!(m.unwrap(), "the thread is there");
+        t.unwrap();
+    }
+    let messages = store
+        .list_messages("busy", &thread.id, 500, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(messages.len(), 200);
 }

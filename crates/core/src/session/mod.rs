@@ -53,9 +53,12 @@ pub struct SessionShared {
     pub limits: Limits,
 }
 
+/// One subscription of the session: the channel and its subscriber.
+pub(crate) type Subscription = (Arc<str>, Arc<Subscriber>);
+
 /// Subscriptions a background task made for the session (see
 /// `Session::adopted`).
-pub(crate) type Adopted = std::sync::Mutex<Vec<(Arc<str>, Arc<Subscriber>)>>;
+pub(crate) type Adopted = std::sync::Mutex<Vec<Subscription>>;
 
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
 /// `Instant::now()`; governor's default clock calibrates a TSC clock on
@@ -68,7 +71,7 @@ pub struct Session {
     /// This connection's subscriptions. A list, not a map: at most
     /// `max_subscriptions` (128) entries, and an empty `Vec` is 24 bytes
     /// and allocates nothing, where an empty `HashMap` is 48.
-    pub(crate) subscriptions: Vec<(Arc<str>, Arc<Subscriber>)>,
+    pub(crate) subscriptions: Vec<Subscription>,
     /// Subscriptions made by background tasks (a new thread's channel, which
     /// exists only once the task has created the thread), taken into
     /// `subscriptions` at the next command and undone at the end. Allocated

@@ -489,3 +489,71 @@ async fn a_message_posted_over_rest_starts_a_run_that_streams_on_the_thread() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn threads_in_use_count_against_the_subscription_cap() {
+    let server = TestServer::with(|c| {
+        c.limits.max_subscriptions = 2;
+        c.agent.echo_delay_ms = 0;
+    })
+    .await;
+    let (mut ws, _) = server.connect("many").await;
+    // Each run on a new thread follows that thread: two fit.
+    let mut threads = Vec::new();
+    for id in ["1", "2"] {
+        let r = call(&mut ws, "user_message", id, json!({"content": "hi"})).await;
+        assert_eq!(r["type"], "run_started", "{r}");
+        threads.push(r["payload"]["thread_id"].as_str().unwrap().to_owned());
+        run_events(&mut ws).await;
+    }
+    let (_, before) = rest(&server, "/api/threads", "many").await;
+    // A third is refused before anything is stored, naming the limit…
+    let e = call(&mut ws, "user_message", "3", json!({"content": "hi"})).await;
+    assert_eq!(e["payload"]["code"], "bad_request", "{e}");
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_subscriptions"),
+        "{e}"
+    );
+    let (_, after) = rest(&server, "/api/threads", "many").await;
+    assert_eq!(before["threads"], after["threads"], "no thread was created");
+    let other = call(&mut ws, "create_thread", "4", json!({"title": "x"})).await;
+    let other = other["payload"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = call(&mut ws, "switch_thread", "5", json!({"thread_id": other})).await;
+    assert_eq!(e["payload"]["code"], "bad_request", "{e}");
+    // …while a thread already followed still runs, and leaving one makes room.
+    let r = call(
+        &mut ws,
+        "user_message",
+        "6",
+        json!({"thread_id": threads[0], "content": "again"}),
+    )
+    .await;
+    assert_eq!(r["type"], "run_started", "{r}");
+    run_events(&mut ws).await;
+    let u = call(
+        &mut ws,
+        "unsubscribe",
+        "7",
+        json!({"channel": format!("thread:{}", threads[1])}),
+    )
+    .await;
+    assert_eq!(u["type"], "unsubscribed", "{u}");
+    let r = call(&mut ws, "switch_thread", "8", json!({"thread_id": other})).await;
+    assert_eq!(r["type"], "thread_loaded", "{r}");
+    server.stop().await;
+}
+
+/// `GET path` with `user`'s bearer token: status and JSON body.
+async fn rest(server: &TestServer, path: &str, user: &str) -> (u16, Value) {
+    get_json(
+        &server.http(path),
+        &[("authorization", &format!("Bearer {}", token(user)))],
+    )
+    .await
+}

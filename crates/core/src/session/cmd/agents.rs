@@ -8,10 +8,9 @@ use std::sync::Arc;
 use serde_json::json;
 use wsgate_protocol::command::{StopAgent, ThreadOnly, UserMessage};
 
-use crate::channels::fanout::Subscriber;
 use crate::channels::publication::StreamPosition;
 use crate::error::CommandError;
-use crate::session::Session;
+use crate::session::{Session, Subscription};
 
 use super::channels::subscribed_frame;
 
@@ -22,22 +21,34 @@ impl Session {
     pub(in crate::session) fn follow(
         &mut self,
         thread_id: &str,
-    ) -> Option<(Arc<str>, Arc<Subscriber>)> {
+    ) -> Result<Option<Subscription>, CommandError> {
         let channel: Arc<str> = format!("thread:{thread_id}").into();
         self.subscriptions.retain(|(_, s)| !s.is_closed());
         if self.subscriptions.iter().any(|(c, _)| *c == channel) {
-            return None;
+            return Ok(None);
         }
+        self.room_for_subscription()?;
         let subscriber = self.subscriber(None);
         self.subscriptions
             .push((channel.clone(), subscriber.clone()));
-        Some((channel, subscriber))
+        Ok(Some((channel, subscriber)))
     }
 
     /// Starts a run on `thread` (after storing `content` as the user's
     /// message when given) and answers `run_started`.
-    fn run_on(&mut self, id: Option<&str>, thread: Option<String>, content: Option<String>) {
-        let following = thread.as_deref().and_then(|t| self.follow(t));
+    fn run_on(
+        &mut self,
+        id: Option<&str>,
+        thread: Option<String>,
+        content: Option<String>,
+    ) -> Result<(), CommandError> {
+        let following = match thread.as_deref() {
+            Some(t) => self.follow(t)?,
+            None => {
+                self.room_for_subscription()?;
+                None
+            }
+        };
         // A new thread's channel is followed once the thread exists; the
         // subscription is handed back to the session through `adopted`.
         let adopted = thread.is_none().then(|| {
@@ -94,6 +105,7 @@ impl Session {
             }
             Ok(reply)
         });
+        Ok(())
     }
 
     pub(in crate::session) fn user_message(
@@ -101,8 +113,7 @@ impl Session {
         id: Option<&str>,
         args: UserMessage,
     ) -> Result<(), CommandError> {
-        self.run_on(id, args.thread_id, Some(args.content));
-        Ok(())
+        self.run_on(id, args.thread_id, Some(args.content))
     }
 
     pub(in crate::session) fn start_agent(
@@ -110,8 +121,7 @@ impl Session {
         id: Option<&str>,
         args: ThreadOnly,
     ) -> Result<(), CommandError> {
-        self.run_on(id, Some(args.thread_id), None);
-        Ok(())
+        self.run_on(id, Some(args.thread_id), None)
     }
 
     pub(in crate::session) fn stop_agent(

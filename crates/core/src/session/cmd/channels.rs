@@ -55,6 +55,22 @@ fn position(p: Position) -> StreamPosition {
 }
 
 impl Session {
+    /// Forgets closed subscriptions (a failed subscribe, a slow
+    /// subscriber's), then refuses one more past `limits.max_subscriptions`.
+    /// A thread in use (`user_message`, `start_agent`, `switch_thread`)
+    /// counts as one too, so no command piles subscriptions up.
+    pub(in crate::session) fn room_for_subscription(&mut self) -> Result<(), CommandError> {
+        self.subscriptions.retain(|(_, s)| !s.is_closed());
+        if self.subscriptions.len() >= self.ctx.shared.limits.max_subscriptions {
+            return Err(CommandError::bad_request(format!(
+                "subscription limit reached (limits.max_subscriptions = {}; a thread in use \
+                 counts as one): unsubscribe from a channel you no longer watch",
+                self.ctx.shared.limits.max_subscriptions
+            )));
+        }
+        Ok(())
+    }
+
     /// A new subscription of this connection, in its encoding.
     pub(in crate::session) fn subscriber(&self, filter: Option<Filter>) -> Arc<Subscriber> {
         Subscriber::for_connection(
@@ -82,14 +98,11 @@ impl Session {
             filter,
             recover,
         } = args;
-        // A subscription whose subscribe failed is closed; forget it.
         self.subscriptions.retain(|(_, s)| !s.is_closed());
         if self.subscriptions.iter().any(|(c, _)| **c == *channel) {
             return Err(CommandError::conflict("already subscribed"));
         }
-        if self.subscriptions.len() >= self.ctx.shared.limits.max_subscriptions {
-            return Err(CommandError::bad_request("subscription limit reached"));
-        }
+        self.room_for_subscription()?;
         let subscriber = self.subscriber(filter.map(Filter::Exact));
         let channel: Arc<str> = channel.into();
         self.subscriptions

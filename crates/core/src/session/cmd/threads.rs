@@ -97,7 +97,7 @@ impl Session {
         id: Option<&str>,
         args: ThreadOnly,
     ) -> Result<(), CommandError> {
-        let following = self.follow(&args.thread_id);
+        let following = self.follow(&args.thread_id)?;
         let (threads, runs) = (
             self.ctx.shared.threads.clone(),
             self.ctx.shared.runs.clone(),
