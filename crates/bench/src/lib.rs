@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_deflate::{Deflate, Inflating};
 
 mod agent;
+mod rtt;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -42,6 +43,8 @@ pub enum BenchCommand {
     /// runs/s, events/s, `user_message` → `agent_started`, loss, the event
     /// latency (with `--upstream`) and the server's CPU per event.
     Agent(agent::AgentArgs),
+    /// Request/reply round trips (`ping` → `pong`) at several spacings.
+    Rtt(rtt::RttArgs),
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +186,7 @@ pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => runtime.block_on(fanout(args)),
         BenchCommand::TrivialSender(args) => runtime.block_on(trivial_sender(args)),
         BenchCommand::Agent(args) => runtime.block_on(agent::agent(args)),
+        BenchCommand::Rtt(args) => runtime.block_on(rtt::rtt(args)),
     }
 }
 

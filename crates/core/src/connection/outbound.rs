@@ -124,6 +124,10 @@ struct State {
     /// A paced producer waits for the next drain. Read under the lock
     /// `take` holds anyway, so a drain nobody waits for costs nothing more.
     room_wanted: bool,
+    /// Something other than a publication is queued (a reply, an error, a
+    /// history page): the transport writes it at once instead of waiting
+    /// to batch it with publications.
+    urgent: bool,
 }
 
 pub struct Outbound {
@@ -219,15 +223,22 @@ impl Outbound {
         state.bytes += frame.len();
         state.frames.push_back(frame);
         let batch_full = before < self.batch_bytes && state.bytes >= self.batch_bytes;
-        if let (Some(at), true) = (published_at, self.latency.is_some()) {
-            state.oldest_published.get_or_insert(at);
-        }
+        let now_urgent = match published_at {
+            Some(at) => {
+                if self.latency.is_some() {
+                    state.oldest_published.get_or_insert(at);
+                }
+                false
+            }
+            None => !std::mem::replace(&mut state.urgent, true),
+        };
         let first = state.frames.len() == 1;
         drop(state);
         // Only the first frame of a batch needs to wake the writer, and the
-        // one that makes the batch full (the writer may be waiting out its
-        // write delay); the others are picked up by the same drain.
-        if first || batch_full {
+        // one that makes the batch full or urgent (the writer may be
+        // waiting to batch publications); the others are picked up by the
+        // same drain.
+        if first || batch_full || now_urgent {
             self.ready.notify_one();
         }
         Pushed::Queued
@@ -293,6 +304,7 @@ impl Outbound {
     pub fn take(&self) -> (VecDeque<OutFrame>, Option<CloseCode>) {
         let mut state = self.lock();
         state.bytes = 0;
+        state.urgent = false;
         if let (Some(at), Some(m)) = (state.oldest_published.take(), &self.latency) {
             m.observe_publish_latency(at.elapsed().as_secs_f64());
         }
@@ -315,9 +327,11 @@ impl Outbound {
         !self.lock().frames.is_empty()
     }
 
-    /// Whether enough is queued to write without waiting any longer.
-    pub fn batch_full(&self) -> bool {
-        self.lock().bytes >= self.batch_bytes
+    /// Whether what is queued is to be written without waiting to batch
+    /// more: a full batch, or anything but publications (a reply).
+    pub fn write_now(&self) -> bool {
+        let state = self.lock();
+        state.urgent || state.bytes >= self.batch_bytes
     }
 
     /// The close request, if any, without draining.

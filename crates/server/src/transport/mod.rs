@@ -49,9 +49,9 @@ pub struct TransportLimits {
     pub outbound_queue_bytes: usize,
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
-    /// Least time between two writes to one socket while frames keep
-    /// coming: a frame to an idle socket goes out at once, the frames that
-    /// follow within this window go out together in one write.
+    /// The longest a publication waits to share a write, on a connection
+    /// receiving a burst (see [`scheduler`]); replies and calm streams are
+    /// written at once.
     pub write_delay: Duration,
 }
 
@@ -264,10 +264,9 @@ where
                     continue;
                 }
                 let now = Instant::now();
-                if writes.on_queued(now, outbound.batch_full()) {
-                    match start_batch(&mut socket, &outbound, deflate) {
-                        Err(()) => break Ended::ByPeer,
-                        Ok((sent, _)) => writes.on_written(now, sent),
+                if writes.on_queued(now, outbound.write_now()) {
+                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
+                        break ended;
                     }
                 }
             }
@@ -275,8 +274,15 @@ where
                 if !ok {
                     break Ended::ByPeer;
                 }
+                let now = Instant::now();
                 let waiting = outbound.has_frames();
-                writes.on_flushed(Instant::now(), waiting, waiting && outbound.batch_full());
+                writes.on_flushed(now, waiting, waiting && outbound.write_now());
+                // Due now: written here rather than on the next timer tick.
+                if writes.on_timer(now) {
+                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
+                        break ended;
+                    }
+                }
             }
             Event::Read(msg) => {
                 let msg = match msg {
@@ -308,14 +314,8 @@ where
             Event::Timer => {
                 let now = Instant::now();
                 if writes.on_timer(now) {
-                    match start_batch(&mut socket, &outbound, deflate) {
-                        Err(()) => break Ended::ByPeer,
-                        Ok((sent, close)) => {
-                            if let Some(code) = close {
-                                break Ended::Closed(code);
-                            }
-                            writes.on_written(now, sent);
-                        }
+                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
+                        break ended;
                     }
                 }
                 if now >= last_seen + limits.heartbeat_timeout {
@@ -392,19 +392,40 @@ where
     on_end(ended);
 }
 
+/// Writes what is queued and tells the scheduler; `Err` is how the
+/// connection ends (a close request among the frames, or a failed socket).
+fn write_batch<S>(
+    socket: &mut S,
+    outbound: &Outbound,
+    deflate: Option<&Negotiated>,
+    writes: &mut WriteScheduler,
+) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    match start_batch(socket, outbound, deflate) {
+        Err(()) => Err(Ended::ByPeer),
+        Ok((_, Some(code))) => Err(Ended::Closed(code)),
+        Ok((sent, None)) => {
+            writes.on_written(Instant::now(), sent);
+            Ok(())
+        }
+    }
+}
+
 /// Hands every queued frame to the socket's write buffer without waiting;
-/// returns whether anything was written (a flush is then due) and the close
-/// request, if any.
+/// returns how many were written (a flush is then due if any) and the
+/// close request, if any.
 fn start_batch<S>(
     socket: &mut S,
     outbound: &Outbound,
     deflate: Option<&Negotiated>,
-) -> Result<(bool, Option<CloseCode>), ()>
+) -> Result<(usize, Option<CloseCode>), ()>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let (frames, close) = outbound.take();
-    let sent = !frames.is_empty();
+    let sent = frames.len();
     for frame in frames {
         // tokio-tungstenite accepts frames into its buffer even while a
         // previous write would block; `max_write_buffer_size` bounds it.
