@@ -99,6 +99,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the upstream on {addr}"))?;
         let app = upstream(args.events, Duration::from_millis(args.delay_ms));
+        // Each line is written alone, 20 ms apart: without TCP_NODELAY,
+        // Nagle would hold a line until the previous one is acknowledged.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     let target = url_lite::parse(&args.url)?.addr;
@@ -139,10 +145,15 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let until = started + Duration::from_secs(args.seconds);
     let timed = args.upstream.is_some();
     let mut users = Vec::with_capacity(sockets.len());
-    for ws in sockets {
+    // Users start spread over one event spacing, as independent users
+    // would, rather than all emitting in the same instant.
+    let n = sockets.len() as u64;
+    for (i, ws) in sockets.into_iter().enumerate() {
         let content = content.clone();
         let events = args.events;
+        let stagger = Duration::from_micros(args.delay_ms * 1000 * i as u64 / n);
         users.push(tokio::spawn(async move {
+            tokio::time::sleep(stagger).await;
             user_runs(ws, &content, events, until, timed).await
         }));
     }
