@@ -309,13 +309,17 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `WSGATE_BROKER__URL`: `memory` or `redis://…`.
+    /// `WSGATE_BROKER__URL`: `memory` or `redis://…` / `rediss://…`.
     pub url: Secret,
+    /// `WSGATE_BROKER__PREFIX`: what every Redis key and pub/sub channel
+    /// name starts with, so several deployments can share one Redis.
+    pub prefix: String,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
+            prefix: "wsgate".into(),
             url: Secret::new("memory"),
         }
     }
@@ -528,6 +532,18 @@ impl Config {
         let url = self.broker.url.expose();
         if url != "memory" && !url.starts_with("redis://") && !url.starts_with("rediss://") {
             return Err(invalid("broker.url", "must be \"memory\" or redis://…"));
+        }
+        let prefix = &self.broker.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(invalid(
+                "broker.prefix",
+                "1 to 64 characters of A-Z, a-z, 0-9, _ - .",
+            ));
         }
         let url = self.storage.url.expose();
         if !url.starts_with("sqlite:")

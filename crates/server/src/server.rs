@@ -65,7 +65,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         .register_collector(Box::new(crate::telemetry::LogDrops));
     // The index is the node's sink: the broker delivers into it.
     let index = Arc::new(ChannelIndex::new(metrics.clone()));
-    let backend = broker::connect(config.broker.url.expose(), index.clone())
+    let backend = connect_broker(&config.broker, index.clone())
         .await
         .context("broker.url")?;
     let storage = Storage::open(config.storage.url.expose())
@@ -165,6 +165,21 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
 }
 
 /// The agent backend `agent.kind` names.
+/// The broker `broker.url` names: Redis (its own crate) or what core
+/// builds in.
+async fn connect_broker(
+    config: &crate::config::BrokerConfig,
+    index: Arc<ChannelIndex>,
+) -> anyhow::Result<broker::Backend> {
+    let url = config.url.expose();
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let (broker, presence) = wsgate_broker_redis::connect(url, &config.prefix, index)?;
+        tracing::info!(prefix = %config.prefix, "redis broker configured");
+        return Ok(broker::Backend { broker, presence });
+    }
+    Ok(broker::connect(url, index).await?)
+}
+
 fn agent_backend(agent: &crate::config::AgentConfig) -> anyhow::Result<Arc<dyn AgentBackend>> {
     match agent.kind.as_str() {
         "echo" => Ok(Arc::new(EchoAgent {

@@ -1,0 +1,65 @@
+//! The Redis names wsgate uses, all under `broker.prefix`. A channel's
+//! keys carry it as a hash tag (`{news:1}`) so a script's keys share a
+//! slot should the store ever be a Redis Cluster; channel names hold no
+//! braces (`names::valid_name`).
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    /// `{prefix}:ch:`, what every pub/sub channel name starts with.
+    pubsub_prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            pubsub_prefix: format!("{prefix}:ch:"),
+        }
+    }
+
+    /// Hash `{s: top offset, e: epoch}`.
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:meta:{{{channel}}}", self.prefix)
+    }
+
+    /// List of `offset millis data`, newest first.
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:hist:{{{channel}}}", self.prefix)
+    }
+
+    /// Hash `connection id → {user, connection_id}`.
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}:pres:{{{channel}}}", self.prefix)
+    }
+
+    /// Sorted set `connection id → expiry (ms)`.
+    pub fn presence_expiry(&self, channel: &str) -> String {
+        format!("{}:pexp:{{{channel}}}", self.prefix)
+    }
+
+    /// The pub/sub channel nodes listen on for `channel`.
+    pub fn pubsub(&self, channel: &str) -> String {
+        format!("{}{channel}", self.pubsub_prefix)
+    }
+
+    /// The wsgate channel of a pub/sub channel name, if it is one of ours.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub.strip_prefix(&self.pubsub_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_tagged() {
+        let k = Keys::new("wsgate");
+        assert_eq!(k.meta("news:1"), "wsgate:meta:{news:1}");
+        assert_eq!(k.history("news:1"), "wsgate:hist:{news:1}");
+        assert_eq!(k.pubsub("news:1"), "wsgate:ch:news:1");
+        assert_eq!(k.channel_of("wsgate:ch:news:1"), Some("news:1"));
+        assert_eq!(k.channel_of("other:ch:news:1"), None);
+    }
+}

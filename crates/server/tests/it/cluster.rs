@@ -1,0 +1,174 @@
+//! Several nodes over one Redis (SPEC §7; `TEST_REDIS_URL`, which `.ci/run`
+//! sets; skipped without it): each test's nodes share a key prefix of
+//! their own, so tests never see each other's data.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wsgate::config::{Config, NamespaceConfig, Secret};
+
+use crate::harness::*;
+
+/// A node of the cluster `prefix`: the `chat` namespace with history,
+/// presence and join/leave.
+async fn node(prefix: &str) -> TestServer {
+    let url = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL (see .ci/run)");
+    let prefix = prefix.to_owned();
+    TestServer::with(move |c: &mut Config| {
+        c.broker.url = Secret::new(url.clone());
+        c.broker.prefix = prefix.clone();
+        c.channels.namespaces = vec![NamespaceConfig {
+            name: "chat".into(),
+            subscribe: "any".into(),
+            publish: "any".into(),
+            history_size: 100,
+            presence: true,
+            join_leave: true,
+            ..NamespaceConfig::default()
+        }];
+        c.limits.messages_per_minute = 100_000;
+        c.limits.message_burst = 100_000;
+    })
+    .await
+}
+
+/// A key prefix no other test uses.
+fn cluster() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("it-{}-{nanos}-{n}", std::process::id())
+}
+
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn publications_reach_every_node_in_order_with_the_same_offsets() {
+    let prefix = cluster();
+    let (a, b, c) = (
+        node(&prefix).await,
+        node(&prefix).await,
+        node(&prefix).await,
+    );
+    let (mut on_a, _) = a.connect("ann").await;
+    let (mut on_b, _) = b.connect("bob").await;
+    let sa = call(&mut on_a, "subscribe", "s", json!({"channel": "chat:room"})).await;
+    let sb = call(&mut on_b, "subscribe", "s", json!({"channel": "chat:room"})).await;
+    assert_eq!(sa["type"], "subscribed", "{sa}");
+    assert_eq!(sa["payload"]["epoch"], sb["payload"]["epoch"], "one stream");
+    for i in 1..=5 {
+        let r = api_publish(&c, "chat:room", json!({"i": i})).await;
+        assert_eq!(r["offset"], i, "{r}");
+    }
+    for ws in [&mut on_a, &mut on_b] {
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let m = next_of(ws, "message").await;
+            assert_eq!(m["payload"]["epoch"], sa["payload"]["epoch"]);
+            got.push((
+                m["payload"]["offset"].as_u64().unwrap(),
+                m["payload"]["data"]["i"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(got, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+    }
+
+    // Ann leaves node A; what is published meanwhile she recovers on B.
+    drop(on_a);
+    for i in 6..=8 {
+        api_publish(&c, "chat:room", json!({"i": i})).await;
+    }
+    let (mut again, _) = b.connect("ann").await;
+    let r = call(
+        &mut again,
+        "subscribe",
+        "s",
+        json!({"channel": "chat:room", "recover": {"offset": 5, "epoch": sa["payload"]["epoch"]}}),
+    )
+    .await;
+    assert_eq!(r["payload"]["recovered"], true, "{r}");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            next_of(&mut again, "message").await["payload"]["offset"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(got, [6, 7, 8], "exactly the missed ones");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn presence_and_join_leave_span_the_nodes() {
+    let prefix = cluster();
+    let (a, b, c) = (
+        node(&prefix).await,
+        node(&prefix).await,
+        node(&prefix).await,
+    );
+    let (mut ann, _) = a.connect("ann").await;
+    call(&mut ann, "subscribe", "s", json!({"channel": "chat:lobby"})).await;
+    let (mut bob, hello) = b.connect("bob").await;
+    call(&mut bob, "subscribe", "s", json!({"channel": "chat:lobby"})).await;
+    let join = next_of(&mut ann, "join").await;
+    assert_eq!(join["payload"]["user"], "bob");
+    assert_eq!(
+        join["payload"]["connection_id"],
+        hello["payload"]["connection_id"]
+    );
+    // Asked on a third node, presence holds both.
+    let (mut carol, _) = c.connect("carol").await;
+    let r = call(
+        &mut carol,
+        "presence",
+        "p",
+        json!({"channel": "chat:lobby"}),
+    )
+    .await;
+    let mut users: Vec<String> = r["payload"]["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|c| c["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"]);
+    // Bob goes: Ann, on another node, is told, and presence shrinks.
+    bob.close(None).await.unwrap();
+    let leave = next_of(&mut ann, "leave").await;
+    assert_eq!(leave["payload"]["user"], "bob");
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        let r = call(
+            &mut carol,
+            "presence",
+            "p2",
+            json!({"channel": "chat:lobby"}),
+        )
+        .await;
+        left = r["payload"]["clients"].as_array().unwrap().len();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 1);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
