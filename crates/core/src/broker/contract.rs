@@ -44,9 +44,10 @@ impl Delivered {
     }
 }
 
-/// Collects what the broker delivers, in delivery order.
+/// Collects what the broker delivers, in delivery order, and the channels
+/// it reported gaps in.
 #[derive(Default)]
-pub struct Collected(Mutex<Vec<Delivered>>);
+pub struct Collected(Mutex<Vec<Delivered>>, Mutex<Vec<String>>);
 
 impl NodeSink for Collected {
     fn on_publication(&self, p: &Arc<Publication>) {
@@ -60,9 +61,21 @@ impl NodeSink for Collected {
             client: client.clone(),
         });
     }
+
+    fn on_gap(&self, channel: &str) {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(channel.into());
+    }
 }
 
 impl Collected {
+    /// The channels reported as having a gap, in order.
+    pub fn gaps(&self) -> Vec<String> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Delivered>> {
         // A check that panicked holding it fails anyway.
         self.0.lock().unwrap_or_else(|e| e.into_inner())

@@ -75,6 +75,12 @@ pub trait NodeSink: Send + Sync + 'static {
 
     /// `client` joined or left `channel` (on this node or another).
     fn on_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo);
+
+    /// The node missed publications of `channel` that it cannot get back
+    /// (a broker outage longer than the channel's history, or the broker
+    /// lost the channel's stream): its subscribers must not go on as if
+    /// nothing happened.
+    fn on_gap(&self, channel: &str);
 }
 
 /// What every node shares: publications with offsets and history, and

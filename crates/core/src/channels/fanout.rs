@@ -686,6 +686,23 @@ impl NodeSink for ChannelIndex {
             |encoding| ServerFrame::new(kind.as_str(), None, &payload).encode(encoding),
         );
     }
+
+    /// Closes every local subscriber's connection with 4009, as a
+    /// subscription that cannot catch up is: the client reconnects,
+    /// resubscribes with `recover` and is told `recovered: false` if the
+    /// missed publications are gone, instead of silently missing them.
+    fn on_gap(&self, channel: &str) {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = shard.get(channel) {
+            tracing::warn!(channel, subscribers = list.len(), "publications lost by the broker; closing the channel's subscribers (4009) to recover");
+            for s in list {
+                s.outbound.close(CloseCode::SlowConsumer);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,16 @@ use crate::harness::*;
 /// A node of the cluster `prefix`: the `chat` namespace with history,
 /// presence and join/leave.
 async fn node(prefix: &str) -> TestServer {
-    let url = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL (see .ci/run)");
-    let prefix = prefix.to_owned();
+    node_on(&redis_url(), prefix).await
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL (see .ci/run)")
+}
+
+/// A node as [`node`], on the Redis at `url`.
+async fn node_on(url: &str, prefix: &str) -> TestServer {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
     TestServer::with(move |c: &mut Config| {
         c.broker.url = Secret::new(url.clone());
         c.broker.prefix = prefix.clone();
@@ -169,6 +177,84 @@ async fn presence_and_join_leave_span_the_nodes() {
     }
     assert_eq!(left, 1);
     for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn a_node_that_loses_redis_stays_up_and_misses_nothing() {
+    let prefix = cluster();
+    let redis = redis_url();
+    let host = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let target = tokio::net::lookup_host(host).await.unwrap().next().unwrap();
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = Relay::start(port, target).await;
+    let a = node_on(&format!("redis://{port}/0"), &prefix).await;
+    let c = node(&prefix).await;
+    let (mut ws, _) = a.connect("ann").await;
+    let s = call(&mut ws, "subscribe", "s", json!({"channel": "chat:room"})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    api_publish(&c, "chat:room", json!({"i": 1})).await;
+    assert_eq!(next_of(&mut ws, "message").await["payload"]["offset"], 1);
+
+    // Redis is gone for node A: not ready, naming the broker; channel
+    // commands answer `unavailable`; the connection stays open.
+    drop(relay);
+    let (status, body) = get_json(&a.http("/ready"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["broker"], "failed", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("broker"),
+        "{body}"
+    );
+    let e = call(&mut ws, "subscribe", "s2", json!({"channel": "chat:other"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable", "{e}");
+    let e = call(&mut ws, "history", "h", json!({"channel": "chat:room"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable", "{e}");
+    assert_eq!(call(&mut ws, "ping", "p", json!({})).await["type"], "pong");
+    // Meanwhile node C goes on publishing.
+    for i in 2..=3 {
+        api_publish(&c, "chat:room", json!({"i": i})).await;
+    }
+
+    // Redis is back: ready again without a restart, the missed
+    // publications arrive, then the live ones, each once, in order.
+    let _relay = Relay::start(port, target).await;
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get_json(&a.http("/ready"), &[]).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            next_of(&mut ws, "message").await["payload"]["offset"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    api_publish(&c, "chat:room", json!({"i": 4})).await;
+    got.push(
+        next_of(&mut ws, "message").await["payload"]["offset"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert_eq!(got, [2, 3, 4]);
+    for n in [a, c] {
         n.stop().await;
     }
 }

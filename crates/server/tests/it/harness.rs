@@ -304,3 +304,28 @@ pub async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Val
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
+
+/// Forwards TCP connections from `listen` to `target` until dropped;
+/// dropping it cuts every relayed connection.
+pub struct Relay {
+    /// Aborted on drop, and with it the relayed connections it owns.
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    pub async fn start(listen: SocketAddr, target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { _tasks: tasks }
+    }
+}

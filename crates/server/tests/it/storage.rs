@@ -2,13 +2,11 @@
 //! (`TEST_POSTGRES_URL`; skipped without it), each test in a database of
 //! its own; losing PostgreSQL is a TCP relay in front of it being cut.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{Connection, Row};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use wsgate::config::Secret;
 
 use crate::harness::*;
@@ -73,31 +71,6 @@ async fn postgres_store_is_migrated_and_ready() {
     assert_eq!(n, 1);
     db.close().await.unwrap();
     drop_database(&name).await;
-}
-
-/// Forwards TCP connections from `listen` to `target` until dropped;
-/// dropping it cuts every relayed connection.
-struct Relay {
-    /// Aborted on drop, and with it the relayed connections it owns.
-    _tasks: JoinSet<()>,
-}
-
-impl Relay {
-    async fn start(listen: SocketAddr, target: SocketAddr) -> Self {
-        let listener = TcpListener::bind(listen).await.unwrap();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Relay { _tasks: tasks }
-    }
 }
 
 #[tokio::test]
