@@ -5,6 +5,7 @@
 //! only while its `ChannelIndex` has subscribers for it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -16,7 +17,7 @@ use fred::types::Value as RedisValue;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use wsgate_core::broker::{
-    Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeSink,
+    Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeCommand, NodeSink,
 };
 use wsgate_core::channels::publication::{Publication, StreamPosition};
 
@@ -41,6 +42,9 @@ struct Inner {
     /// The last position the node delivered of each channel it is
     /// subscribed to: where it resumes after losing pub/sub messages.
     seen: Mutex<HashMap<String, StreamPosition>>,
+    /// Subscribed to node commands (from then on fred re-subscribes after
+    /// every reconnect).
+    listening: AtomicBool,
 }
 
 pub struct RedisBroker {
@@ -78,8 +82,20 @@ impl RedisBroker {
             publish: Script::from_lua(PUBLISH),
             history: Script::from_lua(HISTORY),
             seen: Mutex::new(HashMap::new()),
+            listening: AtomicBool::new(false),
         });
         let reader = tokio::spawn(read(inner.clone(), subscriber.clone(), sink));
+        // Every node listens for node commands from the start; tried until
+        // Redis answers (then fred re-subscribes it after reconnects).
+        let (listener, subscribed) = (subscriber.clone(), inner.clone());
+        tokio::spawn(async move {
+            let nodes = subscribed.keys.nodes();
+            while let Err(e) = within(listener.subscribe(nodes.clone())).await {
+                tracing::debug!(error = %e, "subscribing to node commands; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            subscribed.listening.store(true, Ordering::Release);
+        });
         RedisBroker {
             inner,
             subscriber,
@@ -100,6 +116,12 @@ impl Inner {
     /// lost the stream: a gap.
     fn deliver(&self, sink: &dyn NodeSink, pubsub: &str, value: &RedisValue) {
         let Some(channel) = self.keys.channel_of(pubsub) else {
+            if pubsub == self.keys.nodes() {
+                match value.as_bytes().map(serde_json::from_slice::<NodeCommand>) {
+                    Some(Ok(command)) => sink.on_node_command(&command),
+                    _ => tracing::warn!("unreadable node command"),
+                }
+            }
             return;
         };
         let Some(message) = value.as_bytes().and_then(wire::parse) else {
@@ -392,7 +414,19 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn to_all_nodes(&self, command: &NodeCommand) -> Result<(), BrokerError> {
+        let message = Bytes::from(serde_json::to_vec(command).expect("a command serializes"));
+        let _: i64 = within(self.inner.client.publish(self.inner.keys.nodes(), message)).await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
+        // Ready means able to take node commands too.
+        if !self.inner.listening.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable(
+                "redis: not yet listening for node commands".into(),
+            ));
+        }
         let _: String = within(self.inner.client.ping(None)).await?;
         Ok(())
     }

@@ -43,6 +43,11 @@ impl Keys {
         format!("{}{channel}", self.pubsub_prefix)
     }
 
+    /// The pub/sub channel every node listens on for node commands.
+    pub fn nodes(&self) -> String {
+        format!("{}:node", self.prefix)
+    }
+
     /// The wsgate channel of a pub/sub channel name, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub.strip_prefix(&self.pubsub_prefix)

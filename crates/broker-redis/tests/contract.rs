@@ -46,6 +46,23 @@ on_redis!(
     history_ttl,
 );
 
+/// Three nodes on one prefix: a command sent by one reaches all three.
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn node_commands_reach_every_node() {
+    let shared = prefix();
+    let make = move |sink: Arc<dyn NodeSink>| -> Arc<dyn Broker> {
+        let (client, subscriber) = clients(&url()).expect("a Redis URL");
+        Arc::new(RedisBroker::new(
+            client,
+            subscriber,
+            Keys::new(&shared),
+            sink,
+        ))
+    };
+    contract::node_commands_reach_every_node(make, 3).await;
+}
+
 #[tokio::test]
 #[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
 async fn presence() {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod runs;
 pub mod session;
 pub mod threads;

@@ -19,6 +19,7 @@ use wsgate_core::channels::fanout::ChannelIndex;
 use wsgate_core::channels::{Caller, Channels};
 use wsgate_core::hub::Hub;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::node::NodeRouter;
 use wsgate_core::runs::{AgentBackend, EchoAgent, Runs};
 use wsgate_core::session::SessionShared;
 use wsgate_core::threads::{ThreadStore, Threads};
@@ -63,9 +64,16 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     registry
         .sub_registry_with_prefix("wsgate")
         .register_collector(Box::new(crate::telemetry::LogDrops));
-    // The index is the node's sink: the broker delivers into it.
+    let l = &config.limits;
+    let hub = Hub::new(l.max_connections, l.max_connections_per_user);
+    // The broker delivers channel traffic to the index, node commands
+    // (disconnect a user everywhere) to the hub.
     let index = Arc::new(ChannelIndex::new(metrics.clone()));
-    let backend = connect_broker(&config.broker, index.clone())
+    let sink = Arc::new(NodeRouter {
+        index: index.clone(),
+        hub: hub.clone(),
+    });
+    let backend = connect_broker(&config.broker, sink)
         .await
         .context("broker.url")?;
     let storage = Storage::open(config.storage.url.expose())
@@ -100,7 +108,6 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         metrics: metrics.clone(),
         tasks: tasks.clone(),
     });
-    let l = &config.limits;
     let per_ip = NonZeroU32::new(l.handshakes_per_minute_per_ip).unwrap_or(NonZeroU32::MIN);
     let transport = TransportLimits::new(l, Duration::from_millis(config.transport.write_delay_ms));
     let verifier: Arc<dyn wsgate_core::auth::TokenVerifier> = Arc::new(verifier);
@@ -124,7 +131,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         limits: config.limits.clone(),
     });
     let state = AppState(Arc::new(ServerState {
-        hub: Hub::new(l.max_connections, l.max_connections_per_user),
+        hub,
         channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
         rejection_log: Default::default(),
@@ -169,7 +176,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
 /// builds in.
 async fn connect_broker(
     config: &crate::config::BrokerConfig,
-    index: Arc<ChannelIndex>,
+    index: Arc<NodeRouter>,
 ) -> anyhow::Result<broker::Backend> {
     let url = config.url.expose();
     if url.starts_with("redis://") || url.starts_with("rediss://") {

@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, ClientInfo, ControlKind, HistoryPolicy, NodeSink, Presence};
+use crate::broker::{
+    Broker, ClientInfo, ControlKind, HistoryPolicy, NodeCommand, NodeSink, Presence,
+};
 use crate::channels::publication::{Publication, StreamPosition};
 
 /// One thing a node's sink received.
@@ -47,7 +49,11 @@ impl Delivered {
 /// Collects what the broker delivers, in delivery order, and the channels
 /// it reported gaps in.
 #[derive(Default)]
-pub struct Collected(Mutex<Vec<Delivered>>, Mutex<Vec<String>>);
+pub struct Collected(
+    Mutex<Vec<Delivered>>,
+    Mutex<Vec<String>>,
+    Mutex<Vec<NodeCommand>>,
+);
 
 impl NodeSink for Collected {
     fn on_publication(&self, p: &Arc<Publication>) {
@@ -62,6 +68,13 @@ impl NodeSink for Collected {
         });
     }
 
+    fn on_node_command(&self, command: &NodeCommand) {
+        self.2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(command.clone());
+    }
+
     fn on_gap(&self, channel: &str) {
         self.1
             .lock()
@@ -71,6 +84,11 @@ impl NodeSink for Collected {
 }
 
 impl Collected {
+    /// The node commands received, in order.
+    pub fn node_commands(&self) -> Vec<NodeCommand> {
+        self.2.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The channels reported as having a gap, in order.
     pub fn gaps(&self) -> Vec<String> {
         self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -360,6 +378,33 @@ pub async fn history_ttl(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     assert_eq!(publish(&*b, &ch, json!(2), h).await.offset, 2);
 }
 
+/// A node command reaches every node built by `make`, the sender too.
+/// Nodes may start listening a moment after they are built (a networked
+/// broker subscribes in the background), so the command is sent again
+/// until every node has it; each node receives nothing else.
+pub async fn node_commands_reach_every_node(
+    make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>,
+    nodes: usize,
+) {
+    let sinks: Vec<Arc<Collected>> = (0..nodes).map(|_| Arc::new(Collected::default())).collect();
+    let brokers: Vec<_> = sinks.iter().map(|s| make(s.clone())).collect();
+    let command = NodeCommand::Disconnect {
+        user: unique("user"),
+    };
+    for _ in 0..100 {
+        brokers[0].to_all_nodes(&command).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if sinks.iter().all(|s| !s.node_commands().is_empty()) {
+            break;
+        }
+    }
+    for sink in &sinks {
+        let got = sink.node_commands();
+        assert!(!got.is_empty(), "every node, the sender too");
+        assert!(got.iter().all(|c| *c == command), "{got:?}");
+    }
+}
+
 /// Presence holds one entry per connection (adding again changes nothing),
 /// removes by connection, forgets a channel whose last client left, and
 /// keeps channels apart.
@@ -436,6 +481,12 @@ mod memory {
     #[tokio::test(start_paused = true)]
     async fn memory_history_ttl() {
         history_ttl(make).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_node_commands_reach_every_node() {
+        // One memory broker is one node.
+        node_commands_reach_every_node(make, 1).await;
     }
 
     #[tokio::test(start_paused = true)]

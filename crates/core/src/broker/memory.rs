@@ -10,7 +10,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeSink, Presence,
+    Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeCommand,
+    NodeSink, Presence,
 };
 use crate::channels::publication::{Publication, StreamPosition};
 
@@ -239,6 +240,12 @@ impl Broker for MemoryBroker {
             publications,
             complete,
         })
+    }
+
+    async fn to_all_nodes(&self, command: &NodeCommand) -> Result<(), BrokerError> {
+        // One node: this one.
+        self.sink.on_node_command(command);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -76,11 +76,24 @@ pub trait NodeSink: Send + Sync + 'static {
     /// `client` joined or left `channel` (on this node or another).
     fn on_control(&self, channel: &str, kind: ControlKind, client: &ClientInfo);
 
+    /// A command for every node ([`Broker::to_all_nodes`]), this one
+    /// included.
+    fn on_node_command(&self, command: &NodeCommand);
+
     /// The node missed publications of `channel` that it cannot get back
     /// (a broker outage longer than the channel's history, or the broker
     /// lost the channel's stream): its subscribers must not go on as if
     /// nothing happened.
     fn on_gap(&self, channel: &str);
+}
+
+/// A command every node carries out for its own connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum NodeCommand {
+    /// Close every connection of `user` with 4003
+    /// (`POST /api/users/{user}/disconnect`).
+    Disconnect { user: String },
 }
 
 /// What every node shares: publications with offsets and history, and
@@ -129,6 +142,9 @@ pub trait Broker: Send + Sync + 'static {
         kind: ControlKind,
         client: &ClientInfo,
     ) -> Result<(), BrokerError>;
+
+    /// Delivers `command` to every node's sink, this node's included.
+    async fn to_all_nodes(&self, command: &NodeCommand) -> Result<(), BrokerError>;
 
     /// Answers when the broker is reachable (`/ready`).
     async fn ping(&self) -> Result<(), BrokerError>;

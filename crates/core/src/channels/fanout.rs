@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use wsgate_protocol::{CloseCode, Encoding, ServerFrame};
 
 use crate::broker::{
-    shard_of, Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy, NodeSink,
+    shard_of, Broker, BrokerError, ClientInfo, ControlKind, HistoryPage, HistoryPolicy,
+    NodeCommand, NodeSink,
 };
 use crate::channels::publication::{Filter, Publication, StreamPosition};
 use crate::connection::outbound::{OutFrame, Outbound, Pushed};
@@ -691,6 +692,11 @@ impl NodeSink for ChannelIndex {
     /// subscription that cannot catch up is: the client reconnects,
     /// resubscribes with `recover` and is told `recovered: false` if the
     /// missed publications are gone, instead of silently missing them.
+    fn on_node_command(&self, _: &NodeCommand) {
+        // Node commands are for the node's connections, not its channels:
+        // `node::NodeRouter` sends them to the hub.
+    }
+
     fn on_gap(&self, channel: &str) {
         let shard = self
             .shard(channel)
@@ -992,6 +998,10 @@ mod tests {
                 client: &ClientInfo,
             ) -> Result<(), BrokerError> {
                 self.inner.publish_control(channel, kind, client).await
+            }
+
+            async fn to_all_nodes(&self, _: &NodeCommand) -> Result<(), BrokerError> {
+                Ok(())
             }
 
             async fn ping(&self) -> Result<(), BrokerError> {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use wsgate_core::broker::NodeCommand;
 use wsgate_protocol::{CloseCode, PROTOCOL_JSON, PROTOCOL_MSGPACK};
 
 use super::error::ApiError;
@@ -158,7 +159,17 @@ pub async fn disconnect_user(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_api_key(&state, &headers)?;
+    // This node's connections close before the answer (`disconnected`
+    // counts them); every other node closes its own as the command,
+    // sent through the broker, reaches it.
     let n = state.hub.close_user(&user, CloseCode::Disconnected);
+    let command = NodeCommand::Disconnect { user: user.clone() };
+    if let Err(e) = state.channels.broker.to_all_nodes(&command).await {
+        state.metrics.broker_errors.inc();
+        return Err(ApiError::unavailable(format!(
+            "closed {n} connection(s) on this node; other nodes not reached: {e}"
+        )));
+    }
     tracing::info!(target: "wsgate::audit", event = "disconnect_user", user = %user, connections = n);
     Ok(Json(json!({ "user": user, "disconnected": n })))
 }

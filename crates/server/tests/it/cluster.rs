@@ -258,3 +258,45 @@ async fn a_node_that_loses_redis_stays_up_and_misses_nothing() {
         n.stop().await;
     }
 }
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn disconnecting_a_user_reaches_every_node() {
+    let prefix = cluster();
+    let (a, b) = (node(&prefix).await, node(&prefix).await);
+    let (mut on_a, _) = a.connect("kick").await;
+    let (mut on_b, _) = b.connect("kick").await;
+    let (mut other, _) = b.connect("stay").await;
+    // A node is ready once it listens for node commands.
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = get_json(&b.http("/ready"), &[]).await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 200);
+    let resp = reqwest::Client::new()
+        .post(a.http("/api/users/kick/disconnect"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["disconnected"], 1, "counted on the node asked");
+    assert_eq!(expect_close(&mut on_a).await, 4003);
+    assert_eq!(
+        expect_close(&mut on_b).await,
+        4003,
+        "and closed on the other"
+    );
+    assert_eq!(
+        call(&mut other, "ping", "p", json!({})).await["type"],
+        "pong"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
