@@ -43,6 +43,11 @@ impl Keys {
         format!("{}{channel}", self.pubsub_prefix)
     }
 
+    /// Sorted set `connection id → expiry (ms)` of one user's connections.
+    pub fn connections(&self, user: &str) -> String {
+        format!("{}:conn:{user}", self.prefix)
+    }
+
     /// The pub/sub channel every node listens on for node commands.
     pub fn nodes(&self) -> String {
         format!("{}:node", self.prefix)

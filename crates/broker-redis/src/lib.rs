@@ -4,11 +4,13 @@
 //! passes the same contract suite as the memory broker.
 
 mod broker;
+mod connections;
 mod keys;
 mod presence;
 mod wire;
 
 pub use broker::RedisBroker;
+pub use connections::{RedisConnections, CONNECTION_TTL};
 pub use keys::Keys;
 pub use presence::{RedisPresence, PRESENCE_TTL};
 
@@ -114,16 +116,17 @@ fn watch_state(client: &Client) {
     });
 }
 
-/// The broker and presence for `url` under `prefix`, delivering into
-/// `sink`.
+/// The broker, presence and connection count for `url` under `prefix`,
+/// delivering into `sink`.
 pub fn connect(
     url: &str,
     prefix: &str,
     sink: Arc<dyn NodeSink>,
-) -> Result<(Arc<RedisBroker>, Arc<RedisPresence>), ConnectError> {
+) -> Result<(Arc<RedisBroker>, Arc<RedisPresence>, Arc<RedisConnections>), ConnectError> {
     let (client, subscriber) = clients(url)?;
     let keys = Keys::new(prefix);
     let broker = RedisBroker::new(client.clone(), subscriber, keys.clone(), sink);
-    let presence = RedisPresence::new(client, keys);
-    Ok((Arc::new(broker), Arc::new(presence)))
+    let presence = RedisPresence::new(client.clone(), keys.clone());
+    let connections = RedisConnections::new(client, keys);
+    Ok((Arc::new(broker), Arc::new(presence), Arc::new(connections)))
 }

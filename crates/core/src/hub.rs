@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wsgate_protocol::CloseCode;
 
+use crate::broker::UserConnections;
 use crate::connection::outbound::Outbound;
 
 /// Why a connection was not admitted.
@@ -40,6 +41,8 @@ pub struct Hub {
     // One lock: it is taken once per connect/disconnect and per server API
     // call, never per message, so contention is not a concern here.
     registry: Mutex<Registry>,
+    /// Every node's count, with several nodes (set once the broker is up).
+    cluster: OnceLock<Arc<dyn UserConnections>>,
     next_seq: AtomicU64,
     max_connections: usize,
     max_per_user: usize,
@@ -56,6 +59,7 @@ impl Hub {
     pub fn new(max_connections: usize, max_per_user: usize) -> Arc<Self> {
         Arc::new(Hub {
             registry: Mutex::new(Registry::default()),
+            cluster: OnceLock::new(),
             next_seq: AtomicU64::new(1),
             max_connections,
             max_per_user,
@@ -97,6 +101,32 @@ impl Hub {
             seq,
             connection_id,
         })
+    }
+
+    /// With several nodes: the per-user cap counts every node's connections.
+    pub fn count_across_nodes(&self, connections: Arc<dyn UserConnections>) {
+        let _ = self.cluster.set(connections);
+    }
+
+    /// Checks an admitted connection against the per-user cap on every
+    /// node. When the cluster's count cannot be reached the connection is
+    /// let in (logged): a broker outage must not lock every user out, and
+    /// each node's own cap still holds.
+    pub async fn admit_across_nodes(&self, admission: &Admission) -> Result<(), AdmitError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        match cluster
+            .admit(&admission.user, &admission.connection_id, self.max_per_user)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AdmitError::UserLimit),
+            Err(e) => {
+                tracing::warn!(error = %e, "per-user cap across nodes not checked");
+                Ok(())
+            }
+        }
     }
 
     /// Asks every connection of `user` to close with `code`; returns how many.
@@ -190,6 +220,20 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.hub.release(&self.user, self.seq);
+        if let (Some(cluster), Ok(runtime)) = (
+            self.hub.cluster.get(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let (cluster, user, id) = (
+                cluster.clone(),
+                self.user.clone(),
+                self.connection_id.clone(),
+            );
+            runtime.spawn(async move {
+                // If it fails, the entry expires on its own.
+                let _ = cluster.release(&user, &id).await;
+            });
+        }
     }
 }
 

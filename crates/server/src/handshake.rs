@@ -171,16 +171,20 @@ pub fn admit(
         find_token(headers, uri, state.config.auth.allow_query_token).ok_or(AuthError::Missing)?;
     let identity = state.verifier.verify(&token)?;
     let admission = state.hub.admit(&identity.user).map_err(|e| match e {
-        AdmitError::UserLimit => Rejection::new(
-            ApiError::rate_limited("too many connections for this user", 5),
-            "user_limit",
-        ),
+        AdmitError::UserLimit => user_limit(),
         AdmitError::ServerFull => Rejection::new(
             ApiError::unavailable("server is at its connection limit"),
             "server_full",
         ),
     })?;
     Ok((identity, admission))
+}
+
+fn user_limit() -> Rejection {
+    Rejection::new(
+        ApiError::rate_limited("too many connections for this user", 5),
+        "user_limit",
+    )
 }
 
 fn reject(state: &AppState, ip: IpAddr, origin: Option<&str>, r: Rejection) -> Response {
@@ -311,6 +315,9 @@ async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         Ok(x) => x,
         Err(r) => return reject(&state, ip, origin, r),
     };
+    if state.hub.admit_across_nodes(&admission).await.is_err() {
+        return reject(&state, ip, origin, user_limit());
+    }
     let endpoint = match stream {
         None => Endpoint::Protocol,
         Some(channel) => match state

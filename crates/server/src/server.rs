@@ -76,6 +76,9 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     let backend = connect_broker(&config.broker, sink)
         .await
         .context("broker.url")?;
+    if let Some(connections) = backend.connections.clone() {
+        hub.count_across_nodes(connections);
+    }
     let storage = Storage::open(config.storage.url.expose())
         .await
         .context("storage.url")?;
@@ -180,9 +183,14 @@ async fn connect_broker(
 ) -> anyhow::Result<broker::Backend> {
     let url = config.url.expose();
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        let (broker, presence) = wsgate_broker_redis::connect(url, &config.prefix, index)?;
+        let (broker, presence, connections) =
+            wsgate_broker_redis::connect(url, &config.prefix, index)?;
         tracing::info!(prefix = %config.prefix, "redis broker configured");
-        return Ok(broker::Backend { broker, presence });
+        return Ok(broker::Backend {
+            broker,
+            presence,
+            connections: Some(connections),
+        });
     }
     Ok(broker::connect(url, index).await?)
 }

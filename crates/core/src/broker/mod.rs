@@ -164,10 +164,27 @@ pub trait Presence: Send + Sync + 'static {
     async fn clients(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
 }
 
-/// The node's broker and presence, as `broker.url` chose them.
+/// Each user's connections on every node, for the per-user cap across
+/// nodes. Entries expire unless their node keeps them alive, so a crashed
+/// node's connections stop counting within a bounded time.
+#[async_trait]
+pub trait UserConnections: Send + Sync + 'static {
+    /// Counts `connection_id` for `user` unless the user already has `max`
+    /// connections counted; whether it was counted.
+    async fn admit(&self, user: &str, connection_id: &str, max: usize)
+        -> Result<bool, BrokerError>;
+
+    /// Stops counting `connection_id`.
+    async fn release(&self, user: &str, connection_id: &str) -> Result<(), BrokerError>;
+}
+
+/// The node's broker and presence, as `broker.url` chose them, and the
+/// cluster's connection count when there is a cluster (one node counts
+/// its own in its `Hub`).
 pub struct Backend {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    pub connections: Option<Arc<dyn UserConnections>>,
 }
 
 /// Why `broker.url` names no broker core builds in. The message never
@@ -185,6 +202,7 @@ pub async fn connect(url: &str, deliver: Arc<dyn NodeSink>) -> Result<Backend, C
         return Ok(Backend {
             broker: Arc::new(MemoryBroker::new(deliver)),
             presence: Arc::new(MemoryPresence::default()),
+            connections: None,
         });
     }
     Err(ConnectError::Unsupported)

@@ -21,8 +21,18 @@ fn redis_url() -> String {
 
 /// A node as [`node`], on the Redis at `url`.
 async fn node_on(url: &str, prefix: &str) -> TestServer {
+    node_with(url, prefix, |_| {}).await
+}
+
+/// A node as [`node_on`], with more configuration.
+async fn node_with(
+    url: &str,
+    prefix: &str,
+    more: impl Fn(&mut Config) + Send + 'static,
+) -> TestServer {
     let (url, prefix) = (url.to_owned(), prefix.to_owned());
     TestServer::with(move |c: &mut Config| {
+        more(c);
         c.broker.url = Secret::new(url.clone());
         c.broker.prefix = prefix.clone();
         c.channels.namespaces = vec![NamespaceConfig {
@@ -296,6 +306,51 @@ async fn disconnecting_a_user_reaches_every_node() {
         call(&mut other, "ping", "p", json!({})).await["type"],
         "pong"
     );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn the_per_user_cap_counts_every_node() {
+    let prefix = cluster();
+    let url = redis_url();
+    let cap = |c: &mut Config| c.limits.max_connections_per_user = 2;
+    let (a, b) = (
+        node_with(&url, &prefix, cap).await,
+        node_with(&url, &prefix, cap).await,
+    );
+    let (first, _) = a.connect("capped").await;
+    let (_second, _) = b.connect("capped").await;
+    // A third, on either node, is one too many for the user.
+    for n in [&a, &b] {
+        let (status, _, body) = expect_rejection(n.request(Some(&token("capped")))).await;
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("too many connections"),
+            "{body}"
+        );
+    }
+    // Another user is not affected.
+    let (_other, _) = b.connect("free").await;
+    // One closes on node A: room again on node B once A has said so.
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if tokio_tungstenite::connect_async(b.request(Some(&token("capped"))))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the closed connection stops counting");
     for n in [a, b] {
         n.stop().await;
     }
