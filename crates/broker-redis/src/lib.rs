@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{Builder, ClientLike, Config, EventInterface, ReconnectPolicy};
-use wsgate_core::broker::{BrokerError, NodeSink};
+use wsgate_core::broker::{Backend, BrokerError, NodeSink};
 
 /// How long any Redis command may take before the caller gets
 /// `unavailable`: a Redis that is down must not hold a subscribe or a
@@ -118,15 +118,17 @@ fn watch_state(client: &Client) {
 
 /// The broker, presence and connection count for `url` under `prefix`,
 /// delivering into `sink`.
-pub fn connect(
-    url: &str,
-    prefix: &str,
-    sink: Arc<dyn NodeSink>,
-) -> Result<(Arc<RedisBroker>, Arc<RedisPresence>, Arc<RedisConnections>), ConnectError> {
+pub fn connect(url: &str, prefix: &str, sink: Arc<dyn NodeSink>) -> Result<Backend, ConnectError> {
     let (client, subscriber) = clients(url)?;
     let keys = Keys::new(prefix);
-    let broker = RedisBroker::new(client.clone(), subscriber, keys.clone(), sink);
-    let presence = RedisPresence::new(client.clone(), keys.clone());
-    let connections = RedisConnections::new(client, keys);
-    Ok((Arc::new(broker), Arc::new(presence), Arc::new(connections)))
+    Ok(Backend {
+        broker: Arc::new(RedisBroker::new(
+            client.clone(),
+            subscriber,
+            keys.clone(),
+            sink,
+        )),
+        presence: Arc::new(RedisPresence::new(client.clone(), keys.clone())),
+        connections: Some(Arc::new(RedisConnections::new(client, keys))),
+    })
 }

@@ -174,7 +174,6 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     Ok(state)
 }
 
-/// The agent backend `agent.kind` names.
 /// The broker `broker.url` names: Redis (its own crate) or what core
 /// builds in.
 async fn connect_broker(
@@ -183,18 +182,14 @@ async fn connect_broker(
 ) -> anyhow::Result<broker::Backend> {
     let url = config.url.expose();
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        let (broker, presence, connections) =
-            wsgate_broker_redis::connect(url, &config.prefix, index)?;
+        let backend = wsgate_broker_redis::connect(url, &config.prefix, index)?;
         tracing::info!(prefix = %config.prefix, "redis broker configured");
-        return Ok(broker::Backend {
-            broker,
-            presence,
-            connections: Some(connections),
-        });
+        return Ok(backend);
     }
     Ok(broker::connect(url, index).await?)
 }
 
+/// The agent backend `agent.kind` names.
 fn agent_backend(agent: &crate::config::AgentConfig) -> anyhow::Result<Arc<dyn AgentBackend>> {
     match agent.kind.as_str() {
         "echo" => Ok(Arc::new(EchoAgent {
