@@ -223,29 +223,7 @@ impl Inner {
             ));
         }
         let position = StreamPosition { offset: top, epoch };
-        let (publications, complete) = match since {
-            Some(s) if s.epoch == position.epoch => {
-                let first_needed = s.offset.saturating_add(1);
-                let complete =
-                    s.offset >= top || kept.first().is_some_and(|p| p.offset <= first_needed);
-                let after: Vec<_> = kept
-                    .into_iter()
-                    .filter(|p| p.offset > s.offset)
-                    .take(limit)
-                    .collect();
-                (after, complete && s.offset <= top)
-            }
-            Some(_) => (Vec::new(), false),
-            None => {
-                let skip = kept.len().saturating_sub(limit);
-                (kept.into_iter().skip(skip).collect(), true)
-            }
-        };
-        Ok(HistoryPage {
-            position,
-            publications,
-            complete,
-        })
+        Ok(HistoryPage::select(position, &kept, since, limit))
     }
 
     /// After the pub/sub connection came back (or the reader fell behind):

@@ -5,6 +5,7 @@
 
 mod broker;
 mod connections;
+mod kept_alive;
 mod keys;
 mod presence;
 mod wire;

@@ -200,46 +200,12 @@ impl Broker for MemoryBroker {
                 offset: 0,
                 epoch: self.epoch.clone(),
             };
-            let complete = since.is_none_or(|s| s.offset == 0 && s.epoch == position.epoch);
-            return Ok(HistoryPage {
-                position,
-                publications: vec![],
-                complete,
-            });
+            return Ok(HistoryPage::select(position, &[], since, limit));
         };
         stream.expire(history, Instant::now());
         let position = stream.position();
-        let (publications, complete) = match since {
-            Some(s) if *s.epoch == *stream.epoch => {
-                let after: Vec<_> = stream
-                    .kept
-                    .iter()
-                    .filter(|p| p.offset > s.offset)
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                // Complete when nothing between `since` and the first kept
-                // publication was lost.
-                // `since` comes from the client: `u64::MAX` must not wrap.
-                let first_needed = s.offset.saturating_add(1);
-                let complete = s.offset >= stream.offset
-                    || stream
-                        .kept
-                        .front()
-                        .is_some_and(|p| p.offset <= first_needed);
-                (after, complete && s.offset <= stream.offset)
-            }
-            Some(_) => (Vec::new(), false),
-            None => {
-                let skip = stream.kept.len().saturating_sub(limit);
-                (stream.kept.iter().skip(skip).cloned().collect(), true)
-            }
-        };
-        Ok(HistoryPage {
-            position,
-            publications,
-            complete,
-        })
+        let kept = stream.kept.make_contiguous();
+        Ok(HistoryPage::select(position, kept, since, limit))
     }
 
     async fn to_all_nodes(&self, command: &NodeCommand) -> Result<(), BrokerError> {

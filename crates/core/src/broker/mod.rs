@@ -48,6 +48,44 @@ pub struct HistoryPage {
     pub complete: bool,
 }
 
+impl HistoryPage {
+    /// The page a reader gets, from what a broker keeps of a channel:
+    /// `kept`, oldest first, the newest ones up to `position`. With
+    /// `since`: the publications after it, at most `limit`, and whether
+    /// none was lost between it and them (same epoch, the first one needed
+    /// still kept, an offset the stream has reached); without: the newest
+    /// `limit`. One definition of recovery for every broker.
+    pub fn select(
+        position: StreamPosition,
+        kept: &[Arc<Publication>],
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Self {
+        let (publications, complete) = match since {
+            Some(s) if s.epoch == position.epoch => {
+                let after = kept
+                    .iter()
+                    .filter(|p| p.offset > s.offset)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                // `since` comes from the client: `u64::MAX` must not wrap.
+                let first_needed = s.offset.saturating_add(1);
+                let complete = s.offset >= position.offset
+                    || kept.first().is_some_and(|p| p.offset <= first_needed);
+                (after, complete && s.offset <= position.offset)
+            }
+            Some(_) => (Vec::new(), false),
+            None => (kept[kept.len().saturating_sub(limit)..].to_vec(), true),
+        };
+        HistoryPage {
+            position,
+            publications,
+            complete,
+        }
+    }
+}
+
 /// A join or leave: news about a client that every subscriber of the
 /// channel, on every node, is told (the client itself excepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
