@@ -43,15 +43,6 @@ async fn start() -> TestServer {
     TestServer::with(channels_config).await
 }
 
-async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] == kind {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn subscribe_receive_publish_unsubscribe() {
     let server = start().await;

@@ -61,15 +61,6 @@ fn cluster() -> String {
     format!("it-{}-{nanos}-{n}", std::process::id())
 }
 
-async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] == kind {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 #[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
 async fn publications_reach_every_node_in_order_with_the_same_offsets() {

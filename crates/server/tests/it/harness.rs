@@ -231,6 +231,16 @@ pub async fn expect_rejection(
     }
 }
 
+/// The next frame of type `kind` as JSON, skipping any other.
+pub async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
 /// The next text frame as JSON, skipping pings.
 pub async fn next_json(ws: &mut Ws) -> Value {
     loop {
