@@ -48,6 +48,22 @@ impl Keys {
         format!("{}:conn:{user}", self.prefix)
     }
 
+    /// A thread's run in progress (JSON claim). A user's run keys share
+    /// the user as their hash tag: the claim script writes them together.
+    pub fn run(&self, owner: &str, thread_id: &str) -> String {
+        format!("{}:run:{{{owner}}}:{thread_id}", self.prefix)
+    }
+
+    /// Sorted set `thread id → expiry (ms)` of one user's runs.
+    pub fn user_runs(&self, owner: &str) -> String {
+        format!("{}:runs:{{{owner}}}", self.prefix)
+    }
+
+    /// The thread of a run in progress, by run id.
+    pub fn run_id(&self, owner: &str, run_id: &str) -> String {
+        format!("{}:runid:{{{owner}}}:{run_id}", self.prefix)
+    }
+
     /// The pub/sub channel every node listens on for node commands.
     pub fn nodes(&self) -> String {
         format!("{}:node", self.prefix)

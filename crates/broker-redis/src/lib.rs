@@ -1,4 +1,5 @@
-//! wsgate's Redis broker and presence: several nodes as one (SPEC §7).
+//! wsgate's Redis broker, presence, connection count and run registry:
+//! several nodes as one (SPEC §7).
 //! Core keeps the `Broker` and `Presence` traits; this crate implements
 //! them on Redis with fred (see docs/architecture.md for why fred) and
 //! passes the same contract suite as the memory broker.
@@ -8,12 +9,14 @@ mod connections;
 mod kept_alive;
 mod keys;
 mod presence;
+mod runs;
 mod wire;
 
 pub use broker::RedisBroker;
 pub use connections::{RedisConnections, CONNECTION_TTL};
 pub use keys::Keys;
 pub use presence::{RedisPresence, PRESENCE_TTL};
+pub use runs::{RedisRuns, RUN_TTL};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -130,6 +133,10 @@ pub fn connect(url: &str, prefix: &str, sink: Arc<dyn NodeSink>) -> Result<Backe
             sink,
         )),
         presence: Arc::new(RedisPresence::new(client.clone(), keys.clone())),
-        connections: Some(Arc::new(RedisConnections::new(client, keys))),
+        connections: Some(Arc::new(RedisConnections::new(
+            client.clone(),
+            keys.clone(),
+        ))),
+        runs: Some(Arc::new(RedisRuns::new(client, keys))),
     })
 }

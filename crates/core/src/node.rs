@@ -1,8 +1,8 @@
 //! The node's sink: what the broker delivers, routed — channel traffic to
 //! the [`ChannelIndex`], commands meant for every node to the [`Hub`] of
-//! this node's connections.
+//! this node's connections and to the [`Runs`] it executes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use wsgate_protocol::CloseCode;
 
@@ -10,10 +10,14 @@ use crate::broker::{ClientInfo, ControlKind, NodeCommand, NodeSink};
 use crate::channels::fanout::ChannelIndex;
 use crate::channels::publication::Publication;
 use crate::hub::Hub;
+use crate::runs::Runs;
 
 pub struct NodeRouter {
     pub index: Arc<ChannelIndex>,
     pub hub: Arc<Hub>,
+    /// Set once the runs are built (they need the broker this router is
+    /// the sink of); weak, as the runs hold the broker that holds this.
+    pub runs: OnceLock<Weak<Runs>>,
 }
 
 impl NodeSink for NodeRouter {
@@ -35,6 +39,12 @@ impl NodeSink for NodeRouter {
                 let n = self.hub.close_user(user, CloseCode::Disconnected);
                 if n > 0 {
                     tracing::info!(target: "wsgate::audit", event = "disconnect_user", user = %user, connections = n, "closed on this node");
+                }
+            }
+            NodeCommand::StopRun { user, run_id } => {
+                let runs = self.runs.get().and_then(Weak::upgrade);
+                if runs.is_some_and(|r| r.stop_here(user, run_id).is_some()) {
+                    tracing::info!(run_id = %run_id, "run stopped for another node");
                 }
             }
         }

@@ -36,6 +36,9 @@ use wsgate_deflate::Deflate;
 /// How long start-up waits for the first JWKS fetch before serving anyway
 /// (tokens then fail until the background refresh succeeds).
 const FIRST_JWKS_FETCH: Duration = Duration::from_secs(5);
+/// How often a node of a cluster looks for runs a crashed node left
+/// `running` (found once their claim expired, `RUN_TTL` in broker-redis).
+const ORPHAN_SWEEP: Duration = Duration::from_secs(15);
 
 /// Builds the shared state and starts its background tasks.
 pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow::Result<AppState> {
@@ -72,8 +75,9 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
     let sink = Arc::new(NodeRouter {
         index: index.clone(),
         hub: hub.clone(),
+        runs: Default::default(),
     });
-    let backend = connect_broker(&config.broker, sink)
+    let backend = connect_broker(&config.broker, sink.clone())
         .await
         .context("broker.url")?;
     if let Some(connections) = backend.connections.clone() {
@@ -83,12 +87,18 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         .await
         .context("storage.url")?;
     tracing::info!(kind = storage.kind(), "storage open, migrations applied");
-    // Runs still `running` belonged to a server that stopped without
-    // finishing them: nothing will, so they are recorded as failed.
-    let interrupted = storage
-        .fail_interrupted_runs()
-        .await
-        .context("storage: marking interrupted runs")?;
+    // On one node, runs still `running` belonged to a server that stopped
+    // without finishing them: nothing will, so they are recorded as failed.
+    // With several nodes they may be running elsewhere: `Runs::fail_orphans`
+    // fails those no node holds, below and periodically.
+    let cluster_runs = backend.runs.clone();
+    let interrupted = match cluster_runs {
+        Some(_) => 0,
+        None => storage
+            .fail_interrupted_runs()
+            .await
+            .context("storage: marking interrupted runs")?,
+    };
     if interrupted > 0 {
         tracing::warn!(
             runs = interrupted,
@@ -121,7 +131,9 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         agent_backend(&config.agent)?,
         Duration::from_secs(config.agent.timeout_secs),
         config.limits.max_runs_per_user,
+        cluster_runs,
     );
+    let _ = sink.runs.set(Arc::downgrade(&runs));
     let sessions = Arc::new(SessionShared {
         verifier: verifier.clone(),
         metrics: metrics.clone(),
@@ -171,7 +183,24 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         }
     });
     state.tasks.spawn(publish_node_metrics(state.clone()));
+    state.tasks.spawn(fail_orphan_runs(state.clone()));
     Ok(state)
+}
+
+/// With several nodes, every [`ORPHAN_SWEEP`]: runs a crashed node left
+/// `running` are failed (`Runs::fail_orphans`; nothing on one node).
+async fn fail_orphan_runs(state: AppState) {
+    let mut tick = tokio::time::interval(ORPHAN_SWEEP);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => match state.sessions.runs.fail_orphans().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(runs = n, "runs of a node that stopped marked failed"),
+                Err(e) => tracing::debug!(error = %e.message, "orphan runs not checked"),
+            },
+        }
+    }
 }
 
 /// The broker `broker.url` names: Redis (its own crate) or what core

@@ -449,6 +449,15 @@ impl ThreadStore for Storage {
         Ok(Some(runs))
     }
 
+    async fn running_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY seq");
+        let rows: Vec<RunRow> = on_pool!(self, read pool => sqlx::query_as(&sql)
+            .fetch_all(pool)
+            .await)
+        .map_err(unavailable)?;
+        rows.into_iter().map(Run::try_from).collect()
+    }
+
     async fn fail_interrupted_runs(&self) -> Result<u64, StoreError> {
         let sql = "UPDATE runs SET status = 'failed', error = 'interrupted', ended_at = $1 \
                    WHERE status = 'running'";

@@ -132,6 +132,9 @@ pub enum NodeCommand {
     /// Close every connection of `user` with 4003
     /// (`POST /api/users/{user}/disconnect`).
     Disconnect { user: String },
+    /// Stop `user`'s run `run_id` if it executes here (`stop_agent` sent
+    /// to another node).
+    StopRun { user: String, run_id: String },
 }
 
 /// What every node shares: publications with offsets and history, and
@@ -217,12 +220,13 @@ pub trait UserConnections: Send + Sync + 'static {
 }
 
 /// The node's broker and presence, as `broker.url` chose them, and the
-/// cluster's connection count when there is a cluster (one node counts
-/// its own in its `Hub`).
+/// cluster's connection count and runs when there is a cluster (one node
+/// counts its own in its `Hub` and `Runs`).
 pub struct Backend {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
     pub connections: Option<Arc<dyn UserConnections>>,
+    pub runs: Option<Arc<dyn crate::runs::RunRegistry>>,
 }
 
 /// Why `broker.url` names no broker core builds in. The message never
@@ -241,6 +245,7 @@ pub async fn connect(url: &str, deliver: Arc<dyn NodeSink>) -> Result<Backend, C
             broker: Arc::new(MemoryBroker::new(deliver)),
             presence: Arc::new(MemoryPresence::default()),
             connections: None,
+            runs: None,
         });
     }
     Err(ConnectError::Unsupported)

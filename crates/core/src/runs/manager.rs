@@ -4,6 +4,12 @@
 //! publication in `thread:<id>` — what lets every tab see the run and a
 //! reconnect recover what it missed — with `data` in the shape of a typed
 //! frame: `{"type": "partial_result", "payload": {run_id, thread_id, delta}}`.
+//!
+//! With several nodes a [`RunRegistry`] holds the cluster's view: a run is
+//! claimed there before it starts, so the one-per-thread and per-user rules
+//! hold across nodes; a node asks it for runs executing elsewhere
+//! (`switch_thread`, `stop_agent`), and a stop for a run on another node
+//! goes there as a [`NodeCommand::StopRun`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,8 +21,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wsgate_protocol::ErrorCode;
 
+use super::registry::{Claimed, RunClaim, RunRegistry};
 use super::{AgentBackend, AgentError, AgentEvent, AgentInput, AgentMessage};
 use crate::auth::Identity;
+use crate::broker::{BrokerError, NodeCommand};
 use crate::channels::publication::{Publication, StreamPosition};
 use crate::channels::{Caller, Channels};
 use crate::error::CommandError;
@@ -27,18 +35,22 @@ use crate::threads::{Message, Role, Run, RunStatus, StoreError, Thread, ThreadSt
 const TITLE_FROM_CONTENT: usize = 60;
 /// Events a backend may produce ahead of their publication.
 const EVENT_QUEUE: usize = 64;
+/// How often a node that sent a stop to another node looks whether the
+/// run has ended, and for how long.
+const STOP_POLL: Duration = Duration::from_millis(20);
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A run in progress.
 struct Active {
-    run_id: Arc<str>,
-    owner: Arc<str>,
+    /// What the cluster's registry is told of the run, and this node's own
+    /// record of it: its owner, its id once stored, and once
+    /// `agent_started` is published, when it started and the channel
+    /// position just before its first event, from which a connection that
+    /// arrives mid-run replays it.
+    claim: RunClaim,
     stop: CancellationToken,
     /// Cancelled once the run has ended and its last event is published.
     done: CancellationToken,
-    /// Set once `agent_started` is published: when the run started, and
-    /// the channel position just before its first event, from which a
-    /// connection that arrives mid-run replays it.
-    started: Option<(i64, StreamPosition)>,
 }
 
 /// A run in progress as `switch_thread` reports it.
@@ -56,7 +68,10 @@ pub struct Runs {
     pub backend: Arc<dyn AgentBackend>,
     pub timeout: Duration,
     pub max_per_user: usize,
-    /// By thread id. A std Mutex: each critical section is a map update or
+    /// The cluster's runs, with several nodes; `None` on one node, whose
+    /// map below is then the whole picture.
+    cluster: Option<Arc<dyn RunRegistry>>,
+    /// By thread id: the runs this node executes. A std Mutex: each critical section is a map update or
     /// a scan of the runs in progress, never held across an await.
     active: Mutex<HashMap<Arc<str>, Active>>,
 }
@@ -75,6 +90,7 @@ impl Runs {
         backend: Arc<dyn AgentBackend>,
         timeout: Duration,
         max_per_user: usize,
+        cluster: Option<Arc<dyn RunRegistry>>,
     ) -> Arc<Self> {
         Arc::new(Runs {
             store,
@@ -82,6 +98,7 @@ impl Runs {
             backend,
             timeout,
             max_per_user,
+            cluster,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -96,6 +113,10 @@ impl Runs {
         CommandError::new(ErrorCode::Unavailable, e.to_string())
     }
 
+    fn cluster_failed(e: BrokerError) -> CommandError {
+        CommandError::new(ErrorCode::Unavailable, e.to_string())
+    }
+
     /// Starts a run on `thread_id` as it stands. `conflict` while the
     /// thread has a run or the user has `max_per_user` of them.
     pub async fn start(
@@ -106,7 +127,16 @@ impl Runs {
         let thread: Arc<str> = thread_id.into();
         let stop = CancellationToken::new();
         let done = CancellationToken::new();
-        // Reserved before any await, so two starts cannot both pass.
+        let mut claim = RunClaim {
+            claim: uuid::Uuid::new_v4().to_string(),
+            owner: identity.user.to_string(),
+            thread_id: thread_id.to_owned(),
+            run_id: String::new(),
+            started: None,
+        };
+        // Reserved here before any await, so two starts on this node cannot
+        // both pass; then in the cluster, which another node's start may
+        // hold.
         {
             let mut active = self.lock();
             if active.contains_key(&thread) {
@@ -114,7 +144,7 @@ impl Runs {
             }
             let mine = active
                 .values()
-                .filter(|a| *a.owner == *identity.user)
+                .filter(|a| a.claim.owner == *identity.user)
                 .count();
             if mine >= self.max_per_user {
                 return Err(CommandError::conflict(format!(
@@ -125,33 +155,71 @@ impl Runs {
             active.insert(
                 thread.clone(),
                 Active {
-                    run_id: "".into(),
-                    owner: identity.user.clone(),
+                    claim: claim.clone(),
                     stop: stop.clone(),
                     done: done.clone(),
-                    started: None,
                 },
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            let refused = match cluster.claim(&claim, self.max_per_user).await {
+                Ok(Claimed::Yes) => None,
+                Ok(Claimed::ThreadBusy) => {
+                    Some(CommandError::conflict("the thread has a run in progress"))
+                }
+                Ok(Claimed::UserAtCap) => Some(CommandError::conflict(format!(
+                    "at most {} runs at a time per user",
+                    self.max_per_user
+                ))),
+                Err(e) => Some(Self::cluster_failed(e)),
+            };
+            if let Some(e) = refused {
+                self.lock().remove(&thread);
+                return Err(e);
+            }
         }
         let prepared = self.prepare(identity, thread_id).await;
         let (run, input) = match prepared {
             Ok(x) => x,
             Err(e) => {
-                self.lock().remove(&thread);
+                self.release(&thread, &claim).await;
                 return Err(e);
             }
         };
+        claim.run_id = run.id.clone();
         if let Some(a) = self.lock().get_mut(&thread) {
-            a.run_id = run.id.as_str().into();
+            a.claim.run_id = run.id.clone();
         }
+        self.update_claim(&claim).await;
         let this = self.clone();
         let started = run.clone();
         self.channels.tasks.spawn(async move {
             this.drive(started, input, stop).await;
-            this.lock().remove(&thread);
+            this.release(&thread, &claim).await;
             done.cancel();
         });
         Ok(run)
+    }
+
+    /// The run's end, for the cluster (after its last event is out, so a
+    /// node waiting for the stop sees everything first) and for this node.
+    async fn release(&self, thread: &str, claim: &RunClaim) {
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.release(claim).await {
+                // The entry expires by itself once nobody keeps it alive.
+                tracing::warn!(thread_id = thread, error = %e, "run end not shared with the cluster");
+            }
+        }
+        self.lock().remove(thread);
+    }
+
+    /// Shares what the cluster should know of the run (its id, its start).
+    async fn update_claim(&self, claim: &RunClaim) {
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.update(claim).await {
+                tracing::warn!(thread_id = %claim.thread_id, error = %e, "run not shared with the cluster");
+            }
+        }
     }
 
     /// A user's message that is to start a run, checked and stored, for
@@ -184,7 +252,7 @@ impl Runs {
                 threads.create(identity, Some(&title)).await?
             }
         };
-        if self.is_running(&thread.id) {
+        if self.is_running(&identity.user, &thread.id).await? {
             return Err(CommandError::conflict("the thread has a run in progress"));
         }
         let message = threads
@@ -227,38 +295,146 @@ impl Runs {
     }
 
     /// Stops the owner's run `run_id` and waits until its last event is
-    /// out. Someone else's run is `not_found`, as a run that does not run.
+    /// out, wherever it runs. Someone else's run is `not_found`, as a run
+    /// that does not run.
     pub async fn stop(&self, identity: &Identity, run_id: &str) -> Result<(), CommandError> {
-        let done = {
-            let active = self.lock();
-            let run = active
-                .values()
-                .find(|a| *a.run_id == *run_id && *a.owner == *identity.user);
-            let Some(run) = run else {
-                return Err(CommandError::not_found("no such run in progress"));
-            };
-            run.stop.cancel();
-            run.done.clone()
+        if let Some(done) = self.stop_here(&identity.user, run_id) {
+            done.cancelled().await;
+            return Ok(());
+        }
+        let not_found = || CommandError::not_found("no such run in progress");
+        let Some(cluster) = &self.cluster else {
+            return Err(not_found());
         };
-        done.cancelled().await;
-        Ok(())
-    }
-
-    /// Whether a run is in progress (or starting) on the thread.
-    pub fn is_running(&self, thread_id: &str) -> bool {
-        self.lock().contains_key(thread_id)
-    }
-
-    /// The run in progress on a thread, once its first event is out.
-    pub fn active_run(&self, thread_id: &str) -> Option<ActiveRun> {
-        let active = self.lock();
-        let a = active.get(thread_id)?;
-        let (started_at, replay_from) = a.started.clone()?;
-        Some(ActiveRun {
-            run_id: a.run_id.clone(),
-            started_at,
-            replay_from,
+        let claim = cluster
+            .by_run(&identity.user, run_id)
+            .await
+            .map_err(Self::cluster_failed)?
+            .ok_or_else(not_found)?;
+        let command = NodeCommand::StopRun {
+            user: identity.user.to_string(),
+            run_id: run_id.to_owned(),
+        };
+        self.channels
+            .broker
+            .to_all_nodes(&command)
+            .await
+            .map_err(Self::cluster_failed)?;
+        // The executing node releases the claim once the run's last event
+        // is out: that is the answer to wait for.
+        let waited = tokio::time::timeout(STOP_WAIT, async {
+            loop {
+                match cluster.by_thread(&claim.owner, &claim.thread_id).await {
+                    Ok(Some(c)) if c.claim == claim.claim => {}
+                    Ok(_) => return,
+                    Err(_) => {}
+                }
+                tokio::time::sleep(STOP_POLL).await;
+            }
         })
+        .await;
+        waited.map_err(|_| {
+            CommandError::new(
+                ErrorCode::Unavailable,
+                "the node running the agent did not confirm the stop",
+            )
+        })
+    }
+
+    /// Stops `user`'s run `run_id` if this node executes it (the node
+    /// command a stop on another node sends); what tells when it is over.
+    pub fn stop_here(&self, user: &str, run_id: &str) -> Option<CancellationToken> {
+        let active = self.lock();
+        let run = active
+            .values()
+            .find(|a| a.claim.run_id == run_id && a.claim.owner == user)?;
+        run.stop.cancel();
+        Some(run.done.clone())
+    }
+
+    /// Whether a run is in progress (or starting) on `owner`'s thread, on
+    /// any node.
+    pub async fn is_running(&self, owner: &str, thread_id: &str) -> Result<bool, CommandError> {
+        if self.lock().contains_key(thread_id) {
+            return Ok(true);
+        }
+        match &self.cluster {
+            None => Ok(false),
+            Some(c) => c
+                .by_thread(owner, thread_id)
+                .await
+                .map(|c| c.is_some())
+                .map_err(Self::cluster_failed),
+        }
+    }
+
+    /// The run in progress on `owner`'s thread, on any node, once its
+    /// first event is out.
+    pub async fn active_run(
+        &self,
+        owner: &str,
+        thread_id: &str,
+    ) -> Result<Option<ActiveRun>, CommandError> {
+        let here = self.lock().get(thread_id).map(|a| a.claim.clone());
+        let claim = match (here, &self.cluster) {
+            (Some(c), _) => Some(c),
+            (None, None) => None,
+            (None, Some(cluster)) => cluster
+                .by_thread(owner, thread_id)
+                .await
+                .map_err(Self::cluster_failed)?,
+        };
+        Ok(claim.and_then(|c| {
+            let (started_at, offset, epoch) = c.started?;
+            Some(ActiveRun {
+                run_id: c.run_id.into(),
+                started_at,
+                replay_from: StreamPosition {
+                    offset,
+                    epoch: epoch.into(),
+                },
+            })
+        }))
+    }
+
+    /// With several nodes: runs the store has as `running` that no node
+    /// holds in the cluster (their node crashed, its claim expired) are
+    /// failed as `interrupted`, and their thread is told. One node marks
+    /// such runs at start-up instead (`fail_interrupted_runs`). Returns how
+    /// many.
+    pub async fn fail_orphans(&self) -> Result<usize, CommandError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(0);
+        };
+        let running = self
+            .store
+            .running_runs()
+            .await
+            .map_err(|e| self.store_failed(e))?;
+        let mut failed = 0;
+        for run in running {
+            if self.lock().contains_key(run.thread_id.as_str()) {
+                continue;
+            }
+            let held = cluster
+                .by_thread(&run.owner, &run.thread_id)
+                .await
+                .map_err(Self::cluster_failed)?;
+            if held.is_some() {
+                continue;
+            }
+            let ended = self
+                .store
+                .finish_run(&run.id, RunStatus::Failed, Some("interrupted"))
+                .await
+                .map_err(|e| self.store_failed(e))?;
+            if ended {
+                failed += 1;
+                let payload = json!({ "status": RunStatus::Failed, "error": "interrupted" });
+                self.publish(&run, "agent_completed", payload).await;
+            }
+        }
+        Ok(failed)
     }
 
     /// Publishes one event of the run in `thread:<id>`; the publication,
@@ -298,8 +474,12 @@ impl Runs {
                 offset: p.offset.saturating_sub(1),
                 epoch: p.epoch.clone(),
             };
-            if let Some(a) = self.lock().get_mut(run.thread_id.as_str()) {
-                a.started = Some((run.started_at, before));
+            let claim = self.lock().get_mut(run.thread_id.as_str()).map(|a| {
+                a.claim.started = Some((run.started_at, before.offset, before.epoch.to_string()));
+                a.claim.clone()
+            });
+            if let Some(claim) = claim {
+                self.update_claim(&claim).await;
             }
         }
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);

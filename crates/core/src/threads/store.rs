@@ -217,6 +217,11 @@ pub trait ThreadStore: ThreadOwners {
     /// Marks every `running` run `failed` with the error `"interrupted"`:
     /// at start-up, nothing can still be running. Returns how many.
     async fn fail_interrupted_runs(&self) -> Result<u64, StoreError>;
+
+    /// Every `running` run of every owner, oldest first: with several
+    /// nodes, what a node checks against the runs the cluster knows to be
+    /// in progress (a crashed node's are not).
+    async fn running_runs(&self) -> Result<Vec<Run>, StoreError>;
 }
 
 #[cfg(test)]

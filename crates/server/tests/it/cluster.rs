@@ -346,3 +346,187 @@ async fn the_per_user_cap_counts_every_node() {
         n.stop().await;
     }
 }
+
+/// Run events (`thread:<id>` message data) until `agent_completed`.
+async fn run_events(ws: &mut Ws) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] != "message" {
+            continue;
+        }
+        let data = v["payload"]["data"].clone();
+        let done = data["type"] == "agent_completed";
+        events.push(data);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Two nodes of one cluster on one store (threads live in the shared
+/// database), the echo agent streaming a word every 100 ms.
+async fn run_nodes(prefix: &str, max_runs_per_user: usize) -> (TestServer, TestServer) {
+    let store = format!("sqlite://{}/shared.db", temp_dir("cluster-runs").display());
+    let config = move |c: &mut Config| {
+        c.storage.url = Secret::new(store.clone());
+        c.agent.echo_delay_ms = 100;
+        c.limits.max_runs_per_user = max_runs_per_user;
+    };
+    let a = node_with(&redis_url(), prefix, config.clone()).await;
+    // B opens the store A created (its migrations applied).
+    let _ = a.connect("warm-up").await;
+    let b = node_with(&redis_url(), prefix, config).await;
+    (a, b)
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn a_run_started_on_one_node_is_watched_and_stopped_from_another() {
+    let prefix = cluster();
+    let (a, b) = run_nodes(&prefix, 2).await;
+    let (mut on_a, _) = a.connect("runner").await;
+    let (mut on_b, _) = b.connect("runner").await;
+    let words = "one two three four five six seven eight nine ten eleven twelve";
+    let started = call(&mut on_a, "user_message", "1", json!({ "content": words })).await;
+    assert_eq!(started["type"], "run_started", "{started}");
+    let thread_id = started["payload"]["thread_id"].as_str().unwrap().to_owned();
+    let run_id = started["payload"]["run_id"].as_str().unwrap().to_owned();
+    let mut partials = 0;
+    while partials < 2 {
+        let v = next_json(&mut on_a).await;
+        if v["payload"]["data"]["type"] == "partial_result" {
+            partials += 1;
+        }
+    }
+
+    // Node B sees the run A executes, and replays it from its start.
+    let loaded = call(
+        &mut on_b,
+        "switch_thread",
+        "2",
+        json!({ "thread_id": thread_id }),
+    )
+    .await;
+    assert_eq!(loaded["type"], "thread_loaded", "{loaded}");
+    assert_eq!(loaded["payload"]["active_run"]["run_id"], json!(run_id));
+    let mut replayed: Vec<Value> = Vec::new();
+    while replayed
+        .last()
+        .is_none_or(|e| e["type"] != "partial_result")
+    {
+        let v = next_json(&mut on_b).await;
+        if v["type"] == "message" {
+            replayed.push(v["payload"]["data"].clone());
+        }
+    }
+    assert_eq!(replayed[0]["type"], "agent_started", "{replayed:?}");
+    assert_eq!(replayed.last().unwrap()["payload"]["delta"], "one ");
+
+    // One run per thread across nodes, whichever node is asked.
+    for (id, kind, payload) in [
+        ("3", "start_agent", json!({ "thread_id": thread_id })),
+        (
+            "4",
+            "user_message",
+            json!({ "thread_id": thread_id, "content": "again" }),
+        ),
+    ] {
+        let e = call(&mut on_b, kind, id, payload).await;
+        assert_eq!(e["payload"]["code"], "conflict", "{kind}: {e}");
+    }
+    // Someone else cannot stop it from B.
+    let (mut other, _) = b.connect("someone").await;
+    let e = call(&mut other, "stop_agent", "5", json!({ "run_id": run_id })).await;
+    assert_eq!(e["payload"]["code"], "not_found", "{e}");
+
+    // Its owner can: the stop crosses to A, and every tab on both nodes
+    // sees the run end stopped, before it has streamed every word.
+    // The reply comes once the run's last event is out, so B's tab has
+    // `agent_completed` first.
+    send_json(
+        &mut on_b,
+        json!({"type": "stop_agent", "id": "6", "payload": { "run_id": run_id }}),
+    )
+    .await;
+    let (mut on_b_events, mut stopped) = (Vec::new(), None);
+    while stopped.is_none() {
+        let v = next_json(&mut on_b).await;
+        if v["id"] == "6" {
+            stopped = Some(v);
+        } else if v["type"] == "message" {
+            on_b_events.push(v["payload"]["data"].clone());
+        }
+    }
+    let stopped = stopped.unwrap();
+    assert_eq!(stopped["type"], "run_stopped", "{stopped}");
+    for events in [run_events(&mut on_a).await, on_b_events] {
+        let end = events.last().unwrap();
+        assert_eq!(end["type"], "agent_completed", "{events:?}");
+        assert_eq!(end["payload"]["status"], "stopped", "{events:?}");
+        assert_eq!(end["payload"]["run_id"], json!(run_id));
+        assert!(!events.iter().any(|e| e["type"] == "final_report"));
+    }
+    let (status, runs) = get_json(
+        &a.http(&format!("/api/threads/{thread_id}/runs")),
+        &[("authorization", &format!("Bearer {}", token("runner")))],
+    )
+    .await;
+    assert_eq!(status, 200, "{runs}");
+    assert_eq!(runs["runs"][0]["status"], "stopped", "{runs}");
+
+    // The thread is free again on every node: B runs the next one, and
+    // its events reach A's tab.
+    let again = call(
+        &mut on_b,
+        "start_agent",
+        "7",
+        json!({ "thread_id": thread_id }),
+    )
+    .await;
+    assert_eq!(again["type"], "run_started", "{again}");
+    let events = run_events(&mut on_a).await;
+    assert_eq!(events.last().unwrap()["payload"]["status"], "completed");
+    assert_eq!(
+        events.last().unwrap()["payload"]["run_id"],
+        again["payload"]["run_id"]
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn the_per_user_run_cap_counts_every_node() {
+    let prefix = cluster();
+    let (a, b) = run_nodes(&prefix, 1).await;
+    let (mut on_a, _) = a.connect("one-run").await;
+    let (mut on_b, _) = b.connect("one-run").await;
+    let started = call(
+        &mut on_a,
+        "user_message",
+        "1",
+        json!({ "content": "a long answer to stream slowly" }),
+    )
+    .await;
+    assert_eq!(started["type"], "run_started", "{started}");
+    let e = call(
+        &mut on_b,
+        "user_message",
+        "2",
+        json!({ "content": "another thread" }),
+    )
+    .await;
+    assert_eq!(e["payload"]["code"], "conflict", "{e}");
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per user"),
+        "{e}"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

@@ -111,7 +111,7 @@ impl Session {
             let loaded = async {
                 let thread = threads.get(&identity, &args.thread_id).await?;
                 let messages = threads.messages(&identity, &thread.id, None, None).await?;
-                let active = runs.active_run(&thread.id);
+                let active = runs.active_run(&identity.user, &thread.id).await?;
                 let active_json = match &active {
                     Some(a) => json!({ "run_id": &*a.run_id, "started_at": a.started_at }),
                     None => Value::Null,
