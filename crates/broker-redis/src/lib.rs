@@ -38,10 +38,17 @@ pub const META_TTL_SECS: i64 = 30 * 24 * 3600;
 
 /// Runs a Redis command bounded by [`ANSWER_WITHIN`]; errors become
 /// `unavailable` with fred's reason (it never holds the URL).
+///
+/// fred's own timeout (the same bound) is what ends a command waiting for
+/// Redis: it marks the command so it is never written later. This outer
+/// bound, a little longer, only guards against fred itself hanging; were
+/// it the one to fire first, a publish reported `unavailable` could still
+/// go out once Redis is back.
 pub(crate) async fn within<T>(
     command: impl Future<Output = Result<T, fred::error::Error>>,
 ) -> Result<T, BrokerError> {
-    match tokio::time::timeout(ANSWER_WITHIN, command).await {
+    let guard = ANSWER_WITHIN + Duration::from_millis(500);
+    match tokio::time::timeout(guard, command).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(BrokerError::Unavailable(format!("redis: {}", e.details()))),
         Err(_) => Err(BrokerError::Unavailable(format!(
@@ -78,6 +85,11 @@ pub fn clients(url: &str) -> Result<(Client, SubscriberClient), ConnectError> {
         })
         .with_connection_config(|c| {
             c.connection_timeout = ANSWER_WITHIN;
+            // A command in flight when the connection drops is not sent
+            // again on the next one: a publish Redis may have run already
+            // must not run twice (a second offset for the same message).
+            // The caller gets `unavailable`.
+            c.max_command_attempts = 1;
         });
     let client = builder
         .build()

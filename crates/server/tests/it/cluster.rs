@@ -262,6 +262,89 @@ async fn a_node_that_loses_redis_stays_up_and_misses_nothing() {
 
 #[tokio::test]
 #[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn redis_killed_and_restarted_empty_is_survived_and_reported() {
+    let prefix = cluster();
+    let mut redis = PrivateRedis::start().await;
+    let (a, c) = (
+        node_on(&redis.url(), &prefix).await,
+        node_on(&redis.url(), &prefix).await,
+    );
+    let (mut ws, _) = a.connect("ann").await;
+    let s = call(&mut ws, "subscribe", "s", json!({"channel": "chat:room"})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    for i in 1..=2 {
+        api_publish(&c, "chat:room", json!({ "i": i })).await;
+    }
+    let mut last = Value::Null;
+    for _ in 1..=2 {
+        last = next_of(&mut ws, "message").await["payload"].clone();
+    }
+    assert_eq!(last["offset"], 2);
+    let old_epoch = last["epoch"].clone();
+
+    // Redis dies mid-stream: both nodes are not ready, naming the broker;
+    // publish, subscribe and history answer `unavailable`; the client's
+    // connection stays open and answers.
+    redis.kill();
+    let (status, body) = get_json(&a.http("/ready"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["broker"], "failed", "{body}");
+    let resp = reqwest::Client::new()
+        .post(c.http("/api/publish"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"channel": "chat:room", "data": {"i": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    let e = call(&mut ws, "subscribe", "s2", json!({"channel": "chat:other"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable", "{e}");
+    let e = call(&mut ws, "history", "h", json!({"channel": "chat:room"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable", "{e}");
+    assert_eq!(call(&mut ws, "ping", "p", json!({})).await["type"], "pong");
+
+    // Redis is back, empty: the nodes reconnect by themselves and become
+    // ready; the channel's stream is lost, so its subscriber is closed
+    // with 4009 rather than left waiting on a stream that restarted.
+    let _redis = PrivateRedis::start_on(redis.port).await;
+    for n in [&a, &c] {
+        let mut status = 0;
+        for _ in 0..150 {
+            status = get_json(&n.http("/ready"), &[]).await.0;
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 200, "ready again without a restart");
+    }
+    assert_eq!(expect_close(&mut ws).await, 4009);
+    // The client comes back and asks to recover: told `recovered: false`
+    // (a new epoch), never silently nothing; then publications flow.
+    let (mut ws, _) = a.connect("ann").await;
+    let s = call(
+        &mut ws,
+        "subscribe",
+        "s",
+        json!({"channel": "chat:room", "recover": {"offset": 2, "epoch": old_epoch}}),
+    )
+    .await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert_eq!(s["payload"]["recovered"], false, "{s}");
+    assert_ne!(s["payload"]["epoch"], old_epoch);
+    api_publish(&c, "chat:room", json!({"i": 4})).await;
+    let m = next_of(&mut ws, "message").await;
+    assert_eq!(m["payload"]["data"]["i"], 4, "{m}");
+    assert_eq!(m["payload"]["offset"], 1, "the new stream's first");
+    for n in [a, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
 async fn disconnecting_a_user_reaches_every_node() {
     let prefix = cluster();
     let (a, b) = (node(&prefix).await, node(&prefix).await);
@@ -529,4 +612,79 @@ async fn the_per_user_run_cap_counts_every_node() {
     for n in [a, b] {
         n.stop().await;
     }
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn a_node_fails_the_runs_a_crashed_node_left_and_only_those() {
+    use wsgate_core::runs::{Claimed, RunClaim, RunRegistry};
+    use wsgate_core::threads::ThreadStore;
+    let prefix = cluster();
+    let url = format!("sqlite://{}/shared.db", temp_dir("orphans").display());
+    let store = wsgate_storage::Storage::open(&url).await.unwrap();
+    let live_thread = store.create_thread("kim", "live").await.unwrap();
+    let live = store
+        .create_run("kim", &live_thread.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let orphan_thread = store.create_thread("kim", "orphan").await.unwrap();
+    let orphan = store
+        .create_run("kim", &orphan_thread.id)
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+    // Another node still runs `live` and holds its claim; `orphan`'s node
+    // crashed and its claim is gone.
+    let (client, _) = wsgate_broker_redis::clients(&redis_url()).unwrap();
+    let other_node =
+        wsgate_broker_redis::RedisRuns::new(client, wsgate_broker_redis::Keys::new(&prefix));
+    let claim = RunClaim {
+        claim: "held-elsewhere".into(),
+        owner: "kim".into(),
+        thread_id: live_thread.id.clone(),
+        run_id: live.id.clone(),
+        started: None,
+    };
+    assert_eq!(other_node.claim(&claim, 5).await.unwrap(), Claimed::Yes);
+
+    let node = node_with(&redis_url(), &prefix, move |c| {
+        c.storage.url = Secret::new(url.clone());
+    })
+    .await;
+    let runs_of = |thread: String| {
+        let url = node.http(&format!("/api/threads/{thread}/runs"));
+        async move {
+            let auth = format!("Bearer {}", token("kim"));
+            get_json(&url, &[("authorization", &auth)]).await.1["runs"][0].clone()
+        }
+    };
+    let mut failed = Value::Null;
+    for _ in 0..100 {
+        failed = runs_of(orphan_thread.id.clone()).await;
+        if failed["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed["id"], json!(orphan.id));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"], "interrupted");
+    let kept = runs_of(live_thread.id.clone()).await;
+    assert_eq!(
+        kept["status"], "running",
+        "another node's run is left alone: {kept}"
+    );
+    // And the node knows the thread is busy.
+    let (mut ws, _) = node.connect("kim").await;
+    let e = call(
+        &mut ws,
+        "start_agent",
+        "1",
+        json!({ "thread_id": live_thread.id }),
+    )
+    .await;
+    assert_eq!(e["payload"]["code"], "conflict", "{e}");
+    node.stop().await;
 }

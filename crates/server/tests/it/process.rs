@@ -356,3 +356,161 @@ async fn dev_mode_needs_no_configuration_and_prints_a_token() {
     sigterm(&s.child);
     assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
 }
+
+/// `/ready`'s status within `secs`, polled until it is `want`.
+async fn ready_within(addr: std::net::SocketAddr, want: u16, secs: u64) -> u16 {
+    let mut status = 0;
+    for _ in 0..secs * 10 {
+        status = get_json(&format!("http://{addr}/ready"), &[]).await.0;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    let mut redis = PrivateRedis::start().await;
+    let s = spawn_serve(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("WSGATE_AUTH__HMAC_SECRET", SECRET),
+            ("WSGATE_BROKER__URL", &redis.url()),
+        ],
+    )
+    .await;
+    assert_eq!(ready_within(s.addr, 200, 10).await, 200);
+    redis.kill();
+    assert_eq!(ready_within(s.addr, 503, 10).await, 503);
+    // Long enough for several reconnect attempts (0.1 s, doubling to 5 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _redis = PrivateRedis::start_on(redis.port).await;
+    assert_eq!(
+        ready_within(s.addr, 200, 15).await,
+        200,
+        "back without a restart"
+    );
+    let count = |needle: &str| {
+        s.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    assert_eq!(
+        count("redis connection lost"),
+        1,
+        "once, not once per attempt"
+    );
+    // The log line may follow the first successful command by a moment.
+    for _ in 0..50 {
+        if count("redis connection restored") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count("redis connection restored"), 1);
+}
+
+#[tokio::test]
+#[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
+async fn rediss_connects_over_tls_and_verifies_the_certificate() {
+    // A CA of the test's own, a certificate for localhost, and a Redis
+    // that speaks TLS only.
+    let dir = temp_dir("redis-tls");
+    let sh = |script: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=wsgate test CA'");
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.crt -days 2 -subj '/CN=another CA'");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=localhost'");
+    sh("printf 'subjectAltName=DNS:localhost\\n' > ext && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .args(["--tls-port", &port.to_string()])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("rediss://localhost:{port}/0");
+    let config = dir.join("wsgate.toml");
+    std::fs::write(
+        &config,
+        "[[channels.namespaces]]\nname = \"news\"\nsubscribe = \"any\"\npublish = \"any\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let ca = dir.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let serve = |envs: Vec<(&'static str, String)>| {
+        let mut all = vec![
+            ("WSGATE_AUTH__HMAC_SECRET", SECRET.to_owned()),
+            ("WSGATE_API__KEYS", format!("[\"{API_KEY}\"]")),
+            ("WSGATE_BROKER__URL", url.clone()),
+        ];
+        all.extend(envs);
+        let config = config.clone();
+        async move {
+            let envs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            spawn_serve(&["--listen", "127.0.0.1:0", "--config", &config], &envs).await
+        }
+    };
+
+    // Trusting the test CA (rustls reads SSL_CERT_FILE as the system's
+    // roots): ready, and a publication goes through Redis to a subscriber.
+    let s = serve(vec![("SSL_CERT_FILE", ca.to_owned())]).await;
+    assert_eq!(ready_within(s.addr, 200, 10).await, 200);
+    let mut req = format!("ws://{}/ws", s.addr).into_client_request().unwrap();
+    add_header(
+        &mut req,
+        "authorization",
+        &format!("Bearer {}", token("tls")),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    let sub = call(&mut ws, "subscribe", "1", json!({"channel": "news:tls"})).await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/publish", s.addr))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"channel": "news:tls", "data": {"over": "tls"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let m = next_of(&mut ws, "message").await;
+    assert_eq!(m["payload"]["data"]["over"], "tls", "{m}");
+
+    // Trusting another CA only: the certificate is refused, the broker
+    // not ready.
+    let other = dir.join("other.crt").to_str().unwrap().to_owned();
+    let untrusting = serve(vec![("SSL_CERT_FILE", other)]).await;
+    assert_eq!(ready_within(untrusting.addr, 200, 3).await, 503);
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
