@@ -356,12 +356,14 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test.sh installs it)");
+        // Owned at once, so a panic below still kills and reaps it.
+        let redis = PrivateRedis { port, child };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return PrivateRedis { port, child };
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
