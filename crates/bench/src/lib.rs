@@ -64,8 +64,10 @@ pub struct TrivialArgs {
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// Where subscribers connect; several (comma-separated: the nodes of a
+    /// cluster) share them round-robin.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Base URL of the HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub api: String,
@@ -98,8 +100,15 @@ pub struct FanoutArgs {
     /// `transport.compression = true`) and inflate what arrives.
     #[arg(long)]
     pub deflate: bool,
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Server processes whose CPU is reported (comma-separated: summed).
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Publications of the first this many seconds are delivered and
+    /// counted but not timed: a first publication pays for connections,
+    /// scripts and caches that are set up once (with a few hundred
+    /// publications in all, it alone would be the p99).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
 }
 
 #[derive(Debug, Args)]
@@ -413,14 +422,19 @@ async fn open_subscriber(
 }
 
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    let target = url_lite::parse(&args.url)?.addr;
+    let targets = args
+        .url
+        .iter()
+        .map(|u| Ok((u.clone(), url_lite::parse(u)?.addr)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut opening = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let token = sign_hs256(&args.secret, &format!("fan-{i}"), exp);
         let source = source_address(i, args.sources);
-        let (url, channel, sem) = (args.url.clone(), args.channel.clone(), sem.clone());
+        let (url, target) = targets[i % targets.len()].clone();
+        let (channel, sem) = (args.channel.clone(), sem.clone());
         let deflate = args.deflate;
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
@@ -446,6 +460,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         per_publisher * args.publishers as u64
     };
     let mut readers = Vec::with_capacity(sockets.len());
+    let timed_from = unix_nanos() + (args.warmup_secs.max(0.0) * 1e9) as u64;
     for mut ws in sockets {
         readers.push(tokio::spawn(async move {
             let mut report = SubscriberReport {
@@ -479,7 +494,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 // Every 4th publication is timed: the receiver must stay
                 // cheaper than the server, and a quarter is plenty for p999.
                 if offset % 4 == 0 {
-                    if let Some(ts) = field_u64(frame, &ts_key) {
+                    if let Some(ts) = field_u64(frame, &ts_key).filter(|&ts| ts >= timed_from) {
                         let micros = unix_nanos().saturating_sub(ts) / 1_000;
                         let _ = report.latency.record(micros.max(1));
                     }
@@ -489,7 +504,15 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         }));
     }
 
-    let before = args.pid.map(proc_sample).transpose()?;
+    let cpu_of = |pids: &[u32]| -> anyhow::Result<Duration> {
+        let mut sum = Duration::ZERO;
+        for &pid in pids {
+            let (_, (user, system)) = proc_sample(pid)?;
+            sum += user + system;
+        }
+        Ok(sum)
+    };
+    let before = cpu_of(&args.pid)?;
     let wire_before = loopback_bytes().ok();
     let started = Instant::now();
     let client = reqwest::Client::builder()
@@ -581,11 +604,11 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         ms(0.999),
         latency.max() as f64 / 1e3
     );
-    if let (Some(pid), Some((_, cpu0))) = (args.pid, before) {
-        let (_, cpu1) = proc_sample(pid)?;
-        let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
+    if !args.pid.is_empty() {
+        let cpu = cpu_of(&args.pid)?.saturating_sub(before);
         println!(
-            "server CPU: {:.2} s busy over {:.2} s ({:.0}%); {:.0} ns per delivery",
+            "server CPU ({} process(es)): {:.2} s busy over {:.2} s ({:.0}%); {:.0} ns per delivery",
+            args.pid.len(),
             cpu.as_secs_f64(),
             elapsed,
             cpu.as_secs_f64() / elapsed * 100.0,
