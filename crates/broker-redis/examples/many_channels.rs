@@ -100,13 +100,21 @@ async fn main() {
         let t0 = Instant::now();
         let waiting = arrivals.notify.notified();
         publisher
-            .publish(&channel, Bytes::from_static(b"{}"), serde_json::json!({}), history)
+            .publish(
+                &channel,
+                Bytes::from_static(b"{}"),
+                serde_json::json!({}),
+                history,
+            )
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(2), waiting)
             .await
             .expect("delivered");
-        assert_eq!(arrivals.last.lock().unwrap().as_deref(), Some(channel.as_str()));
+        assert_eq!(
+            arrivals.last.lock().unwrap().as_deref(),
+            Some(channel.as_str())
+        );
         rtts.push(t0.elapsed());
     }
     rtts.sort();

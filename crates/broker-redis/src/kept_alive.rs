@@ -1,7 +1,8 @@
 //! Entries this node keeps alive in Redis (presence, counted connections):
 //! each expires a TTL after it was last written, and the node writes the
-//! ones it holds again every third of the TTL. A node that crashes stops
-//! writing, so its entries go by themselves within the TTL.
+//! ones it holds again every third of the TTL, spread over that time. A
+//! node that crashes stops writing, so its entries go by themselves within
+//! the TTL.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,8 +28,8 @@ impl<K, V> Drop for KeptAlive<K, V> {
 
 impl<K, V> KeptAlive<K, V>
 where
-    K: Eq + Hash + Clone + Send + 'static,
-    V: Clone + Send + 'static,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Starts rewriting the entries with `write` every `ttl / 3`.
     pub fn new<F, Fut>(ttl: Duration, write: F) -> Self
@@ -55,16 +56,24 @@ where
     }
 }
 
+/// Entries are rewritten in slices this far apart, spread over the first
+/// half of each round, rather than all at once: 10,000 connections are
+/// 10,000 scripts, and in one burst every 20 s they held Redis and the
+/// node's command connection long enough to delay publications by
+/// hundreds of milliseconds (docs/benchmarks.md, "Several nodes").
+const SLICE_EVERY: Duration = Duration::from_millis(100);
+
 async fn refresh<K, V, F, Fut>(every: Duration, entries: Weak<Entries<K, V>>, write: F)
 where
-    K: Clone,
-    V: Clone,
-    F: Fn(K, V) -> Fut,
-    Fut: Future<Output = Result<(), BrokerError>>,
+    K: Clone + Send + Sync,
+    V: Clone + Send + Sync,
+    F: Fn(K, V) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), BrokerError>> + Send + 'static,
 {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let slices = ((every / 2).as_millis() / SLICE_EVERY.as_millis()).max(1) as usize;
     loop {
         tick.tick().await;
         let Some(entries) = entries.upgrade() else {
@@ -77,8 +86,23 @@ where
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         drop(entries);
-        for (k, v) in now {
-            if let Err(e) = write(k, v).await {
+        let per_slice = now.len().div_ceil(slices).max(1);
+        for (i, slice) in now.chunks(per_slice).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(SLICE_EVERY).await;
+            }
+            // A slice's writes go together: pipelined on one connection.
+            let mut writes = tokio::task::JoinSet::new();
+            for (k, v) in slice {
+                writes.spawn(write(k.clone(), v.clone()));
+            }
+            let mut failed = None;
+            while let Some(done) = writes.join_next().await {
+                if let Ok(Err(e)) = done {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
                 // Redis is away: the next round writes them again.
                 tracing::debug!(error = %e, "keeping entries alive failed");
                 break;
@@ -112,5 +136,35 @@ mod tests {
         drop(kept);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(written.lock().unwrap().len(), 2, "nothing once dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_entries_are_written_in_slices_over_half_a_round() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let w = written.clone();
+        // Rounds every 2 s: ten slices 100 ms apart.
+        let kept = KeptAlive::new(Duration::from_secs(6), move |k: u32, _v: ()| {
+            let w = w.clone();
+            async move {
+                w.lock().unwrap().push((tokio::time::Instant::now(), k));
+                Ok(())
+            }
+        });
+        for k in 0..1000 {
+            kept.insert(k, ());
+        }
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let written = written.lock().unwrap();
+        assert_eq!(written.len(), 1000, "each once in the first round");
+        let mut keys: Vec<u32> = written.iter().map(|(_, k)| *k).collect();
+        keys.sort();
+        assert_eq!(keys, (0..1000).collect::<Vec<_>>());
+        let at = |t: tokio::time::Instant| (t - start).as_millis();
+        let (first, last) = (at(written[0].0), at(written[999].0));
+        assert_eq!(first, 2000, "the round starts on time");
+        assert_eq!(last, 2900, "ten slices, 100 ms apart");
+        let in_first_slice = written.iter().filter(|(t, _)| at(*t) == 2000).count();
+        assert_eq!(in_first_slice, 100);
     }
 }
