@@ -1,6 +1,6 @@
 //! Entries this node keeps alive in Redis (presence, counted connections):
 //! each expires a TTL after it was last written, and the node writes the
-//! ones it holds again every third of the TTL, spread over that time. A
+//! ones it holds again every third of the TTL, spread over half of that. A
 //! node that crashes stops writing, so its entries go by themselves within
 //! the TTL.
 
@@ -43,8 +43,7 @@ where
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
-        // Single inserts and removals: consistent even after a panic.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.entries)
     }
 
     pub fn insert(&self, key: K, value: V) {
@@ -57,15 +56,19 @@ where
 }
 
 /// Entries are rewritten in slices this far apart, spread over the first
-/// half of each round, rather than all at once: 10,000 connections are
-/// 10,000 scripts, and in one burst every 20 s they held Redis and the
-/// node's command connection long enough to delay publications by
-/// hundreds of milliseconds (docs/benchmarks.md, "Several nodes").
+/// half of each round (100 slices for a 60 s TTL), rather than all at
+/// once: 10,000 connections are 10,000 scripts, which in one burst every
+/// 20 s would queue ahead of publishes on the node's command connection.
 const SLICE_EVERY: Duration = Duration::from_millis(100);
 
-async fn refresh<K, V, F, Fut>(every: Duration, entries: Weak<Entries<K, V>>, write: F)
+fn lock<K, V>(entries: &Entries<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    // Single inserts and removals: consistent even after a panic.
+    entries.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn refresh<K, V, F, Fut>(every: Duration, entries_ref: Weak<Entries<K, V>>, write: F)
 where
-    K: Clone + Send + Sync,
+    K: Eq + Hash + Clone + Send + Sync,
     V: Clone + Send + Sync,
     F: Fn(K, V) -> Fut + Send + Sync,
     Fut: Future<Output = Result<(), BrokerError>> + Send + 'static,
@@ -76,25 +79,33 @@ where
     let slices = ((every / 2).as_millis() / SLICE_EVERY.as_millis()).max(1) as usize;
     loop {
         tick.tick().await;
-        let Some(entries) = entries.upgrade() else {
+        let Some(entries) = entries_ref.upgrade() else {
             return;
         };
-        let now: Vec<(K, V)> = entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let keys: Vec<K> = lock(&entries).keys().cloned().collect();
         drop(entries);
-        let per_slice = now.len().div_ceil(slices).max(1);
-        for (i, slice) in now.chunks(per_slice).enumerate() {
+        let per_slice = keys.len().div_ceil(slices).max(1);
+        for (i, slice) in keys.chunks(per_slice).enumerate() {
             if i > 0 {
                 tokio::time::sleep(SLICE_EVERY).await;
             }
+            // What is held now, not at the round's start: an entry removed
+            // meanwhile must not be written back, nor an older value.
+            let Some(entries) = entries_ref.upgrade() else {
+                return;
+            };
+            let now: Vec<(K, V)> = {
+                let held = lock(&entries);
+                slice
+                    .iter()
+                    .filter_map(|k| held.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect()
+            };
+            drop(entries);
             // A slice's writes go together: pipelined on one connection.
             let mut writes = tokio::task::JoinSet::new();
-            for (k, v) in slice {
-                writes.spawn(write(k.clone(), v.clone()));
+            for (k, v) in now {
+                writes.spawn(write(k, v));
             }
             let mut failed = None;
             while let Some(done) = writes.join_next().await {
@@ -166,5 +177,38 @@ mod tests {
         assert_eq!(last, 2900, "ten slices, 100 ms apart");
         let in_first_slice = written.iter().filter(|(t, _)| at(*t) == 2000).count();
         assert_eq!(in_first_slice, 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_removed_or_changed_mid_round_is_written_as_it_is_now() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let w = written.clone();
+        // Rounds every 2 s, ten slices 100 ms apart: one entry a slice.
+        let kept = KeptAlive::new(Duration::from_secs(6), move |k: u32, v: u32| {
+            let w = w.clone();
+            async move {
+                w.lock().unwrap().push((k, v));
+                Ok(())
+            }
+        });
+        for k in 0..10 {
+            kept.insert(k, 0);
+        }
+        // The round starts at 2 s; by 2.45 s the first slices are out.
+        tokio::time::sleep(Duration::from_millis(2450)).await;
+        let early = written.lock().unwrap().len();
+        assert!((1..10).contains(&early), "{early} written so far");
+        for k in 0..10 {
+            kept.remove(&k);
+        }
+        kept.insert(9, 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let written = written.lock().unwrap();
+        assert_eq!(
+            written.len(),
+            early + 1,
+            "removed entries not written back: {written:?}"
+        );
+        assert_eq!(written.last(), Some(&(9, 1)), "the value held now");
     }
 }

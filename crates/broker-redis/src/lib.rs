@@ -52,8 +52,8 @@ pub(crate) async fn within<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(BrokerError::Unavailable(format!("redis: {}", e.details()))),
         Err(_) => Err(BrokerError::Unavailable(format!(
-            "redis: no answer within {} s",
-            ANSWER_WITHIN.as_secs()
+            "redis: no answer within {:.1} s",
+            guard.as_secs_f64()
         ))),
     }
 }

@@ -55,6 +55,7 @@ async fn call(
         claim.run_id.as_str().into(),
         (ttl.as_millis() as i64).into(),
         (max.min(i64::MAX as usize) as i64).into(),
+        (claim.version.min(i64::MAX as u64) as i64).into(),
     ];
     within(script.evalsha_with_reload(client, k, args)).await
 }
@@ -70,7 +71,15 @@ impl RedisRuns {
         let (c, k, s) = (client.clone(), keys.clone(), script.clone());
         let mine = KeptAlive::new(ttl, move |_token: String, claim: RunClaim| {
             let (c, k, s) = (c.clone(), k.clone(), s.clone());
-            async move { call((&c, &s, &k, ttl), "keep", &claim, 0).await.map(drop) }
+            async move {
+                // The same write as an update: puts the claim back if Redis
+                // lost it (restarted empty) while the run goes on.
+                let answer = call((&c, &s, &k, ttl), "write", &claim, 0).await?;
+                if answer == 3 {
+                    tracing::warn!(thread_id = %claim.thread_id, run_id = %claim.run_id, "another node claimed the thread of a run in progress here");
+                }
+                Ok(())
+            }
         });
         RedisRuns {
             client,
@@ -86,10 +95,20 @@ impl RedisRuns {
         call(on, op, claim, max).await
     }
 
-    async fn read(&self, key: String) -> Result<Option<RunClaim>, BrokerError> {
-        let json: Option<String> = within(self.client.get(key)).await?;
-        // A claim that does not parse is not one of ours: as if absent.
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    /// The claim on `owner`'s `thread_id`. One that does not parse (or is
+    /// not for what was asked) still holds the thread for the script, so it
+    /// is an error here, never "free".
+    async fn read(&self, owner: &str, thread_id: &str) -> Result<Option<RunClaim>, BrokerError> {
+        let json: Option<String> = within(self.client.get(self.keys.run(owner, thread_id))).await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<RunClaim>(&json) {
+            Ok(c) if c.owner == owner && c.thread_id == thread_id => Ok(Some(c)),
+            _ => Err(BrokerError::Unavailable(
+                "redis: a run claim that is not this version's".into(),
+            )),
+        }
     }
 }
 
@@ -124,7 +143,7 @@ impl RunRegistry for RedisRuns {
         owner: &str,
         thread_id: &str,
     ) -> Result<Option<RunClaim>, BrokerError> {
-        self.read(self.keys.run(owner, thread_id)).await
+        self.read(owner, thread_id).await
     }
 
     async fn by_run(&self, owner: &str, run_id: &str) -> Result<Option<RunClaim>, BrokerError> {

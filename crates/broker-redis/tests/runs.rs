@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use fred::interfaces::{ClientLike, KeysInterface};
 use wsgate_broker_redis::{clients, Keys, RedisRuns};
 use wsgate_core::runs::{Claimed, RunClaim, RunRegistry};
 
@@ -21,6 +22,7 @@ fn claim(owner: &str, thread: &str) -> RunClaim {
         thread_id: thread.into(),
         run_id: String::new(),
         started: None,
+        version: 0,
     }
 }
 
@@ -54,7 +56,13 @@ async fn claims_are_one_per_thread_and_capped_per_user_across_nodes() {
     assert_eq!(b.by_run("alice", "r1").await.unwrap(), None);
     first.run_id = "r1".into();
     first.started = Some((1_700_000_000_000, 4, "ep".into()));
+    first.version = 2;
     a.update(&first).await.unwrap();
+    // An older copy (a keep-alive that read it before) does not replace it.
+    let mut older = first.clone();
+    older.version = 1;
+    older.started = None;
+    a.update(&older).await.unwrap();
     assert_eq!(
         b.by_thread("alice", "t1").await.unwrap(),
         Some(first.clone())
@@ -95,6 +103,7 @@ async fn a_live_node_keeps_its_claims_and_a_crashed_one_loses_them() {
     let (alive, crashed, watcher) = (node(&prefix, ttl), node(&prefix, ttl), node(&prefix, ttl));
     let mut kept = claim("alice", "kept");
     kept.run_id = "r-kept".into();
+    kept.version = 1;
     assert_eq!(alive.claim(&kept, 5).await.unwrap(), Claimed::Yes);
     alive.update(&kept).await.unwrap();
     let lost = claim("alice", "lost");
@@ -105,11 +114,38 @@ async fn a_live_node_keeps_its_claims_and_a_crashed_one_loses_them() {
         watcher.by_thread("alice", "kept").await.unwrap(),
         Some(kept.clone())
     );
-    assert_eq!(watcher.by_run("alice", "r-kept").await.unwrap(), Some(kept));
+    assert_eq!(
+        watcher.by_run("alice", "r-kept").await.unwrap(),
+        Some(kept.clone())
+    );
     assert_eq!(watcher.by_thread("alice", "lost").await.unwrap(), None);
     assert_eq!(
         watcher.claim(&claim("alice", "lost"), 2).await.unwrap(),
         Claimed::Yes,
         "the crashed node's thread is free, and its run no longer counts"
     );
+
+    // Redis loses the claim (restarted empty, say) while the run goes on:
+    // its node's keep-alive puts it back, run id and all.
+    let url = std::env::var("TEST_REDIS_URL").unwrap();
+    let (raw, _) = clients(&url).unwrap();
+    raw.wait_for_connect().await.unwrap();
+    let keys = Keys::new(&prefix);
+    let _: i64 = raw
+        .del(vec![
+            keys.run("alice", "kept"),
+            keys.run_id("alice", "r-kept"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(watcher.by_thread("alice", "kept").await.unwrap(), None);
+    tokio::time::sleep(ttl).await;
+    assert_eq!(
+        watcher.by_run("alice", "r-kept").await.unwrap(),
+        Some(kept.clone())
+    );
+    // Released: the keep-alive does not bring it back.
+    alive.release(&kept).await.unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(watcher.by_thread("alice", "kept").await.unwrap(), None);
 }

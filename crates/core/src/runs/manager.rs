@@ -53,6 +53,41 @@ struct Active {
     done: CancellationToken,
 }
 
+/// This node's hold on a thread from the moment a start reserves it. Its
+/// drop — after the run's end, or on an error, a start whose caller went
+/// away, or a panic — takes the run out of this node's map, releases its
+/// claim in the cluster and wakes whoever waits for the stop, so none of
+/// them outlives the run. On the normal paths `Runs::release` has done the
+/// first two already (awaited, so a retry finds the thread free).
+struct Held {
+    runs: Arc<Runs>,
+    thread: Arc<str>,
+    done: CancellationToken,
+    /// Whether the cluster's registry holds a claim of ours.
+    claimed: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let left = self.runs.lock().remove(&self.thread);
+        if let (Some(active), Some(cluster), true) = (left, &self.runs.cluster, self.claimed) {
+            let cluster = cluster.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = cluster.release(&active.claim).await {
+                        tracing::warn!(error = %e, "an abandoned run's claim not released; it expires");
+                    }
+                });
+            }
+        }
+        self.done.cancel();
+    }
+}
+
+fn thread_busy() -> CommandError {
+    CommandError::conflict("the thread has a run in progress")
+}
+
 /// A run in progress as `switch_thread` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveRun {
@@ -126,32 +161,30 @@ impl Runs {
     ) -> Result<Run, CommandError> {
         let thread: Arc<str> = thread_id.into();
         let stop = CancellationToken::new();
-        let done = CancellationToken::new();
-        let mut claim = RunClaim {
+        let claim = RunClaim {
             claim: uuid::Uuid::new_v4().to_string(),
             owner: identity.user.to_string(),
             thread_id: thread_id.to_owned(),
             run_id: String::new(),
             started: None,
+            version: 0,
         };
         // Reserved here before any await, so two starts on this node cannot
         // both pass; then in the cluster, which another node's start may
         // hold.
-        {
+        let mut held = {
             let mut active = self.lock();
             if active.contains_key(&thread) {
-                return Err(CommandError::conflict("the thread has a run in progress"));
+                return Err(thread_busy());
             }
             let mine = active
                 .values()
                 .filter(|a| a.claim.owner == *identity.user)
                 .count();
             if mine >= self.max_per_user {
-                return Err(CommandError::conflict(format!(
-                    "at most {} runs at a time per user",
-                    self.max_per_user
-                )));
+                return Err(self.user_at_cap());
             }
+            let done = CancellationToken::new();
             active.insert(
                 thread.clone(),
                 Active {
@@ -160,52 +193,61 @@ impl Runs {
                     done: done.clone(),
                 },
             );
-        }
+            Held {
+                runs: self.clone(),
+                thread: thread.clone(),
+                done,
+                claimed: false,
+            }
+        };
         if let Some(cluster) = &self.cluster {
-            let refused = match cluster.claim(&claim, self.max_per_user).await {
-                Ok(Claimed::Yes) => None,
-                Ok(Claimed::ThreadBusy) => {
-                    Some(CommandError::conflict("the thread has a run in progress"))
-                }
-                Ok(Claimed::UserAtCap) => Some(CommandError::conflict(format!(
-                    "at most {} runs at a time per user",
-                    self.max_per_user
-                ))),
-                Err(e) => Some(Self::cluster_failed(e)),
-            };
-            if let Some(e) = refused {
-                self.lock().remove(&thread);
-                return Err(e);
+            match cluster.claim(&claim, self.max_per_user).await {
+                Ok(Claimed::Yes) => held.claimed = true,
+                Ok(Claimed::ThreadBusy) => return Err(thread_busy()),
+                Ok(Claimed::UserAtCap) => return Err(self.user_at_cap()),
+                Err(e) => return Err(Self::cluster_failed(e)),
             }
         }
-        let prepared = self.prepare(identity, thread_id).await;
-        let (run, input) = match prepared {
+        let (run, input) = match self.prepare(identity, thread_id).await {
             Ok(x) => x,
             Err(e) => {
-                self.release(&thread, &claim).await;
+                // Released before answering: a retry finds the thread free.
+                self.release(&thread).await;
                 return Err(e);
             }
         };
-        claim.run_id = run.id.clone();
-        if let Some(a) = self.lock().get_mut(&thread) {
+        let recorded = self.lock().get_mut(&thread).map(|a| {
             a.claim.run_id = run.id.clone();
+            a.claim.version += 1;
+            a.claim.clone()
+        });
+        if let Some(claim) = recorded {
+            self.update_claim(&claim).await;
         }
-        self.update_claim(&claim).await;
         let this = self.clone();
         let started = run.clone();
         self.channels.tasks.spawn(async move {
             this.drive(started, input, stop).await;
-            this.release(&thread, &claim).await;
-            done.cancel();
+            this.release(&thread).await;
+            // Also what a panic in `drive` drops on its way out.
+            drop(held);
         });
         Ok(run)
     }
 
+    fn user_at_cap(&self) -> CommandError {
+        CommandError::conflict(format!(
+            "at most {} runs at a time per user",
+            self.max_per_user
+        ))
+    }
+
     /// The run's end, for the cluster (after its last event is out, so a
     /// node waiting for the stop sees everything first) and for this node.
-    async fn release(&self, thread: &str, claim: &RunClaim) {
-        if let Some(cluster) = &self.cluster {
-            if let Err(e) = cluster.release(claim).await {
+    async fn release(&self, thread: &str) {
+        let claim = self.lock().get(thread).map(|a| a.claim.clone());
+        if let (Some(cluster), Some(claim)) = (&self.cluster, claim) {
+            if let Err(e) = cluster.release(&claim).await {
                 // The entry expires by itself once nobody keeps it alive.
                 tracing::warn!(thread_id = thread, error = %e, "run end not shared with the cluster");
             }
@@ -214,10 +256,11 @@ impl Runs {
     }
 
     /// Shares what the cluster should know of the run (its id, its start).
+    /// Should this fail, the keep-alive writes the claim again.
     async fn update_claim(&self, claim: &RunClaim) {
         if let Some(cluster) = &self.cluster {
             if let Err(e) = cluster.update(claim).await {
-                tracing::warn!(thread_id = %claim.thread_id, error = %e, "run not shared with the cluster");
+                tracing::warn!(thread_id = %claim.thread_id, error = %e, "run not shared with the cluster yet");
             }
         }
     }
@@ -253,7 +296,7 @@ impl Runs {
             }
         };
         if self.is_running(&identity.user, &thread.id).await? {
-            return Err(CommandError::conflict("the thread has a run in progress"));
+            return Err(thread_busy());
         }
         let message = threads
             .add_message(identity, &thread.id, Role::User, content)
@@ -298,11 +341,15 @@ impl Runs {
     /// out, wherever it runs. Someone else's run is `not_found`, as a run
     /// that does not run.
     pub async fn stop(&self, identity: &Identity, run_id: &str) -> Result<(), CommandError> {
+        let not_found = || CommandError::not_found("no such run in progress");
         if let Some(done) = self.stop_here(&identity.user, run_id) {
             done.cancelled().await;
             return Ok(());
         }
-        let not_found = || CommandError::not_found("no such run in progress");
+        // A run still starting has no id yet: "" names no run.
+        if run_id.is_empty() {
+            return Err(not_found());
+        }
         let Some(cluster) = &self.cluster else {
             return Err(not_found());
         };
@@ -333,17 +380,33 @@ impl Runs {
             }
         })
         .await;
-        waited.map_err(|_| {
+        let unconfirmed = || {
             CommandError::new(
                 ErrorCode::Unavailable,
                 "the node running the agent did not confirm the stop",
             )
-        })
+        };
+        waited.map_err(|_| unconfirmed())?;
+        // The claim is gone: ended, or its node crashed and it expired. The
+        // store tells which.
+        let runs = self
+            .store
+            .list_runs(&claim.owner, &claim.thread_id)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .unwrap_or_default();
+        match runs.iter().find(|r| r.id == run_id) {
+            Some(r) if r.status == RunStatus::Running => Err(unconfirmed()),
+            _ => Ok(()),
+        }
     }
 
     /// Stops `user`'s run `run_id` if this node executes it (the node
     /// command a stop on another node sends); what tells when it is over.
     pub fn stop_here(&self, user: &str, run_id: &str) -> Option<CancellationToken> {
+        if run_id.is_empty() {
+            return None;
+        }
         let active = self.lock();
         let run = active
             .values()
@@ -420,7 +483,10 @@ impl Runs {
                 .by_thread(&run.owner, &run.thread_id)
                 .await
                 .map_err(Self::cluster_failed)?;
-            if held.is_some() {
+            // Held by this run (or by a start on its way to recording it):
+            // alive. A newer run's claim on the thread does not keep an
+            // older run alive.
+            if held.is_some_and(|c| c.run_id == run.id || c.run_id.is_empty()) {
                 continue;
             }
             let ended = self
@@ -476,6 +542,7 @@ impl Runs {
             };
             let claim = self.lock().get_mut(run.thread_id.as_str()).map(|a| {
                 a.claim.started = Some((run.started_at, before.offset, before.epoch.to_string()));
+                a.claim.version += 1;
                 a.claim.clone()
             });
             if let Some(claim) = claim {

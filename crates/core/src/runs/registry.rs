@@ -24,6 +24,10 @@ pub struct RunClaim {
     /// thread channel's position just before it (offset, epoch).
     #[serde(default)]
     pub started: Option<(i64, u64, String)>,
+    /// Raised by each update, so a keep-alive carrying an older copy never
+    /// replaces a newer one.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// What [`RunRegistry::claim`] decided.
@@ -43,8 +47,9 @@ pub trait RunRegistry: Send + Sync + 'static {
     /// From then on the entry is kept alive until [`RunRegistry::release`].
     async fn claim(&self, claim: &RunClaim, max_per_user: usize) -> Result<Claimed, BrokerError>;
 
-    /// Rewrites the holder's entry (run id known, run started); nothing
-    /// when the entry is no longer this claim's.
+    /// Rewrites the holder's entry (run id known, run started; `version`
+    /// raised); nothing when another claim holds the thread. Put back if
+    /// the registry lost it.
     async fn update(&self, claim: &RunClaim) -> Result<(), BrokerError>;
 
     /// Removes the entry if it is still `claim`'s.

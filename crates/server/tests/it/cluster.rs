@@ -470,7 +470,9 @@ async fn a_run_started_on_one_node_is_watched_and_stopped_from_another() {
     let (a, b) = run_nodes(&prefix, 2).await;
     let (mut on_a, _) = a.connect("runner").await;
     let (mut on_b, _) = b.connect("runner").await;
-    let words = "one two three four five six seven eight nine ten eleven twelve";
+    // Long enough (60 words, 100 ms apart) that the stop below lands
+    // mid-run on a slow machine.
+    let words = ["one"; 60].join(" ");
     let started = call(&mut on_a, "user_message", "1", json!({ "content": words })).await;
     assert_eq!(started["type"], "run_started", "{started}");
     let thread_id = started["payload"]["thread_id"].as_str().unwrap().to_owned();
@@ -525,15 +527,19 @@ async fn a_run_started_on_one_node_is_watched_and_stopped_from_another() {
 
     // Its owner can: the stop crosses to A, and every tab on both nodes
     // sees the run end stopped, before it has streamed every word.
-    // The reply comes once the run's last event is out, so B's tab has
-    // `agent_completed` first.
+    // The reply comes once the run's last event is out; on B's tab it may
+    // come before or after that event (another Redis connection).
     send_json(
         &mut on_b,
         json!({"type": "stop_agent", "id": "6", "payload": { "run_id": run_id }}),
     )
     .await;
-    let (mut on_b_events, mut stopped) = (Vec::new(), None);
-    while stopped.is_none() {
+    let (mut on_b_events, mut stopped) = (Vec::<Value>::new(), None);
+    while stopped.is_none()
+        || on_b_events
+            .last()
+            .is_none_or(|e| e["type"] != "agent_completed")
+    {
         let v = next_json(&mut on_b).await;
         if v["id"] == "6" {
             stopped = Some(v);
@@ -646,6 +652,7 @@ async fn a_node_fails_the_runs_a_crashed_node_left_and_only_those() {
         thread_id: live_thread.id.clone(),
         run_id: live.id.clone(),
         started: None,
+        version: 1,
     };
     assert_eq!(other_node.claim(&claim, 5).await.unwrap(), Claimed::Yes);
 

@@ -511,6 +511,13 @@ async fn rediss_connects_over_tls_and_verifies_the_certificate() {
     let other = dir.join("other.crt").to_str().unwrap().to_owned();
     let untrusting = serve(vec![("SSL_CERT_FILE", other)]).await;
     assert_eq!(ready_within(untrusting.addr, 200, 3).await, 503);
+    let refused = untrusting
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("InvalidCertificate(UnknownIssuer)"));
+    assert!(refused, "the certificate was refused, not something else");
     let _ = redis.kill();
     let _ = redis.wait();
 }
