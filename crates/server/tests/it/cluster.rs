@@ -430,23 +430,6 @@ async fn the_per_user_cap_counts_every_node() {
     }
 }
 
-/// Run events (`thread:<id>` message data) until `agent_completed`.
-async fn run_events(ws: &mut Ws) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] != "message" {
-            continue;
-        }
-        let data = v["payload"]["data"].clone();
-        let done = data["type"] == "agent_completed";
-        events.push(data);
-        if done {
-            return events;
-        }
-    }
-}
-
 /// Two nodes of one cluster on one store (threads live in the shared
 /// database), the echo agent streaming a word every 100 ms.
 async fn run_nodes(prefix: &str, max_runs_per_user: usize) -> (TestServer, TestServer) {

@@ -308,7 +308,7 @@ async fn client_that_does_not_read_is_closed_4009() {
         c.limits.outbound_queue_bytes = 256 * 1024;
     })
     .await;
-    let (ws, _) = server.connect("slow").await;
+    let (ws, _) = server.connect_small_window("slow").await;
     let (mut tx, mut rx) = ws.split();
     // Every ping's pong echoes an 8 KB id. The client sends and never
     // reads, so socket buffers fill and the server's queue overflows.
@@ -316,10 +316,10 @@ async fn client_that_does_not_read_is_closed_4009() {
     let writer = tokio::spawn(async move {
         for _ in 0..4000 {
             let frame = json!({"type": "ping", "id": id}).to_string();
-            let send = tokio::time::timeout(
-                Duration::from_millis(300),
-                tx.send(Message::Text(frame.into())),
-            );
+            // Blocked this long: the server has stopped reading (it does
+            // once it closes); a busy server merely reading slowly is not.
+            let send =
+                tokio::time::timeout(Duration::from_secs(2), tx.send(Message::Text(frame.into())));
             match send.await {
                 Ok(Ok(())) => {}
                 _ => break, // blocked or closed: the server stopped reading
@@ -339,7 +339,11 @@ async fn client_that_does_not_read_is_closed_4009() {
             Err(_) => break,
         }
     }
-    assert_eq!(code, Some(4009));
+    // The close frame reaches a client that reads within CLOSE_LINGER (2 s)
+    // of the close; this one reads only once its writes block, which can
+    // take longer, and then the connection is gone without it — by design.
+    // What the server did is in the count.
+    assert!(matches!(code, None | Some(4009)), "{code:?}");
     // The metric is recorded once the connection task has finished closing.
     let mut counted = false;
     for _ in 0..100 {

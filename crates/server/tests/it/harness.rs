@@ -179,6 +179,25 @@ impl TestServer {
         assert_eq!(connected["type"], "connected");
         (ws, connected)
     }
+
+    /// As [`TestServer::connect`], with a 64 KiB receive buffer: for a
+    /// client that stops reading, so the server's queue fills whatever the
+    /// machine's loopback buffers can hold (`tcp_rmem` reaches 32 MB on
+    /// some kernels, enough to swallow a whole test's flood).
+    pub async fn connect_small_window(&self, user: &str) -> (Ws, Value) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let stream = socket.connect(self.addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            self.request(Some(&token(user))),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("handshake accepted");
+        let connected = next_json(&mut ws).await;
+        assert_eq!(connected["type"], "connected");
+        (ws, connected)
+    }
 }
 
 pub fn now() -> u64 {
@@ -394,5 +413,25 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Run events from `thread:<id>` message frames until `agent_completed`.
+pub async fn run_events(ws: &mut Ws) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] != "message" {
+            continue;
+        }
+        let p = &v["payload"];
+        assert!(p["channel"].as_str().unwrap().starts_with("thread:"));
+        assert!(p["offset"].is_u64() && p["epoch"].is_string());
+        let data = p["data"].clone();
+        let done = data["type"] == "agent_completed";
+        events.push(data);
+        if done {
+            return events;
+        }
     }
 }

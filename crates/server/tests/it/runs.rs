@@ -8,26 +8,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// Run events from `thread:<id>` message frames until `agent_completed`.
-async fn run_events(ws: &mut Ws) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] != "message" {
-            continue;
-        }
-        let p = &v["payload"];
-        assert!(p["channel"].as_str().unwrap().starts_with("thread:"));
-        assert!(p["offset"].is_u64() && p["epoch"].is_string());
-        let data = p["data"].clone();
-        let done = data["type"] == "agent_completed";
-        events.push(data);
-        if done {
-            return events;
-        }
-    }
-}
-
 fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
