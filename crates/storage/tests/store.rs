@@ -644,9 +644,15 @@ async fn concurrent_writes_all_land(db: &TestDb) {
     let store = Arc::new(db.store.clone());
     let thread = store.create_thread("busy", "t").await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
+    // 64 in flight at a time: many more than connections, but not so many
+    // that on a loaded CI machine one waits past the pool's 2 s bound
+    // (which is the store answering `unavailable` as it should).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..200 {
         let (store, id) = (store.clone(), thread.id.clone());
+        let in_flight = in_flight.clone();
         tasks.spawn(async move {
+            let _turn = in_flight.acquire_owned().await.unwrap();
             let m = store
                 .add_message("busy", &id, Role::User, &format!("m{i}"))
                 .await;
