@@ -529,28 +529,11 @@ async fn slow_consumer_is_closed_while_fast_ones_get_everything_in_order() {
     // overflow: one that reads only after the whole flood may find the
     // connection gone without it (by design: a client that does not read
     // must not hold its connection). The count says what the server did.
-    let mut code = None;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
-        match msg {
-            Ok(Message::Close(Some(f))) => {
-                code = Some(u16::from(f.code));
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    let code = close_code(&mut slow).await;
     assert!(matches!(code, None | Some(4009)), "{code:?}");
-    // Counted when the connection's task ends (after the close handshake).
-    let mut counted = false;
-    for _ in 0..50 {
-        let text = server.metrics_text().await;
-        if text.contains("wsgate_disconnects_total{code=\"4009\"} 1") {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let counted = server
+        .metric_shows("wsgate_disconnects_total{code=\"4009\"} 1")
+        .await;
     assert!(counted, "the slow consumer closed with 4009, once");
 }
 

@@ -328,32 +328,15 @@ async fn client_that_does_not_read_is_closed_4009() {
         tx
     });
     let _tx = writer.await.unwrap();
-    let mut code = None;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
-        match msg {
-            Ok(Message::Close(Some(f))) => {
-                code = Some(u16::from(f.code));
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    let code = close_code(&mut rx).await;
     // The close frame reaches a client that reads within CLOSE_LINGER (2 s)
     // of the close; this one reads only once its writes block, which can
     // take longer, and then the connection is gone without it — by design.
     // What the server did is in the count.
     assert!(matches!(code, None | Some(4009)), "{code:?}");
-    // The metric is recorded once the connection task has finished closing.
-    let mut counted = false;
-    for _ in 0..100 {
-        let metrics = server.metrics_text().await;
-        if metrics.contains("wsgate_disconnects_total{code=\"4009\"} 1") {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let counted = server
+        .metric_shows("wsgate_disconnects_total{code=\"4009\"} 1")
+        .await;
     assert!(counted, "4009 counted in wsgate_disconnects_total");
 }
 

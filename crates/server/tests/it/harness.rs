@@ -435,3 +435,33 @@ pub async fn run_events(ws: &mut Ws) -> Vec<Value> {
         }
     }
 }
+
+/// Reads until a close frame (its code), the end of the connection or 10 s
+/// of silence (`None`).
+pub async fn close_code<S>(stream: &mut S) -> Option<u16>
+where
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        match msg {
+            Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+impl TestServer {
+    /// Whether `/metrics` shows `line` within 5 s (metrics of a connection
+    /// are recorded once its task has ended).
+    pub async fn metric_shows(&self, line: &str) -> bool {
+        for _ in 0..50 {
+            if self.metrics_text().await.contains(line) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
