@@ -25,6 +25,10 @@ pub enum AdmitError {
     ServerFull,
 }
 
+/// The user of slots reserved by [`Hub::admit_pending`]: a `sub` is never
+/// empty (the verifier refuses one), so no user's slots are mixed in.
+const PENDING: &str = "";
+
 struct Slot {
     seq: u64,
     /// Set once the upgrade completed and the connection has a queue.
@@ -73,6 +77,18 @@ impl Hub {
 
     /// Reserves a connection slot for `user`.
     pub fn admit(self: &Arc<Self>, user: &Arc<str>) -> Result<Admission, AdmitError> {
+        self.admit_as(user, true)
+    }
+
+    /// Reserves a slot for a connection whose user is not known yet (a
+    /// GraphQL client that sends its token in `connection_init`): it counts
+    /// against the global cap at once, and against its user's cap from
+    /// [`Admission::identify`] on. Shutdown reaches it like any other.
+    pub fn admit_pending(self: &Arc<Self>) -> Result<Admission, AdmitError> {
+        self.admit_as(&Arc::from(PENDING), false)
+    }
+
+    fn admit_as(self: &Arc<Self>, user: &Arc<str>, per_user: bool) -> Result<Admission, AdmitError> {
         let mut reg = self.lock();
         if reg.total >= self.max_connections {
             return Err(AdmitError::ServerFull);
@@ -82,7 +98,7 @@ impl Hub {
             .users
             .entry(user.clone())
             .or_insert_with(|| Vec::with_capacity(1));
-        if slots.len() >= self.max_per_user {
+        if per_user && slots.len() >= self.max_per_user {
             if slots.is_empty() {
                 reg.users.remove(user);
             }
@@ -97,7 +113,7 @@ impl Hub {
         reg.total += 1;
         Ok(Admission {
             hub: self.clone(),
-            user: user.clone(),
+            user: Mutex::new(user.clone()),
             seq,
             connection_id,
         })
@@ -116,8 +132,9 @@ impl Hub {
         let Some(cluster) = self.cluster.get() else {
             return Ok(());
         };
+        let user = admission.user();
         match cluster
-            .admit(&admission.user, &admission.connection_id, self.max_per_user)
+            .admit(&user, &admission.connection_id, self.max_per_user)
             .await
         {
             Ok(true) => Ok(()),
@@ -163,8 +180,32 @@ impl Hub {
         let reg = self.lock();
         HubStats {
             connections: reg.total,
-            users: reg.users.len(),
+            users: reg.users.len() - usize::from(reg.users.contains_key(PENDING)),
         }
+    }
+
+    /// Moves a pending slot to `user`, if `user` has room.
+    fn identify(&self, seq: u64, user: &Arc<str>) -> Result<(), AdmitError> {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        if reg.users.get(user).is_some_and(|s| s.len() >= self.max_per_user) {
+            return Err(AdmitError::UserLimit);
+        }
+        let pending = reg.users.get_mut(PENDING);
+        let Some(slot) = pending.and_then(|slots| {
+            let i = slots.iter().position(|s| s.seq == seq)?;
+            Some(slots.swap_remove(i))
+        }) else {
+            return Ok(());
+        };
+        if reg.users.get(PENDING).is_some_and(Vec::is_empty) {
+            reg.users.remove(PENDING);
+        }
+        reg.users
+            .entry(user.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(slot);
+        Ok(())
     }
 
     fn release(&self, user: &Arc<str>, seq: u64) {
@@ -196,7 +237,8 @@ impl Hub {
 /// A reserved connection slot; dropping it frees the slot.
 pub struct Admission {
     hub: Arc<Hub>,
-    user: Arc<str>,
+    /// Changes at most once, from pending to the user ([`Admission::identify`]).
+    user: Mutex<Arc<str>>,
     seq: u64,
     connection_id: Arc<str>,
 }
@@ -206,29 +248,42 @@ impl Admission {
         &self.connection_id
     }
 
-    pub fn user(&self) -> &Arc<str> {
-        &self.user
+    pub fn user(&self) -> Arc<str> {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Gives a slot from [`Hub::admit_pending`] its user, checking the
+    /// user's cap on this node (the caller then asks
+    /// [`Hub::admit_across_nodes`]). Refused, the slot stays pending.
+    pub fn identify(&self, user: &Arc<str>) -> Result<(), AdmitError> {
+        let mut current = self.user.lock().unwrap_or_else(|e| e.into_inner());
+        if &**current != PENDING {
+            return Ok(());
+        }
+        self.hub.identify(self.seq, user)?;
+        *current = user.clone();
+        Ok(())
     }
 
     /// Makes the connection reachable by [`Hub::close_user`] and
     /// [`Hub::close_all`].
     pub fn attach(&self, outbound: Arc<Outbound>) {
-        self.hub.attach(&self.user, self.seq, outbound);
+        self.hub.attach(&self.user(), self.seq, outbound);
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.hub.release(&self.user, self.seq);
+        let user = self.user();
+        self.hub.release(&user, self.seq);
+        if &*user == PENDING {
+            return;
+        }
         if let (Some(cluster), Ok(runtime)) = (
             self.hub.cluster.get(),
             tokio::runtime::Handle::try_current(),
         ) {
-            let (cluster, user, id) = (
-                cluster.clone(),
-                self.user.clone(),
-                self.connection_id.clone(),
-            );
+            let (cluster, id) = (cluster.clone(), self.connection_id.clone());
             runtime.spawn(async move {
                 // If it fails, the entry expires on its own.
                 let _ = cluster.release(&user, &id).await;
@@ -240,7 +295,7 @@ impl Drop for Admission {
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
-            .field("user", &self.user)
+            .field("user", &self.user())
             .field("connection_id", &self.connection_id)
             .finish()
     }
@@ -263,6 +318,31 @@ mod tests {
         drop(a1);
         assert_eq!(hub.stats().connections, 2);
         let _a3 = hub.admit(&a).unwrap();
+    }
+
+    #[test]
+    fn a_pending_slot_counts_globally_then_against_its_user() {
+        let hub = Hub::new(3, 1);
+        let a: Arc<str> = "a".into();
+        let p1 = hub.admit_pending().unwrap();
+        let p2 = hub.admit_pending().unwrap();
+        assert_eq!(hub.stats(), HubStats { connections: 2, users: 0 });
+        let q = Arc::new(Outbound::new(100));
+        p1.attach(q.clone());
+        p1.identify(&a).unwrap();
+        assert_eq!(p1.user(), a);
+        assert_eq!(hub.stats(), HubStats { connections: 2, users: 1 });
+        // `a` is at its cap: the second stays pending, still counted.
+        assert_eq!(p2.identify(&a).unwrap_err(), AdmitError::UserLimit);
+        assert_eq!(hub.stats().connections, 2);
+        let _p3 = hub.admit_pending().unwrap();
+        assert_eq!(hub.admit_pending().unwrap_err(), AdmitError::ServerFull);
+        // The identified slot kept its queue: the server API reaches it.
+        assert_eq!(hub.close_user("a", CloseCode::Disconnected), 1);
+        assert_eq!(q.take().1, Some(CloseCode::Disconnected));
+        drop(p1);
+        drop(p2);
+        assert_eq!(hub.stats(), HubStats { connections: 1, users: 0 });
     }
 
     #[test]

@@ -11,6 +11,7 @@ use wsgate_protocol::{Command, SERVER_TYPES};
 
 type Labeled = Family<[(&'static str, &'static str); 1], Counter>;
 type Labeled2 = Family<[(&'static str, &'static str); 2], Counter>;
+type LabeledGauge = Family<[(&'static str, &'static str); 1], Gauge>;
 
 /// Maps a client-controlled type name onto a bounded label value: the
 /// protocol's command and server frame types, anything else `unknown`, so
@@ -57,6 +58,21 @@ impl LatencyWindow {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub connections_active: Gauge,
+    /// `wsgate_connections_open{protocol}`: open connections by what they
+    /// speak (`wsgate.v1.json`, `wsgate.v1.msgpack`, `stream`,
+    /// `graphql-transport-ws`).
+    pub connections_open: LabeledGauge,
+    /// `wsgate_graphql_operations_total{type}`: `query`, `mutation`,
+    /// `subscription`, over HTTP and WebSocket.
+    pub graphql_operations: Labeled,
+    /// `wsgate_graphql_errors_total{code}`: GraphQL errors sent, by
+    /// `extensions.code`.
+    pub graphql_errors: Labeled,
+    /// `wsgate_graphql_shared_executions`: shared subscription executions
+    /// running (each resolves a publication once for all its subscribers).
+    pub graphql_shared_executions: Gauge,
+    /// `wsgate_graphql_shared_subscribers`: subscriptions served by them.
+    pub graphql_shared_subscribers: Gauge,
     /// `wsgate_connections_total{result="accepted"|"rejected"}`.
     pub connections: Labeled,
     /// `wsgate_handshake_rejections_total{reason}`.
@@ -98,6 +114,11 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {
             connections_active: Gauge::default(),
+            connections_open: LabeledGauge::default(),
+            graphql_operations: Labeled::default(),
+            graphql_errors: Labeled::default(),
+            graphql_shared_executions: Gauge::default(),
+            graphql_shared_subscribers: Gauge::default(),
             connections: Labeled::default(),
             handshake_rejections: Labeled::default(),
             messages_in: Labeled::default(),
@@ -133,6 +154,11 @@ impl Metrics {
         register! {
             "connections_active", "Open WebSocket connections", connections_active;
             "connections", "WebSocket handshakes by result", connections;
+            "connections_open", "Open WebSocket connections by protocol", connections_open;
+            "graphql_operations", "GraphQL operations by type", graphql_operations;
+            "graphql_errors", "GraphQL errors sent, by code", graphql_errors;
+            "graphql_shared_executions", "Shared GraphQL subscription executions running", graphql_shared_executions;
+            "graphql_shared_subscribers", "GraphQL subscriptions served by shared executions", graphql_shared_subscribers;
             "handshake_rejections", "Refused handshakes by reason", handshake_rejections;
             "messages_in", "Frames received by type", messages_in;
             "messages_out", "Frames sent by type", messages_out;

@@ -23,6 +23,18 @@ pub enum CloseCode {
     Disconnected,
     /// 4009: the client could not keep up with its outbound queue.
     SlowConsumer,
+    /// 4400 (graphql-transport-ws): a message that is not of the protocol.
+    GraphqlBadMessage,
+    /// 4401 (graphql-transport-ws): `subscribe` before `connection_ack`.
+    GraphqlUnauthorized,
+    /// 4403 (graphql-transport-ws): `connection_init` without a valid token.
+    GraphqlForbidden,
+    /// 4408 (graphql-transport-ws): no `connection_init` in time.
+    GraphqlInitTimeout,
+    /// 4409 (graphql-transport-ws): an operation id already in use.
+    GraphqlDuplicateId,
+    /// 4429 (graphql-transport-ws): a second `connection_init`.
+    GraphqlTooManyInit,
 }
 
 impl CloseCode {
@@ -39,6 +51,12 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => 4002,
             CloseCode::Disconnected => 4003,
             CloseCode::SlowConsumer => 4009,
+            CloseCode::GraphqlBadMessage => 4400,
+            CloseCode::GraphqlUnauthorized => 4401,
+            CloseCode::GraphqlForbidden => 4403,
+            CloseCode::GraphqlInitTimeout => 4408,
+            CloseCode::GraphqlDuplicateId => 4409,
+            CloseCode::GraphqlTooManyInit => 4429,
         }
     }
 
@@ -55,6 +73,12 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::Disconnected => "disconnected by server",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::GraphqlBadMessage => "invalid message",
+            CloseCode::GraphqlUnauthorized => "Unauthorized",
+            CloseCode::GraphqlForbidden => "Forbidden",
+            CloseCode::GraphqlInitTimeout => "Connection initialisation timeout",
+            CloseCode::GraphqlDuplicateId => "Subscriber for this id already exists",
+            CloseCode::GraphqlTooManyInit => "Too many initialisation requests",
         }
     }
 }
@@ -76,6 +100,12 @@ mod tests {
             (CloseCode::HeartbeatTimeout, 4002),
             (CloseCode::Disconnected, 4003),
             (CloseCode::SlowConsumer, 4009),
+            (CloseCode::GraphqlBadMessage, 4400),
+            (CloseCode::GraphqlUnauthorized, 4401),
+            (CloseCode::GraphqlForbidden, 4403),
+            (CloseCode::GraphqlInitTimeout, 4408),
+            (CloseCode::GraphqlDuplicateId, 4409),
+            (CloseCode::GraphqlTooManyInit, 4429),
         ];
         for (code, n) in all {
             assert_eq!(code.code(), n, "{code:?}");

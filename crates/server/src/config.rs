@@ -324,6 +324,38 @@ impl Default for BrokerConfig {
     }
 }
 
+/// `[graphql]` (docs/graphql.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// `WSGATE_GRAPHQL__MAX_DEPTH` (10): deepest selection a document may have.
+    pub max_depth: usize,
+    /// `WSGATE_GRAPHQL__MAX_COMPLEXITY` (1000): fields a document may select,
+    /// counted as async-graphql does (each field 1, lists by their size).
+    pub max_complexity: usize,
+    /// `WSGATE_GRAPHQL__INTROSPECTION` (true).
+    pub introspection: bool,
+    /// `WSGATE_GRAPHQL__INIT_TIMEOUT_SECS` (3, as the graphql-ws server):
+    /// a WebSocket client that sends no `connection_init` in time is
+    /// closed with 4408.
+    pub init_timeout_secs: u64,
+    /// `WSGATE_GRAPHQL__SHARED_RESOLUTION` (true): identical subscriptions
+    /// share one resolution per publication. Off only to measure it.
+    pub shared_resolution: bool,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            max_depth: 10,
+            max_complexity: 1000,
+            introspection: true,
+            init_timeout_secs: 3,
+            shared_resolution: true,
+        }
+    }
+}
+
 /// `[agent]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -381,6 +413,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub broker: BrokerConfig,
     pub agent: AgentConfig,
+    pub graphql: GraphqlConfig,
 }
 
 impl Default for Config {
@@ -399,6 +432,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             broker: BrokerConfig::default(),
             agent: AgentConfig::default(),
+            graphql: GraphqlConfig::default(),
         }
     }
 }
@@ -468,6 +502,16 @@ impl Config {
         }
         if self.metrics_interval_secs == 0 {
             return Err(invalid("metrics_interval_secs", "must be greater than 0"));
+        }
+        let g = &self.graphql;
+        if g.max_depth == 0 || g.max_complexity == 0 {
+            return Err(invalid(
+                "graphql.max_depth",
+                "graphql.max_depth and graphql.max_complexity must be greater than 0",
+            ));
+        }
+        if !(1..=300).contains(&g.init_timeout_secs) {
+            return Err(invalid("graphql.init_timeout_secs", "must be 1 to 300"));
         }
         let auth = &self.auth;
         if auth.algorithms.is_empty() {

@@ -26,6 +26,7 @@ use wsgate_core::connection::outbound::Outbound;
 use wsgate_core::hub::{Admission, AdmitError};
 use wsgate_core::metrics::Metrics;
 use wsgate_core::session::{Session, SessionContext};
+use wsgate_graphql::{Gate, GraphqlConnection};
 use wsgate_protocol::{CloseCode, Encoding, ErrorCode, BEARER_PROTOCOL_PREFIX};
 
 use crate::auth::bearer_token;
@@ -172,10 +173,7 @@ pub fn admit(
     let identity = state.verifier.verify(&token)?;
     let admission = state.hub.admit(&identity.user).map_err(|e| match e {
         AdmitError::UserLimit => user_limit(),
-        AdmitError::ServerFull => Rejection::new(
-            ApiError::unavailable("server is at its connection limit"),
-            "server_full",
-        ),
+        AdmitError::ServerFull => server_full(),
     })?;
     Ok((identity, admission))
 }
@@ -207,15 +205,82 @@ fn reject(state: &AppState, ip: IpAddr, origin: Option<&str>, r: Rejection) -> R
     r.error.into_response()
 }
 
+/// What the client asked to upgrade to.
+enum Target {
+    Protocol,
+    Stream(String),
+    Graphql,
+}
+
 /// What runs on an accepted connection.
 enum Endpoint {
     /// The full `/ws` protocol.
-    Protocol,
+    Protocol { identity: Identity },
     /// A read-only stream of one channel's `data`.
     Stream {
+        identity: Identity,
         channel: Arc<str>,
         filter: Option<Filter>,
     },
+    /// graphql-transport-ws; the token may come later, in `connection_init`.
+    Graphql { identity: Option<Identity> },
+}
+
+impl Endpoint {
+    /// The `protocol` label of `wsgate_connections_open`.
+    fn label(&self, encoding: Encoding) -> &'static str {
+        match self {
+            Endpoint::Protocol { .. } => encoding.protocol_name(),
+            Endpoint::Stream { .. } => "stream",
+            Endpoint::Graphql { .. } => wsgate_graphql::PROTOCOL,
+        }
+    }
+}
+
+/// `/graphql` accepts only graphql-transport-ws, which it selects.
+fn graphql_protocol(headers: &HeaderMap) -> Result<(), Rejection> {
+    let mut legacy = false;
+    for p in offered_protocols(headers) {
+        if p == wsgate_graphql::PROTOCOL {
+            return Ok(());
+        }
+        legacy |= p == "graphql-ws";
+    }
+    let message = if legacy {
+        "the legacy graphql-ws protocol (subscriptions-transport-ws) is not supported: \
+         offer graphql-transport-ws (the npm graphql-ws client does)"
+    } else {
+        "offer the graphql-transport-ws subprotocol"
+    };
+    Err(Rejection::new(ApiError::bad_request(message), "bad_protocol"))
+}
+
+/// `/graphql`'s checks: as [`admit`], but without a token on the upgrade
+/// the slot is reserved for a user to be named by `connection_init`.
+fn admit_graphql(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(Option<Identity>, Admission), Rejection> {
+    if find_token(headers, uri, state.config.auth.allow_query_token).is_some() {
+        let (identity, admission) = admit(state, headers, uri)?;
+        return Ok((Some(identity), admission));
+    }
+    if !origin_allowed(headers, &state.config.origins.allowed) {
+        return Err(Rejection::new(
+            ApiError::forbidden("origin not allowed"),
+            "origin",
+        ));
+    }
+    let admission = state.hub.admit_pending().map_err(|_| server_full())?;
+    Ok((None, admission))
+}
+
+fn server_full() -> Rejection {
+    Rejection::new(
+        ApiError::unavailable("server is at its connection limit"),
+        "server_full",
+    )
 }
 
 /// What every upgrade endpoint needs from the request. The upgrade is kept
@@ -252,22 +317,47 @@ impl FromRequestParts<AppState> for UpgradeRequest {
 
 /// `GET /ws`: the full protocol.
 pub async fn ws_handler(req: UpgradeRequest) -> Response {
-    handshake(req, None).await
+    handshake(req, Target::Protocol).await
 }
 
 /// `/ws/metrics`: the built-in `metrics` channel as a raw stream.
 pub async fn metrics_stream(req: UpgradeRequest) -> Response {
-    handshake(req, Some("metrics".into())).await
+    handshake(req, Target::Stream("metrics".into())).await
 }
 
 /// `/ws/events`: the built-in `events` channel as a raw stream.
 pub async fn events_stream(req: UpgradeRequest) -> Response {
-    handshake(req, Some("events".into())).await
+    handshake(req, Target::Stream("events".into())).await
 }
 
 /// `/ws/stream/{channel}`.
 pub async fn channel_stream(Path(channel): Path<String>, req: UpgradeRequest) -> Response {
-    handshake(req, Some(channel)).await
+    handshake(req, Target::Stream(channel)).await
+}
+
+/// `GET /graphql` with an upgrade: graphql-transport-ws.
+pub async fn graphql_upgrade(req: UpgradeRequest) -> Response {
+    handshake(req, Target::Graphql).await
+}
+
+impl UpgradeRequest {
+    /// Whether the client asked for a WebSocket at all (`/graphql` serves
+    /// plain GETs too).
+    pub fn wants_upgrade(&self) -> bool {
+        self.headers.contains_key(header::UPGRADE)
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
 }
 
 /// Query parameters other than `token` are equality filters of a stream.
@@ -279,7 +369,7 @@ fn query_filter(uri: &Uri) -> Option<Filter> {
     (!pairs.is_empty()).then(|| Filter::from_pairs(pairs))
 }
 
-async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
+async fn handshake(req: UpgradeRequest, target: Target) -> Response {
     let UpgradeRequest {
         state,
         peer,
@@ -307,25 +397,41 @@ async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
             return response;
         }
     };
-    let (encoding, selected) = match negotiate_encoding(&headers) {
+    // The subprotocol to select: only a wsgate or GraphQL protocol, never
+    // `bearer.<jwt>`.
+    let negotiated_protocol = match &target {
+        Target::Graphql => graphql_protocol(&headers).map(|()| (Encoding::Json, Some(wsgate_graphql::PROTOCOL))),
+        _ => negotiate_encoding(&headers)
+            .map(|(encoding, selected)| (encoding, selected.then(|| encoding.protocol_name()))),
+    };
+    let (encoding, protocol) = match negotiated_protocol {
         Ok(x) => x,
         Err(r) => return reject(&state, ip, origin, r),
     };
-    let (identity, admission) = match admit(&state, &headers, &uri) {
+    let admitted = match target {
+        Target::Graphql => admit_graphql(&state, &headers, &uri),
+        _ => admit(&state, &headers, &uri).map(|(i, a)| (Some(i), a)),
+    };
+    let (identity, admission) = match admitted {
         Ok(x) => x,
         Err(r) => return reject(&state, ip, origin, r),
     };
-    if state.hub.admit_across_nodes(&admission).await.is_err() {
+    if identity.is_some() && state.hub.admit_across_nodes(&admission).await.is_err() {
         return reject(&state, ip, origin, user_limit());
     }
-    let endpoint = match stream {
-        None => Endpoint::Protocol,
-        Some(channel) => match state
+    let user = identity.as_ref().map(|i| i.user.clone());
+    let endpoint = match (target, identity) {
+        (Target::Graphql, identity) => Endpoint::Graphql { identity },
+        // `admit` answers an identity or an error for these two.
+        (_, None) => return reject(&state, ip, origin, AuthError::Missing.into()),
+        (Target::Protocol, Some(identity)) => Endpoint::Protocol { identity },
+        (Target::Stream(channel), Some(identity)) => match state
             .channels
             .may_read(Caller::User(&identity), &channel)
             .await
         {
             Ok(_) => Endpoint::Stream {
+                identity,
                 channel: channel.into(),
                 filter: query_filter(&uri),
             },
@@ -349,13 +455,11 @@ async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
         result = "accepted",
         %ip,
         origin,
-        user = %identity.user,
+        user = user.as_deref(),
         connection_id = %admission.connection_id(),
-        protocol = encoding.protocol_name(),
+        protocol = endpoint.label(encoding),
         stream = matches!(endpoint, Endpoint::Stream { .. }),
     );
-    // Only the wsgate protocol is selected; `bearer.<jwt>` is never echoed.
-    let protocol = selected.then(|| encoding.protocol_name());
     let negotiated = state.deflate.as_ref().and_then(|d| d.negotiate(&headers));
     let config = transport::websocket_config(&state.transport);
     // One box for everything the connection needs: the upgrade callback
@@ -364,7 +468,6 @@ async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
     let accepted = Box::new(Accepted {
         tracked: state.connections.token(),
         state,
-        identity,
         admission,
         encoding,
         endpoint,
@@ -378,7 +481,6 @@ async fn handshake(req: UpgradeRequest, stream: Option<String>) -> Response {
 /// A handshake that passed every check, waiting for the upgrade.
 struct Accepted {
     state: AppState,
-    identity: Identity,
     admission: Admission,
     encoding: Encoding,
     endpoint: Endpoint,
@@ -396,7 +498,6 @@ impl Accepted {
     fn start(self: Box<Self>, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let Accepted {
             state,
-            identity,
             admission,
             encoding,
             endpoint,
@@ -412,7 +513,13 @@ impl Accepted {
             outbound.close(CloseCode::GoingAway);
         }
         let limits = state.transport.clone();
-        let started = std::time::Instant::now();
+        let admission = Arc::new(admission);
+        let end = ConnectionEnd::new(
+            state.clone(),
+            admission.clone(),
+            endpoint.label(encoding),
+            tracked,
+        );
         // Generic over the handler, so each endpoint gets its own exactly-sized
         // connection future.
         fn run<H: ConnectionHandler>(
@@ -433,7 +540,7 @@ impl Accepted {
             })))
         }
         match endpoint {
-            Endpoint::Protocol => {
+            Endpoint::Protocol { identity } => {
                 let session = Session::start(SessionContext {
                     connection_id: admission.connection_id().clone(),
                     identity,
@@ -441,10 +548,13 @@ impl Accepted {
                     outbound: outbound.clone(),
                     shared: state.sessions.clone(),
                 });
-                let end = ConnectionEnd::new(state, admission, started, tracked);
                 run(socket, session, outbound, limits, deflate, end)
             }
-            Endpoint::Stream { channel, filter } => {
+            Endpoint::Stream {
+                identity,
+                channel,
+                filter,
+            } => {
                 let handler = RawStream::start(
                     state.channels.clone(),
                     channel,
@@ -452,17 +562,56 @@ impl Accepted {
                     outbound.clone(),
                     identity.expires_at,
                 );
-                let end = ConnectionEnd::new(state, admission, started, tracked);
+                run(socket, handler, outbound, limits, deflate, end)
+            }
+            Endpoint::Graphql { identity } => {
+                let gate = Arc::new(AdmissionGate {
+                    state: state.clone(),
+                    admission: admission.clone(),
+                });
+                let handler = GraphqlConnection::start(
+                    state.graphql.clone(),
+                    outbound.clone(),
+                    admission.connection_id().clone(),
+                    identity,
+                    gate,
+                );
                 run(socket, handler, outbound, limits, deflate, end)
             }
         }
     }
 }
 
+/// A GraphQL connection's token, arrived in `connection_init`, against the
+/// per-user cap on this node and across nodes.
+struct AdmissionGate {
+    state: AppState,
+    admission: Arc<Admission>,
+}
+
+impl Gate for AdmissionGate {
+    fn admit<'a>(
+        &'a self,
+        identity: &'a Identity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send + 'a>> {
+        Box::pin(async move {
+            self.admission
+                .identify(&identity.user)
+                .map_err(|_| "user_limit")?;
+            self.state
+                .hub
+                .admit_across_nodes(&self.admission)
+                .await
+                .map_err(|_| "user_limit")
+        })
+    }
+}
+
 /// What is left to do when a connection ends.
 struct ConnectionEnd {
     state: AppState,
-    admission: Admission,
+    admission: Arc<Admission>,
+    protocol: &'static str,
     started: std::time::Instant,
     _tracked: TaskTrackerToken,
 }
@@ -471,17 +620,26 @@ impl ConnectionEnd {
     /// Counts the connection as active until this is dropped.
     fn new(
         state: AppState,
-        admission: Admission,
-        started: std::time::Instant,
+        admission: Arc<Admission>,
+        protocol: &'static str,
         tracked: TaskTrackerToken,
     ) -> Self {
         state.metrics.connections_active.inc();
+        Self::open(&state.metrics, protocol).inc();
         ConnectionEnd {
             state,
             admission,
-            started,
+            protocol,
+            started: std::time::Instant::now(),
             _tracked: tracked,
         }
+    }
+
+    fn open<'m>(
+        metrics: &'m Metrics,
+        protocol: &'static str,
+    ) -> impl std::ops::Deref<Target = prometheus_client::metrics::gauge::Gauge> + 'm {
+        metrics.connections_open.get_or_create(&[("protocol", protocol)])
     }
 
     fn record(self, ended: Ended) {
@@ -509,6 +667,7 @@ impl ConnectionEnd {
 impl Drop for ConnectionEnd {
     fn drop(&mut self) {
         self.state.metrics.connections_active.dec();
+        Self::open(&self.state.metrics, self.protocol).dec();
     }
 }
 
@@ -531,6 +690,12 @@ fn close_label(ended: &Ended) -> &'static str {
         4002 => "4002",
         4003 => "4003",
         4009 => "4009",
+        4400 => "4400",
+        4401 => "4401",
+        4403 => "4403",
+        4408 => "4408",
+        4409 => "4409",
+        4429 => "4429",
         _ => "other",
     }
 }

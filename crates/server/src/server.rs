@@ -22,6 +22,7 @@ use wsgate_core::metrics::Metrics;
 use wsgate_core::node::NodeRouter;
 use wsgate_core::runs::{AgentBackend, EchoAgent, Runs};
 use wsgate_core::session::SessionShared;
+use wsgate_graphql::{Graphql, GraphqlSettings, StatsFn};
 use wsgate_core::threads::{ThreadStore, Threads};
 use wsgate_protocol::CloseCode;
 use wsgate_storage::Storage;
@@ -145,7 +146,29 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         runs,
         limits: config.limits.clone(),
     });
+    let node = format!("{}-{}", hostname(), std::process::id());
+    let started_at = Instant::now();
+    let stats: StatsFn = Arc::new(crate::http::ops::stats(
+        hub.clone(),
+        metrics.clone(),
+        node.clone(),
+        started_at,
+    ));
+    let g = &config.graphql;
+    let graphql = Graphql::new(
+        sessions.clone(),
+        GraphqlSettings {
+            max_depth: g.max_depth,
+            max_complexity: g.max_complexity,
+            introspection: g.introspection,
+            init_timeout: Duration::from_secs(g.init_timeout_secs),
+            shared_resolution: g.shared_resolution,
+        },
+        stats.clone(),
+    );
     let state = AppState(Arc::new(ServerState {
+        stats,
+        graphql,
         hub,
         channels,
         handshakes_per_ip: RateLimiter::keyed(Quota::per_minute(per_ip)),
@@ -166,8 +189,8 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         tasks,
-        started_at: Instant::now(),
-        node: format!("{}-{}", hostname(), std::process::id()),
+        started_at,
+        node,
         config,
     }));
     // Forget per-IP limiter entries of addresses that went quiet, so the

@@ -21,6 +21,7 @@ use crate::audit::RejectionLog;
 use crate::config::Config;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
+use wsgate_graphql::{Graphql, StatsFn};
 
 pub struct ServerState {
     pub config: Config,
@@ -48,6 +49,9 @@ pub struct ServerState {
     pub tasks: TaskTracker,
     pub started_at: Instant,
     pub node: String,
+    /// `/ws/stats`' answer (GraphQL's `stats` too).
+    pub stats: StatsFn,
+    pub graphql: Arc<Graphql>,
 }
 
 #[derive(Clone)]

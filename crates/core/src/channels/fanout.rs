@@ -30,6 +30,11 @@ pub enum FrameFormat {
     Envelope(Encoding),
     /// Only `data`, as a raw JSON text frame (read-only streams).
     Raw,
+    /// The publication itself ([`OutFrame::Publication`]), for a consumer
+    /// in the server (a GraphQL subscription, resolved once for all its
+    /// identical subscribers): not a delivery to a client, so not counted
+    /// as one, and no join/leave.
+    Publication,
 }
 
 /// Publications the broker is asked for at a time while a subscriber
@@ -125,10 +130,11 @@ impl Subscriber {
         }
     }
 
-    fn frame(&self, p: &Publication) -> OutFrame {
+    fn frame(&self, p: &Arc<Publication>) -> OutFrame {
         match self.format {
             FrameFormat::Envelope(encoding) => OutFrame::Shared(p.frame(encoding).clone()),
             FrameFormat::Raw => OutFrame::Shared(p.raw_frame().clone()),
+            FrameFormat::Publication => OutFrame::Publication(p.clone()),
         }
     }
 
@@ -136,7 +142,7 @@ impl Subscriber {
         self.filter.as_ref().is_none_or(|f| p.matches(f))
     }
 
-    fn push(&self, p: &Publication) {
+    fn push(&self, p: &Arc<Publication>) {
         // On overflow the queue requests close 4009 itself.
         self.outbound.push_published(self.frame(p), p.published_at);
     }
@@ -147,14 +153,15 @@ impl Subscriber {
     }
 
     /// Queues `p` (or keeps it until the subscriber is live) unless the
-    /// filter excludes it; whether it was taken.
+    /// filter excludes it; whether that was a delivery to a client.
     fn offer(&self, p: &Arc<Publication>) -> bool {
         if !self.wants(p) {
             return false;
         }
+        let delivery = self.format != FrameFormat::Publication;
         if self.live.load(Ordering::Acquire) {
             self.push(p);
-            return true;
+            return delivery;
         }
         let mut pending = self.lock_pending();
         match pending.as_mut() {
@@ -174,7 +181,7 @@ impl Subscriber {
             }
             None => self.push(p),
         }
-        true
+        delivery
     }
 
     /// Sends `reply`, then `backlog`, then whatever arrived meanwhile with an
@@ -652,7 +659,7 @@ impl ChannelIndex {
                         .get_or_insert_with(|| make(Encoding::Msgpack))
                         .clone(),
                 ),
-                FrameFormat::Raw => continue,
+                FrameFormat::Raw | FrameFormat::Publication => continue,
             };
             s.outbound.push(frame);
         }

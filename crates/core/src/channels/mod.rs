@@ -207,7 +207,8 @@ impl Channels {
             .map_err(|e| self.broker_failed(e))
     }
 
-    /// Runs a new subscription of `identity`'s connection (`client`) until
+    /// Runs a new subscription of `identity`'s connection (`client`; `None`
+    /// for a subscriber in no presence, like a GraphQL subscription) until
     /// it is live: authorization, the node's broker subscription, the reply
     /// (`reply(position, recovered)`), the missed publications after
     /// `recover` paced to the reader, then presence and `join`.
@@ -221,7 +222,7 @@ impl Channels {
     pub async fn subscribe(
         &self,
         identity: &Identity,
-        client: &ClientInfo,
+        client: Option<&ClientInfo>,
         channel: &Arc<str>,
         subscriber: &Arc<Subscriber>,
         recover: Option<StreamPosition>,
@@ -274,7 +275,8 @@ impl Channels {
             history,
         };
         if let Err(e) = subscriber.catch_up(frame, page, &source).await {
-            tracing::info!(connection_id = %client.connection_id, error = %e, "subscription could not catch up");
+            let connection_id = client.map(|c| &*c.connection_id);
+            tracing::info!(connection_id, error = %e, "subscription could not catch up");
             if let CatchUpError::Broker(_) = e {
                 self.metrics.broker_errors.inc();
             }
@@ -285,9 +287,9 @@ impl Channels {
             subscriber.outbound.close(CloseCode::SlowConsumer);
             return Ok(());
         }
-        if subscriber.is_closed() {
+        let Some(client) = client.filter(|_| !subscriber.is_closed()) else {
             return Ok(());
-        }
+        };
         if policy.presence {
             if let Err(e) = self.presence.add(channel, client.clone()).await {
                 self.metrics.broker_errors.inc();
@@ -540,11 +542,11 @@ mod tests {
             OutFrame::Text(Bytes::from(format!("subscribed {} {recovered}", at.offset)))
         };
         let (qa, sa) = subscribe(&a);
-        c.subscribe(&alice, &a, &channel, &sa, None, reply)
+        c.subscribe(&alice, Some(&a), &channel, &sa, None, reply)
             .await
             .unwrap();
         let (qb, sb) = subscribe(&b);
-        c.subscribe(&user("bob"), &b, &channel, &sb, None, reply)
+        c.subscribe(&user("bob"), Some(&b), &channel, &sb, None, reply)
             .await
             .unwrap();
         assert_eq!(publish(&c, Caller::Server, "chat:room").await, Ok(1));
@@ -555,7 +557,7 @@ mod tests {
                 .map(|f| match f {
                     OutFrame::Text(b) => String::from_utf8_lossy(b).into_owned(),
                     OutFrame::Shared(f) => String::from_utf8_lossy(f.bytes()).into_owned(),
-                    OutFrame::Binary(_) => "binary".into(),
+                    OutFrame::Binary(_) | OutFrame::Publication(_) => "binary".into(),
                 })
                 .collect()
         };
@@ -602,7 +604,7 @@ mod tests {
         let s = Subscriber::new(outbound.clone(), FrameFormat::Raw, None);
         let channel: Arc<str> = "thread:t1".into();
         let e = c
-            .subscribe(&user("bob"), &client("bob"), &channel, &s, None, |_, _| {
+            .subscribe(&user("bob"), Some(&client("bob")), &channel, &s, None, |_, _| {
                 unreachable!("no reply before authorization")
             })
             .await

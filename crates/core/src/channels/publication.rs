@@ -37,6 +37,15 @@ pub struct Publication {
     pub published_at: Instant,
 }
 
+/// The same message of the same stream.
+impl PartialEq for Publication {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset && self.channel == other.channel && self.epoch == other.epoch
+    }
+}
+
+impl Eq for Publication {}
+
 #[derive(Serialize)]
 struct MessagePayload<'a> {
     channel: &'a str,

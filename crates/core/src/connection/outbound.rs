@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use wsgate_protocol::CloseCode;
 
+use crate::channels::publication::Publication;
 use crate::metrics::Metrics;
 
 /// One frame to send, already encoded.
@@ -33,6 +34,10 @@ pub enum OutFrame {
     Binary(Bytes),
     /// The same frame queued for many connections (a publication).
     Shared(Arc<SharedFrame>),
+    /// A publication itself, for a consumer inside the server that turns it
+    /// into frames of its own (a GraphQL subscription resolves it first). A
+    /// transport that meets one writes its JSON `message` frame.
+    Publication(Arc<Publication>),
 }
 
 /// A frame written to many connections: a publication's bytes, plus their
@@ -95,6 +100,7 @@ impl OutFrame {
         match self {
             OutFrame::Text(b) | OutFrame::Binary(b) => b.len(),
             OutFrame::Shared(f) => f.bytes.len(),
+            OutFrame::Publication(p) => p.data.len(),
         }
     }
 

@@ -63,8 +63,24 @@ pub(crate) type Adopted = std::sync::Mutex<Vec<Subscription>>;
 /// A per-connection token bucket. `MonotonicClock` is zero-sized and reads
 /// `Instant::now()`; governor's default clock calibrates a TSC clock on
 /// every construction, which cost a fifth of a handshake's CPU.
-type MessageLimiter =
+pub type MessageLimiter =
     RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
+/// A connection's message bucket: `limits.messages_per_minute`, bursts of
+/// `limits.message_burst` (the GraphQL connection uses the same).
+pub fn message_limiter(limits: &Limits) -> MessageLimiter {
+    let per_minute = NonZeroU32::new(limits.messages_per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(limits.message_burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct_with_clock(
+        Quota::per_minute(per_minute).allow_burst(burst),
+        MonotonicClock,
+    )
+}
+
+/// How long until `limiter` lets a message through again.
+pub fn retry_after(not_until: &governor::NotUntil<std::time::Instant>) -> std::time::Duration {
+    not_until.wait_time_from(MonotonicClock.now())
+}
 
 pub struct Session {
     pub(crate) ctx: SessionContext,
@@ -125,13 +141,7 @@ pub(crate) fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
 impl Session {
     /// Creates the session and queues the `connected` frame.
     pub fn start(ctx: SessionContext) -> Self {
-        let per_minute =
-            NonZeroU32::new(ctx.shared.limits.messages_per_minute).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(ctx.shared.limits.message_burst).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::direct_with_clock(
-            Quota::per_minute(per_minute).allow_burst(burst),
-            MonotonicClock,
-        );
+        let limiter = message_limiter(&ctx.shared.limits);
         let (warn_at, expire_at) = expiry_instants(ctx.identity.expires_at);
         let connected = json!({
             "connection_id": &*ctx.connection_id,
@@ -218,7 +228,7 @@ impl ConnectionHandler for Session {
             if self.dropped_in_a_row >= MAX_DROPPED_IN_A_ROW {
                 return Err(CloseCode::Policy);
             }
-            let wait = not_until.wait_time_from(MonotonicClock.now());
+            let wait = retry_after(&not_until);
             let e = CommandError {
                 retry_after_ms: Some(wait.as_millis().max(1) as u64),
                 ..CommandError::new(

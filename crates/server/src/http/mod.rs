@@ -2,8 +2,9 @@
 
 mod api;
 pub mod error;
+mod graphql;
 pub mod openapi;
-mod ops;
+pub mod ops;
 mod threads;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             get(threads::messages).post(threads::post_message),
         )
         .route("/api/threads/{id}/runs", get(threads::runs))
+        .route("/graphql", get(graphql::get).post(graphql::post))
         .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)

@@ -1,6 +1,9 @@
 //! Operations endpoints: health, readiness, metrics, client settings,
 //! admin stats and the disconnect API.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,6 +11,8 @@ use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use wsgate_core::broker::NodeCommand;
+use wsgate_core::hub::Hub;
+use wsgate_core::metrics::Metrics;
 use wsgate_protocol::{CloseCode, PROTOCOL_JSON, PROTOCOL_MSGPACK};
 
 use super::error::ApiError;
@@ -143,14 +148,26 @@ pub async fn ws_stats(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let hub = state.hub.stats();
-    Ok(Json(json!({
-        "node": state.node,
-        "uptime_secs": state.started_at.elapsed().as_secs(),
-        "connections": hub.connections,
-        "users": hub.users,
-        "active_connections_gauge": state.metrics.connections_active.get(),
-    })))
+    Ok(Json((state.stats)()))
+}
+
+/// What `/ws/stats` and GraphQL's `stats` answer.
+pub fn stats(
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    node: String,
+    started_at: Instant,
+) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+    move || {
+        let h = hub.stats();
+        json!({
+            "node": node,
+            "uptime_secs": started_at.elapsed().as_secs(),
+            "connections": h.connections,
+            "users": h.users,
+            "active_connections_gauge": metrics.connections_active.get(),
+        })
+    }
 }
 
 pub async fn disconnect_user(

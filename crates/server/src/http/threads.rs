@@ -16,7 +16,7 @@ use super::error::ApiError;
 use crate::state::AppState;
 
 /// The caller: a valid bearer JWT, or 401.
-fn user(state: &AppState, headers: &HeaderMap) -> Result<Identity, ApiError> {
+pub(super) fn user(state: &AppState, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let token = crate::auth::bearer_token(headers)
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
     state

@@ -24,7 +24,7 @@ use tungstenite::{Error as WsError, Message};
 use wsgate_core::connection::handler::{ConnectionHandler, Incoming};
 use wsgate_core::connection::outbound::{OutFrame, Outbound};
 use wsgate_core::limits::CLOSE_LINGER;
-use wsgate_protocol::CloseCode;
+use wsgate_protocol::{CloseCode, Encoding};
 
 use wsgate_deflate::Negotiated;
 
@@ -143,9 +143,12 @@ fn to_message(frame: OutFrame, deflate: Option<&Negotiated>) -> Message {
         OutFrame::Binary(b) => (b, Data::Binary),
         OutFrame::Shared(f) if f.is_binary() => (f.bytes(), Data::Binary),
         OutFrame::Shared(f) => (f.bytes(), Data::Text),
+        // A bare publication goes out as its JSON `message` frame.
+        OutFrame::Publication(p) => (p.frame(Encoding::Json).bytes(), Data::Text),
     };
     let compressed = deflate.and_then(|d| match &frame {
         OutFrame::Shared(f) => f.compressed(|b| d.compress(b)),
+        OutFrame::Publication(p) => p.frame(Encoding::Json).compressed(|b| d.compress(b)),
         _ => d.compress(bytes),
     });
     let rsv1 = compressed.is_some();

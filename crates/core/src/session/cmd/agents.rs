@@ -95,7 +95,7 @@ impl Session {
                 };
                 shared
                     .channels
-                    .subscribe(&identity, &client, &channel, &subscriber, None, reply)
+                    .subscribe(&identity, Some(&client), &channel, &subscriber, None, reply)
                     .await?;
             }
             let run = runs.start(&identity, &thread.id).await?;

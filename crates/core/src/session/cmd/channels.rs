@@ -118,7 +118,7 @@ impl Session {
             };
             let recover = recover.map(position);
             let done = channels
-                .subscribe(&identity, &client, &channel, &subscriber, recover, reply)
+                .subscribe(&identity, Some(&client), &channel, &subscriber, recover, reply)
                 .await;
             if let Err(e) = done {
                 let frame = error_frame(&metrics, encoding, id.as_deref(), &e);

@@ -1,0 +1,139 @@
+//! The schema and what its resolvers reach: the services `/ws` uses, so
+//! every field asks the same authorizer and the same ownership rules.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Response, Schema};
+use serde_json::Value;
+use wsgate_core::auth::Identity;
+use wsgate_core::error::CommandError;
+use wsgate_core::metrics::Metrics;
+use wsgate_core::session::SessionShared;
+
+use crate::error::{error_response, with_codes};
+use crate::mutation::MutationRoot;
+use crate::operation::{Operation, OperationKind};
+use crate::query::QueryRoot;
+use crate::shared::Groups;
+use crate::subscription::SubscriptionRoot;
+
+/// `[graphql]` of the configuration.
+#[derive(Debug, Clone)]
+pub struct GraphqlSettings {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub introspection: bool,
+    /// How long a WebSocket client has to send `connection_init`.
+    pub init_timeout: std::time::Duration,
+    /// Identical subscriptions share one resolution per publication (off
+    /// only to measure what sharing buys).
+    pub shared_resolution: bool,
+}
+
+/// `/ws/stats`' answer, for the `stats` field (the server knows the hub).
+pub type StatsFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// The caller of an operation: a verified token.
+#[derive(Debug, Clone)]
+pub struct Viewer(pub Identity);
+
+pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Everything GraphQL needs, built once per server.
+pub struct Graphql {
+    pub(crate) schema: AppSchema,
+    pub(crate) services: Arc<SessionShared>,
+    pub(crate) settings: GraphqlSettings,
+    pub(crate) groups: Arc<Groups>,
+}
+
+/// What resolvers find in their context.
+pub(crate) struct Services {
+    pub shared: Arc<SessionShared>,
+    pub stats: StatsFn,
+}
+
+impl Graphql {
+    pub fn new(
+        services: Arc<SessionShared>,
+        settings: GraphqlSettings,
+        stats: StatsFn,
+    ) -> Arc<Self> {
+        let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+            .data(Services {
+                shared: services.clone(),
+                stats,
+            })
+            .limit_depth(settings.max_depth)
+            .limit_complexity(settings.max_complexity);
+        if !settings.introspection {
+            builder = builder.disable_introspection();
+        }
+        let metrics = services.metrics.clone();
+        Arc::new(Graphql {
+            schema: builder.finish(),
+            groups: Groups::new(metrics),
+            services,
+            settings,
+        })
+    }
+
+    /// The schema in SDL (docs/graphql.md is checked against it).
+    pub fn sdl(&self) -> String {
+        self.schema.sdl()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.services.metrics
+    }
+
+    /// Runs a query or mutation for `viewer` (HTTP). A subscription is
+    /// refused: it needs the WebSocket. `allow_mutation` is false for GET.
+    pub async fn execute(
+        &self,
+        viewer: Identity,
+        op: &Operation,
+        allow_mutation: bool,
+    ) -> Response {
+        if let Err(e) = op.check_size(self.services.limits.max_message_bytes) {
+            return with_codes(error_response(e), self.metrics());
+        }
+        let kind = op.kind();
+        if let Some(kind) = kind {
+            self.count(kind);
+        }
+        let refused = match kind {
+            Some(OperationKind::Subscription) => Some(
+                "subscriptions are served over WebSocket (subprotocol graphql-transport-ws)",
+            ),
+            Some(OperationKind::Mutation) if !allow_mutation => {
+                Some("mutations need POST")
+            }
+            _ => None,
+        };
+        if let Some(message) = refused {
+            return with_codes(
+                error_response(CommandError::bad_request(message)),
+                self.metrics(),
+            );
+        }
+        let response = self.schema.execute(op.request().data(Viewer(viewer))).await;
+        with_codes(response, self.metrics())
+    }
+
+    pub(crate) fn count(&self, kind: OperationKind) {
+        Metrics::count(&self.metrics().graphql_operations, "type", kind.as_str());
+    }
+}
+
+/// The services, from a resolver's context.
+pub(crate) fn services<'a>(ctx: &Context<'a>) -> &'a Services {
+    ctx.data_unchecked::<Services>()
+}
+
+/// The caller, from a resolver's context: every operation has one (HTTP
+/// and WebSocket both refuse to run without a valid token).
+pub(crate) fn viewer<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Identity> {
+    ctx.data::<Viewer>().map(|v| &v.0)
+}
+
