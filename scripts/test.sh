@@ -10,6 +10,8 @@
 #     the Redis tests are reported skipped without it)
 #   - Chromium (Debian package) and playwright-core (tests/browser) for the
 #     browser test
+#   - the npm graphql-ws client and ws (tests/graphql-ws) for the GraphQL
+#     client test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,10 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "test.sh: installing playwright-core (tests/browser)"
   npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi
+if [ ! -d tests/graphql-ws/node_modules/graphql-ws ]; then
+  echo "test.sh: installing graphql-ws and ws (tests/graphql-ws)"
+  npm ci --prefix tests/graphql-ws --no-audit --no-fund >/dev/null
 fi
 
 exec cargo nextest run --workspace "$@"

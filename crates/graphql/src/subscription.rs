@@ -73,9 +73,10 @@ impl SubscriptionRoot {
 
     /// The events of a thread's runs (`thread:<id>`, owner only). With
     /// `since` (an event's `offset` and `epoch`), the events after it come
-    /// first, then the live ones; if some have left history, the first
-    /// item is an error with code `recovery_incomplete` and the stream
-    /// goes on from the oldest event still kept.
+    /// first, then the live ones; if some have left history (or `epoch`
+    /// is another), the first item is an error with code
+    /// `recovery_incomplete` and the stream goes on from the oldest event
+    /// still kept, or from now.
     async fn thread_events(
         &self,
         ctx: &Context<'_>,
@@ -128,7 +129,7 @@ async fn open<T: Send + 'static>(
             let items = tap.into_stream().map(move |p| Ok(item(p)));
             if asked_recovery && !recovered {
                 let gap = Err(async_graphql::Error::new(
-                    "some events after `since` have left history; the stream goes on from the oldest one kept",
+                    "some events after `since` are no longer in history; the stream goes on from the oldest one kept, or from now",
                 )
                 .extend_with(|_, e| e.set("code", RECOVERY_INCOMPLETE)));
                 return Ok(stream::once(async move { gap }).chain(items).boxed());

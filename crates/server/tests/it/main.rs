@@ -4,6 +4,7 @@
 mod browser;
 mod channels;
 mod cluster;
+mod graphql;
 mod compression;
 mod connection;
 mod handshake;
