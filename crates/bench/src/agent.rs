@@ -129,7 +129,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             let stream = socket.connect(target).await?;
             stream.set_nodelay(true)?;
             let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
-            let mut ws = handshake(stream, &url, &token, config, false).await?;
+            let mut ws = handshake(stream, &url, &token, config, false, false).await?;
             ws.next().await.context("closed before connected")??;
             anyhow::Ok(ws)
         }));

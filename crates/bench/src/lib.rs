@@ -100,6 +100,11 @@ pub struct FanoutArgs {
     /// `transport.compression = true`) and inflate what arrives.
     #[arg(long)]
     pub deflate: bool,
+    /// Subscribe over GraphQL instead (`--url ws://…/graphql`): the same
+    /// channel through `subscription { channel(name) { offset data } }`,
+    /// every subscriber with the same document (graphql-transport-ws).
+    #[arg(long)]
+    pub graphql: bool,
     /// Server processes whose CPU is reported (comma-separated: summed).
     #[arg(long, value_delimiter = ',')]
     pub pid: Vec<u32>,
@@ -226,7 +231,7 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<()> {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
                 let stream = socket.connect(target).await?;
-                let mut ws = handshake(stream, &url, &token, config, deflate).await?;
+                let mut ws = handshake(stream, &url, &token, config, deflate, false).await?;
                 // The handshake counts once the session sent `connected`.
                 ws.next().await.context("closed before connected")??;
                 anyhow::Ok(ws)
@@ -367,8 +372,12 @@ async fn handshake(
     token: &str,
     config: WebSocketConfig,
     deflate: bool,
+    graphql: bool,
 ) -> anyhow::Result<BenchSocket> {
     if deflate {
+        if graphql {
+            bail!("--deflate and --graphql together are not supported");
+        }
         return deflate_handshake(stream, &url_lite::parse(url)?, token, config).await;
     }
     let mut req = url.into_client_request()?;
@@ -376,6 +385,12 @@ async fn handshake(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}"))?,
     );
+    if graphql {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+    }
     // No extension offered: the layer passes everything through.
     let io = Inflating::new(stream, None);
     Ok(
@@ -392,8 +407,10 @@ async fn open_subscriber(
     token: &str,
     channel: &str,
     deflate: bool,
+    graphql: bool,
 ) -> anyhow::Result<BenchSocket> {
     use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(target).await?;
@@ -403,14 +420,28 @@ async fn open_subscriber(
         // tungstenite's zero-fill of it per read stays cheap.
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(1 << 20));
-    let mut ws = handshake(stream, url, token, config, deflate).await?;
+    let mut ws = handshake(stream, url, token, config, deflate, graphql).await?;
+    if graphql {
+        ws.send(Message::Text(r#"{"type":"connection_init"}"#.into()))
+            .await?;
+        let ack = ws.next().await.context("closed before connection_ack")??;
+        if !matches!(&ack, Message::Text(t) if t.contains("connection_ack")) {
+            bail!("no connection_ack: {ack:?}");
+        }
+        // No acknowledgement of a subscription in graphql-transport-ws:
+        // `fanout` waits a moment before publishing.
+        let sub = format!(
+            r#"{{"type":"subscribe","id":"s","payload":{{"query":"subscription($c: String!) {{ channel(name: $c) {{ offset data }} }}","variables":{{"c":"{channel}"}}}}}}"#
+        );
+        ws.send(Message::Text(sub.into())).await?;
+        return Ok(ws);
+    }
     ws.next().await.context("closed before connected")??;
     let sub = format!(r#"{{"type":"subscribe","id":"s","payload":{{"channel":"{channel}"}}}}"#);
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
-        .await?;
+    ws.send(Message::Text(sub.into())).await?;
     loop {
         let msg = ws.next().await.context("closed before subscribed")??;
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+        if let Message::Text(t) = msg {
             if t.contains("\"subscribed\"") {
                 return Ok(ws);
             }
@@ -435,15 +466,19 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         let source = source_address(i, args.sources);
         let (url, target) = targets[i % targets.len()].clone();
         let (channel, sem) = (args.channel.clone(), sem.clone());
-        let deflate = args.deflate;
+        let (deflate, graphql) = (args.deflate, args.graphql);
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
-            open_subscriber(&url, target, source, &token, &channel, deflate).await
+            open_subscriber(&url, target, source, &token, &channel, deflate, graphql).await
         }));
     }
     let mut sockets = Vec::with_capacity(args.subscribers);
     for t in opening {
         sockets.push(t.await??);
+    }
+    if args.graphql {
+        // The subscriptions start in the server's tasks, unacknowledged.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     eprintln!("{} subscribers ready", sockets.len());
 

@@ -27,7 +27,7 @@ use wsgate_protocol::{CloseCode, ErrorCode};
 use crate::error::{error_response, with_codes};
 use crate::operation::{Operation, OperationKind};
 use crate::protocol::{self, init_token, ClientMessage};
-use crate::pump::{pump, Recipient};
+use crate::pump::{pump, Out, Recipient};
 use crate::schema::{Graphql, Viewer};
 use crate::subscription::{Mode, Probe};
 use crate::tap::TapCell;
@@ -157,7 +157,7 @@ impl GraphqlConnection {
         {
             Ok(identity) => identity,
             Err(e) => {
-                services.metrics.rejection(e.reason());
+                refused(&services.metrics, e.reason());
                 audit_init(&shared.connection_id, None, Err(e.reason()));
                 return Err(CloseCode::GraphqlForbidden);
             }
@@ -170,7 +170,7 @@ impl GraphqlConnection {
                     shared.acknowledge(identity);
                 }
                 Err(reason) => {
-                    shared.gql.services.metrics.rejection(reason);
+                    refused(&shared.gql.services.metrics, reason);
                     audit_init(&shared.connection_id, Some(&identity), Err(reason));
                     shared.outbound.close(CloseCode::GraphqlForbidden);
                 }
@@ -241,6 +241,12 @@ impl GraphqlConnection {
         );
         Ok(())
     }
+}
+
+/// A refused `connection_init`, counted with the refused handshakes by
+/// reason (the upgrade itself was counted accepted).
+fn refused(metrics: &wsgate_core::metrics::Metrics, reason: &'static str) {
+    wsgate_core::metrics::Metrics::count(&metrics.handshake_rejections, "reason", reason);
 }
 
 fn audit_init(connection_id: &str, identity: Option<&Identity>, result: Result<(), &'static str>) {
@@ -316,7 +322,14 @@ async fn subscribe(gql: &Arc<Graphql>, identity: Identity, op: &Operation, recip
         let _ = ended.await;
     } else {
         let (responses, cell) = live();
-        pump(responses, &cell, gql.metrics(), |out| recipient.send(&out)).await;
+        let metrics = gql.metrics();
+        pump(responses, &cell, metrics, |out| {
+            if matches!(out, Out::Next(..)) {
+                metrics.deliveries.inc();
+            }
+            recipient.send(&out);
+        })
+        .await;
     }
 }
 

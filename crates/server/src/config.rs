@@ -331,7 +331,7 @@ pub struct GraphqlConfig {
     /// `WSGATE_GRAPHQL__MAX_DEPTH` (10): deepest selection a document may have.
     pub max_depth: usize,
     /// `WSGATE_GRAPHQL__MAX_COMPLEXITY` (1000): fields a document may select,
-    /// counted as async-graphql does (each field 1, lists by their size).
+    /// counted as async-graphql does (each field 1 plus its children's).
     pub max_complexity: usize,
     /// `WSGATE_GRAPHQL__INTROSPECTION` (true).
     pub introspection: bool,

@@ -128,6 +128,7 @@ async fn openapi_lists_every_route() {
         "/ws/stats",
         "/api/users/{user}/disconnect",
         "/api/openapi.json",
+        "/graphql",
         "/ws/metrics",
         "/ws/events",
         "/ws/stream/{channel}",
