@@ -39,7 +39,15 @@ pub async fn rtt(args: RttArgs) -> anyhow::Result<()> {
     );
     let stream = tokio::net::TcpStream::connect(target).await?;
     stream.set_nodelay(true)?;
-    let mut ws = handshake(stream, &args.url, &token, WebSocketConfig::default(), false, false).await?;
+    let mut ws = handshake(
+        stream,
+        &args.url,
+        &token,
+        WebSocketConfig::default(),
+        false,
+        false,
+    )
+    .await?;
     ws.next().await.context("closed before connected")??;
     println!("rtt: {} round trips per spacing, ping → pong", args.count);
     let mut n = 0u64;

@@ -88,7 +88,11 @@ impl Hub {
         self.admit_as(&Arc::from(PENDING), false)
     }
 
-    fn admit_as(self: &Arc<Self>, user: &Arc<str>, per_user: bool) -> Result<Admission, AdmitError> {
+    fn admit_as(
+        self: &Arc<Self>,
+        user: &Arc<str>,
+        per_user: bool,
+    ) -> Result<Admission, AdmitError> {
         let mut reg = self.lock();
         if reg.total >= self.max_connections {
             return Err(AdmitError::ServerFull);
@@ -188,7 +192,11 @@ impl Hub {
     fn identify(&self, seq: u64, user: &Arc<str>) -> Result<(), AdmitError> {
         let mut guard = self.lock();
         let reg = &mut *guard;
-        if reg.users.get(user).is_some_and(|s| s.len() >= self.max_per_user) {
+        if reg
+            .users
+            .get(user)
+            .is_some_and(|s| s.len() >= self.max_per_user)
+        {
             return Err(AdmitError::UserLimit);
         }
         let pending = reg.users.get_mut(PENDING);
@@ -326,12 +334,24 @@ mod tests {
         let a: Arc<str> = "a".into();
         let p1 = hub.admit_pending().unwrap();
         let p2 = hub.admit_pending().unwrap();
-        assert_eq!(hub.stats(), HubStats { connections: 2, users: 0 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                connections: 2,
+                users: 0
+            }
+        );
         let q = Arc::new(Outbound::new(100));
         p1.attach(q.clone());
         p1.identify(&a).unwrap();
         assert_eq!(p1.user(), a);
-        assert_eq!(hub.stats(), HubStats { connections: 2, users: 1 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                connections: 2,
+                users: 1
+            }
+        );
         // `a` is at its cap: the second stays pending, still counted.
         assert_eq!(p2.identify(&a).unwrap_err(), AdmitError::UserLimit);
         assert_eq!(hub.stats().connections, 2);
@@ -342,7 +362,13 @@ mod tests {
         assert_eq!(q.take().1, Some(CloseCode::Disconnected));
         drop(p1);
         drop(p2);
-        assert_eq!(hub.stats(), HubStats { connections: 1, users: 0 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                connections: 1,
+                users: 0
+            }
+        );
     }
 
     #[test]

@@ -163,19 +163,25 @@ impl GraphqlConnection {
             }
         };
         let (shared, gate) = (self.shared.clone(), self.gate.clone());
-        shared.gql.services.channels.tasks.clone().spawn(async move {
-            match gate.admit(&identity).await {
-                Ok(()) => {
-                    audit_init(&shared.connection_id, Some(&identity), Ok(()));
-                    shared.acknowledge(identity);
+        shared
+            .gql
+            .services
+            .channels
+            .tasks
+            .clone()
+            .spawn(async move {
+                match gate.admit(&identity).await {
+                    Ok(()) => {
+                        audit_init(&shared.connection_id, Some(&identity), Ok(()));
+                        shared.acknowledge(identity);
+                    }
+                    Err(reason) => {
+                        refused(&shared.gql.services.metrics, reason);
+                        audit_init(&shared.connection_id, Some(&identity), Err(reason));
+                        shared.outbound.close(CloseCode::GraphqlForbidden);
+                    }
                 }
-                Err(reason) => {
-                    refused(&shared.gql.services.metrics, reason);
-                    audit_init(&shared.connection_id, Some(&identity), Err(reason));
-                    shared.outbound.close(CloseCode::GraphqlForbidden);
-                }
-            }
-        });
+            });
         Ok(())
     }
 
@@ -195,7 +201,10 @@ impl GraphqlConnection {
             }
             let e = CommandError {
                 retry_after_ms: Some(retry_after(&not_until).as_millis().max(1) as u64),
-                ..CommandError::new(ErrorCode::RateLimited, "too many operations; this one was dropped")
+                ..CommandError::new(
+                    ErrorCode::RateLimited,
+                    "too many operations; this one was dropped",
+                )
             };
             shared.refuse(&id, e);
             return Ok(());
@@ -213,10 +222,17 @@ impl GraphqlConnection {
             shared.refuse(&id, e);
             return Ok(());
         }
-        let running = ops.values().filter(|o| o.subscription == subscription).count();
+        let running = ops
+            .values()
+            .filter(|o| o.subscription == subscription)
+            .count();
         if running >= limits.max_subscriptions {
             drop(ops);
-            let what = if subscription { "subscriptions" } else { "operations in flight" };
+            let what = if subscription {
+                "subscriptions"
+            } else {
+                "operations in flight"
+            };
             shared.refuse(
                 &id,
                 CommandError::bad_request(format!(
@@ -230,7 +246,14 @@ impl GraphqlConnection {
             shared.gql.count(kind);
         }
         let seq = shared.next_op.fetch_add(1, Ordering::Relaxed);
-        let task = tokio::spawn(run(shared.clone(), identity, id.clone(), op, subscription, seq));
+        let task = tokio::spawn(run(
+            shared.clone(),
+            identity,
+            id.clone(),
+            op,
+            subscription,
+            seq,
+        ));
         ops.insert(
             id,
             Op {
@@ -284,8 +307,13 @@ async fn run(
     if subscription {
         subscribe(&gql, identity, &op, recipient).await;
     } else {
-        let responses = gql.schema.execute_stream(op.request().data(Viewer(identity)));
-        pump(responses, &TapCell::default(), gql.metrics(), |out| recipient.send(&out)).await;
+        let responses = gql
+            .schema
+            .execute_stream(op.request().data(Viewer(identity)));
+        pump(responses, &TapCell::default(), gql.metrics(), |out| {
+            recipient.send(&out)
+        })
+        .await;
     }
     shared.finished(&id, seq);
 }
@@ -303,7 +331,9 @@ async fn subscribe(gql: &Arc<Graphql>, identity: Identity, op: &Operation, recip
         let response = with_codes(response, gql.metrics());
         if !response.errors.is_empty() {
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
-            recipient.outbound.push(OutFrame::Text(protocol::error(&recipient.id, &errors)));
+            recipient
+                .outbound
+                .push(OutFrame::Text(protocol::error(&recipient.id, &errors)));
             return;
         }
     }
@@ -336,7 +366,11 @@ async fn subscribe(gql: &Arc<Graphql>, identity: Identity, op: &Operation, recip
 impl ConnectionHandler for GraphqlConnection {
     fn on_message(&mut self, msg: Incoming) -> Result<(), CloseCode> {
         let Incoming::Text(text) = msg else {
-            self.shared.gql.services.metrics.violation("wrong_frame_kind");
+            self.shared
+                .gql
+                .services
+                .metrics
+                .violation("wrong_frame_kind");
             return Err(CloseCode::GraphqlBadMessage);
         };
         let msg = match ClientMessage::parse(&text) {
@@ -374,7 +408,11 @@ impl ConnectionHandler for GraphqlConnection {
 
     fn on_deadline(&mut self, now: Instant) -> Result<(), CloseCode> {
         if self.shared.acked.load(Ordering::Acquire) {
-            if self.shared.viewer().is_some_and(|(_, expires)| now >= expires) {
+            if self
+                .shared
+                .viewer()
+                .is_some_and(|(_, expires)| now >= expires)
+            {
                 return Err(CloseCode::TokenExpired);
             }
             return Ok(());
@@ -388,7 +426,11 @@ impl ConnectionHandler for GraphqlConnection {
             self.init_deadline = now + std::time::Duration::from_secs(1);
             return Ok(());
         }
-        self.shared.gql.services.metrics.violation("graphql_init_timeout");
+        self.shared
+            .gql
+            .services
+            .metrics
+            .violation("graphql_init_timeout");
         Err(CloseCode::GraphqlInitTimeout)
     }
 }
@@ -400,4 +442,3 @@ impl Drop for GraphqlConnection {
         }
     }
 }
-

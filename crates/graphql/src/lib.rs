@@ -23,5 +23,5 @@ mod types;
 pub use connection::{Gate, GraphqlConnection};
 pub use error::{code_label, with_codes};
 pub use operation::{Operation, OperationKind};
-pub use schema::{Graphql, GraphqlSettings, StatsFn, Viewer};
 pub use protocol::PROTOCOL;
+pub use schema::{sdl, Graphql, GraphqlSettings, StatsFn, Viewer};

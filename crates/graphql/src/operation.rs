@@ -56,11 +56,12 @@ impl Operation {
     pub fn kind(&self) -> Option<OperationKind> {
         let doc = async_graphql::parser::parse_query(&self.query).ok()?;
         let op = match &self.operation_name {
-            Some(name) => doc
-                .operations
-                .iter()
-                .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))?
-                .1,
+            Some(name) => {
+                doc.operations
+                    .iter()
+                    .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))?
+                    .1
+            }
             None => doc.operations.iter().next()?.1,
         };
         Some(match op.node.ty {
@@ -151,7 +152,10 @@ mod tests {
             Some(OperationKind::Subscription)
         );
         assert_eq!(op(doc, Some("C"), None).kind(), None);
-        assert_eq!(op("{ me { user } }", None, None).kind(), Some(OperationKind::Query));
+        assert_eq!(
+            op("{ me { user } }", None, None).kind(),
+            Some(OperationKind::Query)
+        );
         assert_eq!(op("{ me ", None, None).kind(), None);
     }
 
@@ -168,7 +172,9 @@ mod tests {
     #[test]
     fn documents_over_the_limit_are_refused() {
         assert!(op("{ me { user } }", None, None).check_size(15).is_ok());
-        let e = op("{ me { user } }", None, None).check_size(14).unwrap_err();
+        let e = op("{ me { user } }", None, None)
+            .check_size(14)
+            .unwrap_err();
         assert!(e.message.contains("max_message_bytes"), "{e}");
     }
 }

@@ -127,7 +127,9 @@ mod tests {
             Ok(ClientMessage::ConnectionInit { .. })
         ));
         assert!(matches!(
-            ClientMessage::parse(br#"{"type":"subscribe","id":"1","payload":{"query":"{me{user}}"}}"#),
+            ClientMessage::parse(
+                br#"{"type":"subscribe","id":"1","payload":{"query":"{me{user}}"}}"#
+            ),
             Ok(ClientMessage::Subscribe { .. })
         ));
         for bad in [
@@ -137,9 +139,16 @@ mod tests {
             br#"{"type":"complete"}"#,
             br#"not json"#,
         ] {
-            assert!(ClientMessage::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                ClientMessage::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let long = format!(r#"{{"type":"complete","id":"{}"}}"#, "x".repeat(MAX_ID_BYTES + 1));
+        let long = format!(
+            r#"{{"type":"complete","id":"{}"}}"#,
+            "x".repeat(MAX_ID_BYTES + 1)
+        );
         assert!(ClientMessage::parse(long.as_bytes()).is_err());
     }
 
@@ -158,6 +167,9 @@ mod tests {
     fn a_next_frame_is_the_prefix_and_the_payload() {
         let frame = next(&next_prefix("a\"b"), br#"{"data":{"x":1}}"#);
         let v: Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!(v, json!({"id": "a\"b", "type": "next", "payload": {"data": {"x": 1}}}));
+        assert_eq!(
+            v,
+            json!({"id": "a\"b", "type": "next", "payload": {"data": {"x": 1}}})
+        );
     }
 }

@@ -8,9 +8,7 @@ use wsgate_core::error::CommandError;
 
 use crate::error::OrField;
 use crate::schema::{services, viewer};
-use crate::types::{
-    ClientInfo, HistoryPage, Me, Message, Run, StreamPositionInput, Thread,
-};
+use crate::types::{ClientInfo, HistoryPage, Me, Message, Run, StreamPositionInput, Thread};
 
 pub struct QueryRoot;
 
@@ -99,8 +97,7 @@ impl QueryRoot {
     /// What `/ws/stats` answers; role `admin` only.
     async fn stats(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Value>> {
         if !viewer(ctx)?.has_role("admin") {
-            return Err(CommandError::forbidden("role admin is required"))
-                .field();
+            return Err(CommandError::forbidden("role admin is required")).field();
         }
         Ok(Json((services(ctx).stats)()))
     }

@@ -78,11 +78,6 @@ impl Graphql {
         })
     }
 
-    /// The schema in SDL (docs/graphql.md is checked against it).
-    pub fn sdl(&self) -> String {
-        self.schema.sdl()
-    }
-
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.services.metrics
     }
@@ -103,12 +98,10 @@ impl Graphql {
             self.count(kind);
         }
         let refused = match kind {
-            Some(OperationKind::Subscription) => Some(
-                "subscriptions are served over WebSocket (subprotocol graphql-transport-ws)",
-            ),
-            Some(OperationKind::Mutation) if !allow_mutation => {
-                Some("mutations need POST")
+            Some(OperationKind::Subscription) => {
+                Some("subscriptions are served over WebSocket (subprotocol graphql-transport-ws)")
             }
+            Some(OperationKind::Mutation) if !allow_mutation => Some("mutations need POST"),
             _ => None,
         };
         if let Some(message) = refused {
@@ -126,6 +119,13 @@ impl Graphql {
     }
 }
 
+/// The schema in SDL; docs/graphql.md holds it, checked by a test.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
 /// The services, from a resolver's context.
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> &'a Services {
     ctx.data_unchecked::<Services>()
@@ -137,3 +137,27 @@ pub(crate) fn viewer<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Identit
     ctx.data::<Viewer>().map(|v| &v.0)
 }
 
+#[cfg(test)]
+mod tests {
+    /// docs/graphql.md shows the schema as it is: regenerate the block with
+    /// `WSGATE_WRITE_SDL=1 cargo test -p wsgate-graphql` when it changes.
+    #[test]
+    fn the_documented_schema_is_the_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/graphql.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let sdl = super::sdl();
+        let (start, end) = ("```graphql\n", "```\n");
+        let from = doc.find(start).expect("a graphql block") + start.len();
+        let to = from + doc[from..].find(end).expect("the block ends");
+        if std::env::var_os("WSGATE_WRITE_SDL").is_some() {
+            let written = format!("{}{}{}", &doc[..from], sdl.trim_start(), &doc[to..]);
+            std::fs::write(path, written).unwrap();
+            return;
+        }
+        assert_eq!(
+            doc[from..to].trim(),
+            sdl.trim(),
+            "docs/graphql.md's schema is stale"
+        );
+    }
+}

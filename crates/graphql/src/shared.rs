@@ -97,12 +97,11 @@ impl Groups {
                 map.insert(key.clone(), group.clone());
                 self.metrics.graphql_shared_executions.inc();
                 let (responses, cell) = start();
-                let task = tokio::spawn(self.clone().execute(
-                    key.clone(),
-                    group.clone(),
-                    responses,
-                    cell,
-                ));
+                let task =
+                    tokio::spawn(
+                        self.clone()
+                            .execute(key.clone(), group.clone(), responses, cell),
+                    );
                 *lock(&group.task) = Some(task.abort_handle());
                 group
             }

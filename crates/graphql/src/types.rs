@@ -9,7 +9,9 @@ use async_graphql::{InputObject, Json, Object, SimpleObject, ID};
 use serde_json::Value;
 use wsgate_core::auth::Identity;
 use wsgate_core::broker::{ClientInfo as CoreClient, HistoryPage as CorePage};
-use wsgate_core::channels::publication::{Publication as CorePublication, StreamPosition as CorePosition};
+use wsgate_core::channels::publication::{
+    Publication as CorePublication, StreamPosition as CorePosition,
+};
 use wsgate_core::threads::{Message as CoreMessage, Run as CoreRun, Thread as CoreThread};
 
 /// Who the token says the caller is.

@@ -252,7 +252,10 @@ fn graphql_protocol(headers: &HeaderMap) -> Result<(), Rejection> {
     } else {
         "offer the graphql-transport-ws subprotocol"
     };
-    Err(Rejection::new(ApiError::bad_request(message), "bad_protocol"))
+    Err(Rejection::new(
+        ApiError::bad_request(message),
+        "bad_protocol",
+    ))
 }
 
 /// `/graphql`'s checks: as [`admit`], but without a token on the upgrade
@@ -400,7 +403,9 @@ async fn handshake(req: UpgradeRequest, target: Target) -> Response {
     // The subprotocol to select: only a wsgate or GraphQL protocol, never
     // `bearer.<jwt>`.
     let negotiated_protocol = match &target {
-        Target::Graphql => graphql_protocol(&headers).map(|()| (Encoding::Json, Some(wsgate_graphql::PROTOCOL))),
+        Target::Graphql => {
+            graphql_protocol(&headers).map(|()| (Encoding::Json, Some(wsgate_graphql::PROTOCOL)))
+        }
         _ => negotiate_encoding(&headers)
             .map(|(encoding, selected)| (encoding, selected.then(|| encoding.protocol_name()))),
     };
@@ -639,7 +644,9 @@ impl ConnectionEnd {
         metrics: &'m Metrics,
         protocol: &'static str,
     ) -> impl std::ops::Deref<Target = prometheus_client::metrics::gauge::Gauge> + 'm {
-        metrics.connections_open.get_or_create(&[("protocol", protocol)])
+        metrics
+            .connections_open
+            .get_or_create(&[("protocol", protocol)])
     }
 
     fn record(self, ended: Ended) {

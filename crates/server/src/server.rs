@@ -22,8 +22,8 @@ use wsgate_core::metrics::Metrics;
 use wsgate_core::node::NodeRouter;
 use wsgate_core::runs::{AgentBackend, EchoAgent, Runs};
 use wsgate_core::session::SessionShared;
-use wsgate_graphql::{Graphql, GraphqlSettings, StatsFn};
 use wsgate_core::threads::{ThreadStore, Threads};
+use wsgate_graphql::{Graphql, GraphqlSettings, StatsFn};
 use wsgate_protocol::CloseCode;
 use wsgate_storage::Storage;
 

@@ -604,9 +604,14 @@ mod tests {
         let s = Subscriber::new(outbound.clone(), FrameFormat::Raw, None);
         let channel: Arc<str> = "thread:t1".into();
         let e = c
-            .subscribe(&user("bob"), Some(&client("bob")), &channel, &s, None, |_, _| {
-                unreachable!("no reply before authorization")
-            })
+            .subscribe(
+                &user("bob"),
+                Some(&client("bob")),
+                &channel,
+                &s,
+                None,
+                |_, _| unreachable!("no reply before authorization"),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);

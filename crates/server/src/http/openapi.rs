@@ -276,44 +276,43 @@ pub async fn openapi() -> Json<Value> {
 /// `/graphql`, one route for GET (a query, or the WebSocket) and POST.
 fn graphql_path() -> Value {
     json!({
-                "get": {
-                    "summary": "GraphQL (docs/graphql.md). With an upgrade: subscriptions over WebSocket, subprotocol graphql-transport-ws, token on the upgrade or in connection_init. Without: a query (never a mutation) in ?query=, bearer JWT.",
-                    "security": [{ "bearer": [] }],
-                    "parameters": [
-                        { "name": "query", "in": "query", "required": false, "schema": { "type": "string" } },
-                        { "name": "operationName", "in": "query", "required": false, "schema": { "type": "string" } },
-                        { "name": "variables", "in": "query", "required": false, "description": "JSON text", "schema": { "type": "string" } }
-                    ],
-                    "responses": {
-                        "101": { "description": "Switching protocols (graphql-transport-ws)" },
-                        "200": { "description": "GraphQL response {data, errors}; errors carry extensions.code", "content": { "application/json": { "schema": { "type": "object" } } } },
-                        "400": error_response("No ?query=, variables that are not JSON, or an upgrade without the graphql-transport-ws subprotocol"),
-                        "401": error_response("Missing or invalid token"),
-                        "403": error_response("Origin not allowed"),
-                        "429": error_response("Per-user connection cap or per-IP handshake rate exceeded (Retry-After)"),
-                        "503": error_response("Server connection limit reached")
-                    }
-                },
-                "post": {
-                    "summary": "GraphQL query or mutation: {query, operationName?, variables?}",
-                    "security": [{ "bearer": [] }],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                        "type": "object",
-                        "required": ["query"],
-                        "properties": {
-                            "query": { "type": "string" },
-                            "operationName": { "type": "string", "nullable": true },
-                            "variables": { "type": "object", "nullable": true },
-                            "extensions": { "type": "object", "nullable": true }
-                        }
-                    } } } },
-                    "responses": {
-                        "200": { "description": "GraphQL response {data, errors}; errors carry extensions.code", "content": { "application/json": { "schema": { "type": "object" } } } },
-                        "400": error_response("The body is not a GraphQL request"),
-                        "401": error_response("Missing or invalid token"),
-                        "413": error_response("Body over the limit")
-                    }
+        "get": {
+            "summary": "GraphQL (docs/graphql.md). With an upgrade: subscriptions over WebSocket, subprotocol graphql-transport-ws, token on the upgrade or in connection_init. Without: a query (never a mutation) in ?query=, bearer JWT.",
+            "security": [{ "bearer": [] }],
+            "parameters": [
+                { "name": "query", "in": "query", "required": false, "schema": { "type": "string" } },
+                { "name": "operationName", "in": "query", "required": false, "schema": { "type": "string" } },
+                { "name": "variables", "in": "query", "required": false, "description": "JSON text", "schema": { "type": "string" } }
+            ],
+            "responses": {
+                "101": { "description": "Switching protocols (graphql-transport-ws)" },
+                "200": { "description": "GraphQL response {data, errors}; errors carry extensions.code", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "400": error_response("No ?query=, variables that are not JSON, or an upgrade without the graphql-transport-ws subprotocol"),
+                "401": error_response("Missing or invalid token"),
+                "403": error_response("Origin not allowed"),
+                "429": error_response("Per-user connection cap or per-IP handshake rate exceeded (Retry-After)"),
+                "503": error_response("Server connection limit reached")
+            }
+        },
+        "post": {
+            "summary": "GraphQL query or mutation: {query, operationName?, variables?}",
+            "security": [{ "bearer": [] }],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object",
+                "required": ["query"],
+                "properties": {
+                    "query": { "type": "string" },
+                    "operationName": { "type": "string", "nullable": true },
+                    "variables": { "type": "object", "nullable": true },
+                    "extensions": { "type": "object", "nullable": true }
                 }
-            })
+            } } } },
+            "responses": {
+                "200": { "description": "GraphQL response {data, errors}; errors carry extensions.code", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "400": error_response("The body is not a GraphQL request"),
+                "401": error_response("Missing or invalid token"),
+                "413": error_response("Body over the limit")
+            }
+        }
+    })
 }
-

@@ -91,6 +91,7 @@ pub async fn ws_config(State(state): State<AppState>) -> Json<serde_json::Value>
     Json(json!({
         "endpoint": "/ws",
         "protocols": [PROTOCOL_JSON, PROTOCOL_MSGPACK],
+        "graphql": { "endpoint": "/graphql", "protocol": wsgate_graphql::PROTOCOL },
         "auth_transports": transports,
         "heartbeat_secs": l.heartbeat_secs,
         "heartbeat_timeout_secs": l.heartbeat_timeout_secs,

@@ -40,7 +40,11 @@ async fn gql_connect(server: &TestServer, token: Option<&str>) -> Ws {
 /// Connects with the token in `connection_init` and waits for the ack.
 async fn gql_ready(server: &TestServer, user: &str) -> Ws {
     let mut ws = gql_connect(server, None).await;
-    send_json(&mut ws, json!({"type": "connection_init", "payload": {"token": token(user)}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"token": token(user)}}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await, json!({"type": "connection_ack"}));
     ws
 }
@@ -65,12 +69,17 @@ async fn next_for(ws: &mut Ws, id: &str) -> Value {
 
 /// `POST /graphql` with a bearer token.
 async fn post(server: &TestServer, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(server.http("/graphql")).json(&body);
+    let mut req = reqwest::Client::new()
+        .post(server.http("/graphql"))
+        .json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(json!(null)))
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(json!(null)),
+    )
 }
 
 fn code(v: &Value) -> &Value {
@@ -85,11 +94,18 @@ fn admin_token(user: &str) -> String {
     )
 }
 
-const NEWS: &str = "subscription($n: String!, $f: JSON) { channel(name: $n, filter: $f) { channel offset data } }";
+const NEWS: &str =
+    "subscription($n: String!, $f: JSON) { channel(name: $n, filter: $f) { channel offset data } }";
 
 /// Publishes `data` to `channel` until `ws` receives a `next` for `id`
 /// (a subscription has no acknowledgement to wait for).
-async fn publish_until_next(server: &TestServer, ws: &mut Ws, id: &str, channel: &str, data: Value) -> Value {
+async fn publish_until_next(
+    server: &TestServer,
+    ws: &mut Ws,
+    id: &str,
+    channel: &str,
+    data: Value,
+) -> Value {
     for _ in 0..100 {
         api_publish(server, channel, data.clone()).await;
         if let Ok(v) = tokio::time::timeout(Duration::from_millis(100), next_for(ws, id)).await {
@@ -103,8 +119,19 @@ async fn publish_until_next(server: &TestServer, ws: &mut Ws, id: &str, channel:
 async fn http_queries_and_mutations_follow_the_ws_rules() {
     let server = TestServer::start().await;
     let alice = token("alice");
-    let (status, v) = post(&server, Some(&alice), json!({"query": "{ me { user roles } }"})).await;
-    assert_eq!((status, &v), (200, &json!({"data": {"me": {"user": "alice", "roles": []}}})));
+    let (status, v) = post(
+        &server,
+        Some(&alice),
+        json!({"query": "{ me { user roles } }"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &v),
+        (
+            200,
+            &json!({"data": {"me": {"user": "alice", "roles": []}}})
+        )
+    );
 
     let (_, v) = post(
         &server,
@@ -114,9 +141,15 @@ async fn http_queries_and_mutations_follow_the_ws_rules() {
     .await;
     let id = v["data"]["createThread"]["id"].as_str().unwrap().to_owned();
     assert_eq!(v["data"]["createThread"]["title"], "plans");
-    let (_, v) = post(&server, Some(&alice), json!({"query": "{ threads { id title } }"})).await;
+    let (_, v) = post(
+        &server,
+        Some(&alice),
+        json!({"query": "{ threads { id title } }"}),
+    )
+    .await;
     assert_eq!(v["data"]["threads"], json!([{"id": id, "title": "plans"}]));
-    let q = json!({"query": "query($id: ID!) { thread(id: $id) { title } }", "variables": {"id": id}});
+    let q =
+        json!({"query": "query($id: ID!) { thread(id: $id) { title } }", "variables": {"id": id}});
     // Someone else's thread does not exist for them, as on /ws.
     let (status, v) = post(&server, Some(&token("mallory")), q.clone()).await;
     assert_eq!(status, 200);
@@ -140,7 +173,12 @@ async fn http_queries_and_mutations_follow_the_ws_rules() {
     // Stats are for admins.
     let (_, v) = post(&server, Some(&alice), json!({"query": "{ stats }"})).await;
     assert_eq!(code(&v), "forbidden", "{v}");
-    let (_, v) = post(&server, Some(&admin_token("root")), json!({"query": "{ stats }"})).await;
+    let (_, v) = post(
+        &server,
+        Some(&admin_token("root")),
+        json!({"query": "{ stats }"}),
+    )
+    .await;
     assert!(v["data"]["stats"]["connections"].is_number(), "{v}");
 
     // No token: 401 in the JSON error shape, not a GraphQL response.
@@ -160,14 +198,31 @@ async fn http_queries_and_mutations_follow_the_ws_rules() {
     let auth = format!("Bearer {alice}");
     let (status, v) = get_json(&url("{ me { user } }"), &[("authorization", &auth)]).await;
     assert_eq!((status, &v["data"]["me"]["user"]), (200, &json!("alice")));
-    let (_, v) = get_json(&url("mutation { createThread { id } }"), &[("authorization", &auth)]).await;
+    let (_, v) = get_json(
+        &url("mutation { createThread { id } }"),
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(code(&v), "bad_request", "{v}");
     assert!(v["errors"][0]["message"].as_str().unwrap().contains("POST"));
     // Subscriptions need the WebSocket.
-    let (_, v) = post(&server, Some(&alice), json!({"query": "subscription { metrics { offset } }"})).await;
+    let (_, v) = post(
+        &server,
+        Some(&alice),
+        json!({"query": "subscription { metrics { offset } }"}),
+    )
+    .await;
     assert_eq!(code(&v), "bad_request", "{v}");
-    assert!(server.metric_shows("wsgate_graphql_operations_total{type=\"mutation\"}").await);
-    assert!(server.metric_shows("wsgate_graphql_errors_total{code=\"not_found\"} 1").await);
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_operations_total{type=\"mutation\"}")
+            .await
+    );
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_errors_total{code=\"not_found\"} 1")
+            .await
+    );
     server.stop().await;
 }
 
@@ -186,17 +241,40 @@ async fn depth_complexity_size_and_introspection_are_limited() {
     let deep = "{ history(channel: \"news\") { position { offset } } }";
     let (_, v) = post(&server, Some(&t), json!({"query": deep})).await;
     assert_eq!(code(&v), "bad_request", "{v}");
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{v}"
+    );
     let wide = "{ me { user roles name expiresAt } a: me { user } b: me { user } }";
     let (_, v) = post(&server, Some(&t), json!({"query": wide})).await;
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("too complex"), "{v}");
-    let (_, v) = post(&server, Some(&t), json!({"query": "{ __schema { types { name } } }"})).await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{v}"
+    );
+    let (_, v) = post(
+        &server,
+        Some(&t),
+        json!({"query": "{ __schema { types { name } } }"}),
+    )
+    .await;
     assert!(v["data"].is_null() || v["errors"].is_array(), "{v}");
     assert!(v["errors"].is_array(), "introspection is off: {v}");
     let huge = format!("{{ me {{ user }} }} # {}", "x".repeat(2100));
     let (_, v) = post(&server, Some(&t), json!({"query": huge})).await;
     assert_eq!(code(&v), "bad_request", "{v}");
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("max_message_bytes"), "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes"),
+        "{v}"
+    );
     server.stop().await;
 }
 
@@ -226,15 +304,32 @@ async fn a_subscription_receives_publications_until_complete() {
     // A ping is answered; after complete nothing more comes for s1.
     send_json(&mut ws, json!({"type": "complete", "id": "s1"})).await;
     send_json(&mut ws, json!({"type": "ping", "payload": {"x": 1}})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"type": "pong", "payload": {"x": 1}}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "pong", "payload": {"x": 1}})
+    );
     api_publish(&server, "news", json!({"k": 3})).await;
     send_json(&mut ws, json!({"type": "ping"})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"type": "pong"}), "nothing for s1 after complete");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "pong"}),
+        "nothing for s1 after complete"
+    );
     // A query over the socket: next, then complete.
     subscribe(&mut ws, "q", "{ me { user } }", json!({})).await;
-    assert_eq!(next_for(&mut ws, "q").await["payload"]["data"]["me"]["user"], "alice");
-    assert_eq!(next_for(&mut ws, "q").await, json!({"id": "q", "type": "complete"}));
-    assert!(server.metric_shows("wsgate_connections_open{protocol=\"graphql-transport-ws\"} 1").await);
+    assert_eq!(
+        next_for(&mut ws, "q").await["payload"]["data"]["me"]["user"],
+        "alice"
+    );
+    assert_eq!(
+        next_for(&mut ws, "q").await,
+        json!({"id": "q", "type": "complete"})
+    );
+    assert!(
+        server
+            .metric_shows("wsgate_connections_open{protocol=\"graphql-transport-ws\"} 1")
+            .await
+    );
     server.stop().await;
 }
 
@@ -248,20 +343,38 @@ async fn the_handshake_and_init_are_checked_like_ws() {
     // No subprotocol, or the legacy one: 400 saying which to offer.
     let (status, _, body) = expect_rejection(gql_request(&server, None, "")).await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("graphql-transport-ws"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("graphql-transport-ws"),
+        "{body}"
+    );
     let (status, _, body) = expect_rejection(gql_request(&server, None, "graphql-ws")).await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("legacy"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("legacy"),
+        "{body}"
+    );
     // The origin policy, with or without a token on the upgrade.
     let mut req = gql_request(&server, None, PROTOCOL);
     add_header(&mut req, "origin", "https://evil.example");
     assert_eq!(expect_rejection(req).await.0, 403);
     // A bad token on the upgrade is refused before it (401, as /ws).
-    assert_eq!(expect_rejection(gql_request(&server, Some("nope"), PROTOCOL)).await.0, 401);
+    assert_eq!(
+        expect_rejection(gql_request(&server, Some("nope"), PROTOCOL))
+            .await
+            .0,
+        401
+    );
 
     // A bad token in connection_init: 4403, no ack.
     let mut ws = gql_connect(&server, None).await;
-    send_json(&mut ws, json!({"type": "connection_init", "payload": {"token": "not-a-jwt"}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"token": "not-a-jwt"}}),
+    )
+    .await;
     assert_eq!(close_code(&mut ws).await, Some(4403));
     let mut ws = gql_connect(&server, None).await;
     send_json(&mut ws, json!({"type": "connection_init"})).await;
@@ -279,7 +392,11 @@ async fn the_handshake_and_init_are_checked_like_ws() {
     assert_eq!(close_code(&mut ws).await, Some(4400));
     // A second init: 4429.
     let mut ws = gql_ready(&server, "alice").await;
-    send_json(&mut ws, json!({"type": "connection_init", "payload": {"token": token("alice")}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"token": token("alice")}}),
+    )
+    .await;
     assert_eq!(close_code(&mut ws).await, Some(4429));
     // An id in use: 4409.
     let mut ws = gql_ready(&server, "alice").await;
@@ -293,11 +410,22 @@ async fn the_handshake_and_init_are_checked_like_ws() {
     assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
     let mut ws = gql_connect(&server, None).await;
     let auth = format!("Bearer {}", token("carol"));
-    send_json(&mut ws, json!({"type": "connection_init", "payload": {"Authorization": auth}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": auth}}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
     subscribe(&mut ws, "me", "{ me { user } }", json!({})).await;
-    assert_eq!(next_for(&mut ws, "me").await["payload"]["data"]["me"]["user"], "carol");
-    assert!(server.metric_shows("wsgate_disconnects_total{code=\"4408\"} 1").await);
+    assert_eq!(
+        next_for(&mut ws, "me").await["payload"]["data"]["me"]["user"],
+        "carol"
+    );
+    assert!(
+        server
+            .metric_shows("wsgate_disconnects_total{code=\"4408\"} 1")
+            .await
+    );
     server.stop().await;
 }
 
@@ -311,13 +439,31 @@ async fn a_graphql_connection_counts_against_the_caps() {
     let _a = gql_ready(&server, "alice").await;
     // Alice's second: the token in init finds her at her cap: 4403.
     let mut second = gql_connect(&server, None).await;
-    send_json(&mut second, json!({"type": "connection_init", "payload": {"token": token("alice")}})).await;
+    send_json(
+        &mut second,
+        json!({"type": "connection_init", "payload": {"token": token("alice")}}),
+    )
+    .await;
     assert_eq!(close_code(&mut second).await, Some(4403));
-    assert!(server.metric_shows("wsgate_disconnects_total{code=\"4403\"} 1").await);
+    assert!(
+        server
+            .metric_shows("wsgate_disconnects_total{code=\"4403\"} 1")
+            .await
+    );
     // On the upgrade, the same cap answers 429 as /ws does.
-    assert_eq!(expect_rejection(gql_request(&server, Some(&token("alice")), PROTOCOL)).await.0, 429);
+    assert_eq!(
+        expect_rejection(gql_request(&server, Some(&token("alice")), PROTOCOL))
+            .await
+            .0,
+        429
+    );
     // /ws and /graphql share the caps: alice's /ws connection is refused.
-    assert_eq!(expect_rejection(server.request(Some(&token("alice")))).await.0, 429);
+    assert_eq!(
+        expect_rejection(server.request(Some(&token("alice"))))
+            .await
+            .0,
+        429
+    );
     // A connection waiting for init holds a slot of the global cap.
     let _w1 = gql_connect(&server, None).await;
     let _b = server.connect("bob").await;
@@ -331,31 +477,67 @@ async fn refusals_are_errors_with_the_ws_codes() {
     let server = TestServer::with(|c| c.limits.max_subscriptions = 2).await;
     let mut ws = gql_ready(&server, "alice").await;
     // Another user's channel: an `error` message (the operation ends).
-    subscribe(&mut ws, "x", "subscription { channel(name: \"user:bob\") { offset } }", json!({})).await;
+    subscribe(
+        &mut ws,
+        "x",
+        "subscription { channel(name: \"user:bob\") { offset } }",
+        json!({}),
+    )
+    .await;
     let v = next_for(&mut ws, "x").await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["payload"][0]["extensions"]["code"], "forbidden", "{v}");
     // A namespace that does not exist: default deny.
-    subscribe(&mut ws, "y", "subscription { channel(name: \"secret:1\") { offset } }", json!({})).await;
-    assert_eq!(next_for(&mut ws, "y").await["payload"][0]["extensions"]["code"], "forbidden");
+    subscribe(
+        &mut ws,
+        "y",
+        "subscription { channel(name: \"secret:1\") { offset } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        next_for(&mut ws, "y").await["payload"][0]["extensions"]["code"],
+        "forbidden"
+    );
     // A document that does not validate.
     subscribe(&mut ws, "z", "subscription { nope }", json!({})).await;
     let v = next_for(&mut ws, "z").await;
-    assert_eq!((v["type"].as_str(), &v["payload"][0]["extensions"]["code"]), (Some("error"), &json!("bad_request")));
-    // Someone else's thread events: not_found, as on /ws.
-    let (_, t) = post(&server, Some(&token("bob")), json!({"query": "mutation { createThread { id } }"})).await;
+    assert_eq!(
+        (v["type"].as_str(), &v["payload"][0]["extensions"]["code"]),
+        (Some("error"), &json!("bad_request"))
+    );
+    // Someone else's thread events: forbidden, as subscribing to their
+    // `thread:<id>` on /ws is.
+    let (_, t) = post(
+        &server,
+        Some(&token("bob")),
+        json!({"query": "mutation { createThread { id } }"}),
+    )
+    .await;
     let bobs = t["data"]["createThread"]["id"].as_str().unwrap();
-    subscribe(&mut ws, "t", "subscription($t: ID!) { threadEvents(threadId: $t) { offset } }", json!({"t": bobs})).await;
+    subscribe(
+        &mut ws,
+        "t",
+        "subscription($t: ID!) { threadEvents(threadId: $t) { offset } }",
+        json!({"t": bobs}),
+    )
+    .await;
     let v = next_for(&mut ws, "t").await;
     assert_eq!(v["type"], "error");
-    assert!(matches!(v["payload"][0]["extensions"]["code"].as_str(), Some("forbidden" | "not_found")), "{v}");
+    assert_eq!(v["payload"][0]["extensions"]["code"], "forbidden", "{v}");
     // At most limits.max_subscriptions at once.
     subscribe(&mut ws, "a", NEWS, json!({"n": "news"})).await;
     subscribe(&mut ws, "b", NEWS, json!({"n": "other"})).await;
     subscribe(&mut ws, "c", NEWS, json!({"n": "third"})).await;
     let v = next_for(&mut ws, "c").await;
     assert_eq!(v["type"], "error");
-    assert!(v["payload"][0]["message"].as_str().unwrap().contains("max_subscriptions"), "{v}");
+    assert!(
+        v["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_subscriptions"),
+        "{v}"
+    );
     // Completing one makes room.
     send_json(&mut ws, json!({"type": "complete", "id": "a"})).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -386,11 +568,32 @@ async fn identical_subscriptions_share_one_resolution() {
     }
     // A filter is part of the variables: its own execution.
     let mut filtered = gql_ready(&server, "u4").await;
-    subscribe(&mut filtered, "f", NEWS, json!({"n": "feed", "f": {"level": "high"}})).await;
-    assert!(server.metric_shows("wsgate_graphql_shared_subscribers 4").await);
-    assert!(server.metric_shows("wsgate_graphql_shared_executions 2").await);
+    subscribe(
+        &mut filtered,
+        "f",
+        NEWS,
+        json!({"n": "feed", "f": {"level": "high"}}),
+    )
+    .await;
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_shared_subscribers 4")
+            .await
+    );
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_shared_executions 2")
+            .await
+    );
     // Every subscriber gets the same payload behind its own id.
-    let first = publish_until_next(&server, &mut clients[0], "u1", "feed", json!({"level": "low"})).await;
+    let first = publish_until_next(
+        &server,
+        &mut clients[0],
+        "u1",
+        "feed",
+        json!({"level": "low"}),
+    )
+    .await;
     let p = api_publish(&server, "feed", json!({"level": "high", "n": 7})).await;
     let target = p["offset"].as_u64().unwrap();
     let a = until_offset(&mut clients[0], "u1", target).await;
@@ -398,7 +601,10 @@ async fn identical_subscriptions_share_one_resolution() {
     let c = until_offset(&mut clients[2], "u3", target).await;
     assert_eq!(a["payload"], b["payload"]);
     assert_eq!(b["payload"], c["payload"]);
-    assert_eq!(a["payload"]["data"]["channel"]["data"], json!({"level": "high", "n": 7}));
+    assert_eq!(
+        a["payload"]["data"]["channel"]["data"],
+        json!({"level": "high", "n": 7})
+    );
     let f = until_offset(&mut filtered, "f", target).await;
     assert_eq!(f["payload"], a["payload"]);
     assert!(first["payload"]["data"]["channel"]["offset"].as_u64() < p["offset"].as_u64());
@@ -406,7 +612,11 @@ async fn identical_subscriptions_share_one_resolution() {
     // the others their execution; the last one ends it.
     send_json(&mut clients[0], json!({"type": "complete", "id": "u1"})).await;
     drop(clients.remove(1));
-    assert!(server.metric_shows("wsgate_graphql_shared_subscribers 2").await);
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_shared_subscribers 2")
+            .await
+    );
     api_publish(&server, "feed", json!({"level": "high", "n": 8})).await;
     loop {
         let v = next_for(&mut clients[1], "u3").await;
@@ -416,8 +626,16 @@ async fn identical_subscriptions_share_one_resolution() {
     }
     drop(clients);
     drop(filtered);
-    assert!(server.metric_shows("wsgate_graphql_shared_executions 0").await);
-    assert!(server.metric_shows("wsgate_graphql_shared_subscribers 0").await);
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_shared_executions 0")
+            .await
+    );
+    assert!(
+        server
+            .metric_shows("wsgate_graphql_shared_subscribers 0")
+            .await
+    );
     server.stop().await;
 }
 
@@ -425,7 +643,12 @@ async fn identical_subscriptions_share_one_resolution() {
 async fn a_run_streams_and_resumes_from_an_offset() {
     let server = TestServer::with(|c| c.agent.echo_delay_ms = 5).await;
     let alice = token("alice");
-    let (_, t) = post(&server, Some(&alice), json!({"query": "mutation { createThread { id } }"})).await;
+    let (_, t) = post(
+        &server,
+        Some(&alice),
+        json!({"query": "mutation { createThread { id } }"}),
+    )
+    .await;
     let thread = t["data"]["createThread"]["id"].as_str().unwrap().to_owned();
     // Where the thread's stream stands before the run: recover from there.
     let q = json!({"query": "query($c: String!) { history(channel: $c) { position { offset epoch } } }", "variables": {"c": format!("thread:{thread}")}});
@@ -442,7 +665,10 @@ async fn a_run_streams_and_resumes_from_an_offset() {
     )
     .await;
     let sent = next_for(&mut ws, "send").await;
-    let run_id = sent["payload"]["data"]["sendMessage"]["runId"].as_str().unwrap().to_owned();
+    let run_id = sent["payload"]["data"]["sendMessage"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Every event of the run, in order, to agent_completed.
     let mut seen = Vec::new();
     let mut epoch;
@@ -451,7 +677,10 @@ async fn a_run_streams_and_resumes_from_an_offset() {
         let e = &v["payload"]["data"]["threadEvents"];
         assert_eq!(e["runId"], run_id.as_str(), "{v}");
         epoch = e["epoch"].as_str().map(str::to_owned);
-        seen.push((e["offset"].as_u64().unwrap(), e["type"].as_str().unwrap().to_owned()));
+        seen.push((
+            e["offset"].as_u64().unwrap(),
+            e["type"].as_str().unwrap().to_owned(),
+        ));
         if e["type"] == "agent_completed" {
             assert_eq!(e["payload"]["status"], "completed");
             break;
@@ -459,23 +688,40 @@ async fn a_run_streams_and_resumes_from_an_offset() {
     }
     assert_eq!(seen[0].1, "agent_started");
     assert!(seen.iter().any(|(_, t)| t == "partial_result"));
-    assert!(seen.windows(2).all(|w| w[1].0 == w[0].0 + 1), "in order, none missing: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "in order, none missing: {seen:?}"
+    );
     assert_eq!(seen[0].0, start["offset"].as_u64().unwrap() + 1);
     // Resuming after the third event gets exactly the rest.
     let (after, _) = seen[2].clone();
     let mut again = gql_ready(&server, "alice").await;
-    subscribe(&mut again, "r", events, json!({"t": thread, "s": {"offset": after, "epoch": epoch.unwrap()}})).await;
+    subscribe(
+        &mut again,
+        "r",
+        events,
+        json!({"t": thread, "s": {"offset": after, "epoch": epoch.unwrap()}}),
+    )
+    .await;
     let mut rest = Vec::new();
     while rest.len() < seen.len() - 3 {
         let v = next_for(&mut again, "r").await;
-        rest.push(v["payload"]["data"]["threadEvents"]["offset"].as_u64().unwrap());
+        rest.push(
+            v["payload"]["data"]["threadEvents"]["offset"]
+                .as_u64()
+                .unwrap(),
+        );
     }
     assert_eq!(rest, seen[3..].iter().map(|(o, _)| *o).collect::<Vec<_>>());
     // The run is recorded; stopping a run that ended is not_found.
     let q = json!({"query": "query($t: ID!) { runs(threadId: $t) { id status } }", "variables": {"t": thread}});
     let (_, v) = post(&server, Some(&token("alice")), q).await;
-    assert_eq!(v["data"]["runs"], json!([{"id": run_id, "status": "completed"}]));
-    let stop = json!({"query": "mutation($r: ID!) { stopRun(runId: $r) }", "variables": {"r": run_id}});
+    assert_eq!(
+        v["data"]["runs"],
+        json!([{"id": run_id, "status": "completed"}])
+    );
+    let stop =
+        json!({"query": "mutation($r: ID!) { stopRun(runId: $r) }", "variables": {"r": run_id}});
     let (_, v) = post(&server, Some(&token("alice")), stop).await;
     assert_eq!(code(&v), "not_found", "{v}");
     server.stop().await;
@@ -485,7 +731,11 @@ async fn a_run_streams_and_resumes_from_an_offset() {
 async fn token_expiry_closes_4001() {
     let server = TestServer::start().await;
     let mut ws = gql_connect(&server, None).await;
-    send_json(&mut ws, json!({"type": "connection_init", "payload": {"token": token_with_ttl("alice", 2)}})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"token": token_with_ttl("alice", 2)}}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
     assert_eq!(close_code(&mut ws).await, Some(4001));
     server.stop().await;
@@ -513,13 +763,21 @@ async fn a_subscriber_that_does_not_read_is_closed_4009() {
     let blob = "x".repeat(8 * 1024);
     for i in 0..2000 {
         api_publish(&server, "flood", json!({"i": i, "blob": blob})).await;
-        if server.metrics_text().await.contains("wsgate_disconnects_total{code=\"4009\"} 1") {
+        if server
+            .metrics_text()
+            .await
+            .contains("wsgate_disconnects_total{code=\"4009\"} 1")
+        {
             break;
         }
         // The reader keeps up, and is not affected.
         let _ = next_for(&mut fine, "s").await;
     }
-    assert!(server.metric_shows("wsgate_disconnects_total{code=\"4009\"} 1").await);
+    assert!(
+        server
+            .metric_shows("wsgate_disconnects_total{code=\"4009\"} 1")
+            .await
+    );
     // The other subscriber of the same shared execution goes on.
     let p = api_publish(&server, "flood", json!({"after": true})).await;
     loop {
@@ -565,10 +823,29 @@ async fn the_npm_graphql_ws_client_works_unmodified() {
         assert_ne!(v["event"], "error", "{v}");
         events.push(v);
     }
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["connected", "next", "completed", "refused", "me", "bad_token_closed"]);
-    assert_eq!(events[1]["payload"]["data"]["channel"]["channel"], "gqlnews");
-    assert_eq!(events[1]["payload"]["data"]["channel"]["data"]["from"], "graphql-ws");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connected",
+            "next",
+            "completed",
+            "refused",
+            "me",
+            "bad_token_closed"
+        ]
+    );
+    assert_eq!(
+        events[1]["payload"]["data"]["channel"]["channel"],
+        "gqlnews"
+    );
+    assert_eq!(
+        events[1]["payload"]["data"]["channel"]["data"]["from"],
+        "graphql-ws"
+    );
     assert_eq!(events[3]["errors"][0]["extensions"]["code"], "forbidden");
     assert_eq!(events[4]["payload"]["data"]["me"]["user"], "node-user");
     assert_eq!(events[5]["code"], 4403);
@@ -576,4 +853,3 @@ async fn the_npm_graphql_ws_client_works_unmodified() {
     assert!(status.success());
     server.stop().await;
 }
-

@@ -4,9 +4,9 @@
 mod browser;
 mod channels;
 mod cluster;
-mod graphql;
 mod compression;
 mod connection;
+mod graphql;
 mod handshake;
 mod hardening;
 mod harness;

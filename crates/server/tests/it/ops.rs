@@ -17,6 +17,7 @@ async fn health_ready_and_config() {
     assert_eq!(body["heartbeat_secs"], 30);
     assert_eq!(body["max_message_bytes"], 8192);
     assert_eq!(body["protocols"][0], "wsgate.v1.json");
+    assert_eq!(body["graphql"]["protocol"], "graphql-transport-ws");
     assert_eq!(
         body["auth_transports"],
         serde_json::json!(["header", "subprotocol"])

@@ -118,7 +118,14 @@ impl Session {
             };
             let recover = recover.map(position);
             let done = channels
-                .subscribe(&identity, Some(&client), &channel, &subscriber, recover, reply)
+                .subscribe(
+                    &identity,
+                    Some(&client),
+                    &channel,
+                    &subscriber,
+                    recover,
+                    reply,
+                )
                 .await;
             if let Err(e) = done {
                 let frame = error_frame(&metrics, encoding, id.as_deref(), &e);

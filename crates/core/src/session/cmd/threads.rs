@@ -133,7 +133,14 @@ impl Session {
                             out_frame(encoding, "thread_loaded", id.as_deref(), payload(at))
                         };
                         channels
-                            .subscribe(&identity, Some(&client), &channel, &subscriber, recover, reply)
+                            .subscribe(
+                                &identity,
+                                Some(&client),
+                                &channel,
+                                &subscriber,
+                                recover,
+                                reply,
+                            )
                             .await
                     }
                     // Already following the channel: the run's events are
