@@ -23,6 +23,9 @@ pub enum AdmitError {
     UserLimit,
     #[error("the server has reached its connection limit")]
     ServerFull,
+    /// [`Hub::admit_pending`] past its own cap.
+    #[error("too many connections are waiting to name their user")]
+    PendingLimit,
 }
 
 /// The user of slots reserved by [`Hub::admit_pending`]: a `sub` is never
@@ -50,6 +53,10 @@ pub struct Hub {
     next_seq: AtomicU64,
     max_connections: usize,
     max_per_user: usize,
+    /// Slots of [`Hub::admit_pending`] at once: a tenth of
+    /// `max_connections`, so clients that show no token (yet) cannot take
+    /// the whole server from those that did.
+    max_pending: usize,
 }
 
 /// Snapshot for `/ws/stats`.
@@ -67,6 +74,7 @@ impl Hub {
             next_seq: AtomicU64::new(1),
             max_connections,
             max_per_user,
+            max_pending: (max_connections / 10).max(1),
         })
     }
 
@@ -96,6 +104,14 @@ impl Hub {
         let mut reg = self.lock();
         if reg.total >= self.max_connections {
             return Err(AdmitError::ServerFull);
+        }
+        if !per_user
+            && reg
+                .users
+                .get(user)
+                .is_some_and(|s| s.len() >= self.max_pending)
+        {
+            return Err(AdmitError::PendingLimit);
         }
         // Most users hold one connection; start the list at exactly one slot.
         let slots = reg
@@ -330,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_pending_slot_counts_globally_then_against_its_user() {
-        let hub = Hub::new(3, 1);
+        let hub = Hub::new(30, 1);
         let a: Arc<str> = "a".into();
         let p1 = hub.admit_pending().unwrap();
         let p2 = hub.admit_pending().unwrap();
@@ -355,8 +371,10 @@ mod tests {
         // `a` is at its cap: the second stays pending, still counted.
         assert_eq!(p2.identify(&a).unwrap_err(), AdmitError::UserLimit);
         assert_eq!(hub.stats().connections, 2);
+        // A tenth of the cap may wait at once: p2 and two more.
         let _p3 = hub.admit_pending().unwrap();
-        assert_eq!(hub.admit_pending().unwrap_err(), AdmitError::ServerFull);
+        let _p4 = hub.admit_pending().unwrap();
+        assert_eq!(hub.admit_pending().unwrap_err(), AdmitError::PendingLimit);
         // The identified slot kept its queue: the server API reaches it.
         assert_eq!(hub.close_user("a", CloseCode::Disconnected), 1);
         assert_eq!(q.take().1, Some(CloseCode::Disconnected));
@@ -365,10 +383,14 @@ mod tests {
         assert_eq!(
             hub.stats(),
             HubStats {
-                connections: 1,
+                connections: 2,
                 users: 0
             }
         );
+        // The global cap still counts pending slots: 30 in all.
+        let users: Vec<Arc<str>> = (0..28).map(|i| format!("u{i}").into()).collect();
+        let _held: Vec<_> = users.iter().map(|u| hub.admit(u).unwrap()).collect();
+        assert_eq!(hub.admit(&a).unwrap_err(), AdmitError::ServerFull);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use wsgate_protocol::{CloseCode, ErrorCode};
 use crate::error::{error_response, with_codes};
 use crate::operation::{Operation, OperationKind};
 use crate::protocol::{self, init_token, ClientMessage};
-use crate::pump::{pump, Out, Recipient};
+use crate::pump::{errors_json, Item, Pump, Recipient};
 use crate::schema::{Graphql, Viewer};
 use crate::subscription::{Mode, Probe};
 use crate::tap::TapCell;
@@ -56,8 +57,22 @@ struct Shared {
 
 struct Op {
     seq: u64,
-    abort: AbortHandle,
-    subscription: bool,
+    /// A subscription's task, stopped by `complete` or the connection's
+    /// end. Queries and mutations have none: they run to their end (a
+    /// mutation half-done would leave, say, a stored message without its
+    /// run), only their answer is dropped.
+    abort: Option<AbortHandle>,
+    /// Set by `complete`: nothing more is sent for this id.
+    completed: Arc<AtomicBool>,
+}
+
+impl Op {
+    fn stop(self) {
+        self.completed.store(true, Ordering::Release);
+        if let Some(task) = self.abort {
+            task.abort();
+        }
+    }
 }
 
 impl Shared {
@@ -92,9 +107,8 @@ impl Shared {
     /// An `error` frame for operation `id` with one error.
     fn refuse(&self, id: &str, e: CommandError) {
         let response = with_codes(error_response(e), self.gql.metrics());
-        let errors = serde_json::to_value(&response.errors).unwrap_or_default();
         self.outbound
-            .push(OutFrame::Text(protocol::error(id, &errors)));
+            .push(OutFrame::Text(protocol::error(id, &errors_json(&response))));
     }
 }
 
@@ -186,45 +200,54 @@ impl GraphqlConnection {
     }
 
     fn on_subscribe(&mut self, id: String, op: Operation) -> Result<(), CloseCode> {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         let Some((identity, _)) = shared
             .viewer()
             .filter(|_| shared.acked.load(Ordering::Acquire))
         else {
             return Err(CloseCode::GraphqlUnauthorized);
         };
-        if let Err(not_until) = self.limiter.check() {
+        if shared.ops().contains_key(&id) {
+            return Err(CloseCode::GraphqlDuplicateId);
+        }
+        let limits = &shared.gql.services.limits;
+        if let Err(e) = op.check_size(limits.max_message_bytes) {
+            shared.refuse(&id, e);
+            return Ok(());
+        }
+        let shape = op.shape();
+        let kind = shape.map(|(kind, _)| kind);
+        let subscription = kind == Some(OperationKind::Subscription);
+        // Each root field of a mutation is a command, as on /ws.
+        let commands = match shape {
+            Some((OperationKind::Mutation, fields)) => fields.max(1),
+            _ => 1,
+        };
+        if let Err(e) = self.admit_rate(commands) {
             self.dropped_in_a_row += 1;
             shared.gql.services.metrics.violation("rate_limited");
             if self.dropped_in_a_row >= MAX_DROPPED_IN_A_ROW {
                 return Err(CloseCode::Policy);
             }
-            let e = CommandError {
-                retry_after_ms: Some(retry_after(&not_until).as_millis().max(1) as u64),
-                ..CommandError::new(
-                    ErrorCode::RateLimited,
-                    "too many operations; this one was dropped",
-                )
-            };
             shared.refuse(&id, e);
             return Ok(());
         }
         self.dropped_in_a_row = 0;
-        let limits = &shared.gql.services.limits;
-        let kind = op.kind();
-        let subscription = kind == Some(OperationKind::Subscription);
+        if let Some((OperationKind::Subscription, fields)) = shape {
+            if fields != 1 {
+                shared.refuse(
+                    &id,
+                    CommandError::bad_request(
+                        "a subscription selects exactly one root field; subscribe once per stream",
+                    ),
+                );
+                return Ok(());
+            }
+        }
         let mut ops = shared.ops();
-        if ops.contains_key(&id) {
-            return Err(CloseCode::GraphqlDuplicateId);
-        }
-        if let Err(e) = op.check_size(limits.max_message_bytes) {
-            drop(ops);
-            shared.refuse(&id, e);
-            return Ok(());
-        }
         let running = ops
             .values()
-            .filter(|o| o.subscription == subscription)
+            .filter(|o| o.abort.is_some() == subscription)
             .count();
         if running >= limits.max_subscriptions {
             drop(ops);
@@ -246,23 +269,59 @@ impl GraphqlConnection {
             shared.gql.count(kind);
         }
         let seq = shared.next_op.fetch_add(1, Ordering::Relaxed);
-        let task = tokio::spawn(run(
+        let completed = Arc::new(AtomicBool::new(false));
+        let recipient = Recipient::new(id.clone(), shared.outbound.clone(), completed.clone());
+        let run = run(
             shared.clone(),
             identity,
             id.clone(),
             op,
             subscription,
+            recipient,
             seq,
-        ));
+        );
+        let abort = if subscription {
+            Some(tokio::spawn(run).abort_handle())
+        } else {
+            // Tracked, so shutdown waits for a mutation in flight.
+            shared.gql.services.channels.tasks.spawn(run);
+            None
+        };
         ops.insert(
             id,
             Op {
                 seq,
-                abort: task.abort_handle(),
-                subscription,
+                abort,
+                completed,
             },
         );
         Ok(())
+    }
+
+    /// Takes `n` messages' worth from the connection's bucket, or says
+    /// when to try again.
+    fn admit_rate(&self, n: usize) -> Result<(), CommandError> {
+        let burst = self.shared.gql.services.limits.message_burst;
+        let too_many = || {
+            CommandError::bad_request(format!(
+                "an operation may hold at most limits.message_burst ({burst}) mutations"
+            ))
+        };
+        let n = u32::try_from(n)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(too_many)?;
+        match self.limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(CommandError {
+                retry_after_ms: Some(retry_after(&not_until).as_millis().max(1) as u64),
+                ..CommandError::new(
+                    ErrorCode::RateLimited,
+                    "too many operations; this one was dropped",
+                )
+            }),
+            Err(_) => Err(too_many()),
+        }
     }
 }
 
@@ -300,20 +359,17 @@ async fn run(
     id: String,
     op: Operation,
     subscription: bool,
+    recipient: Recipient,
     seq: u64,
 ) {
     let gql = shared.gql.clone();
-    let recipient = Recipient::new(id.clone(), shared.outbound.clone());
     if subscription {
         subscribe(&gql, identity, &op, recipient).await;
     } else {
         let responses = gql
             .schema
             .execute_stream(op.request().data(Viewer(identity)));
-        pump(responses, &TapCell::default(), gql.metrics(), |out| {
-            recipient.send(&out)
-        })
-        .await;
+        own_execution(&gql, responses, &TapCell::default(), &recipient).await;
     }
     shared.finished(&id, seq);
 }
@@ -330,10 +386,7 @@ async fn subscribe(gql: &Arc<Graphql>, identity: Identity, op: &Operation, recip
     if let Some(response) = check.next().await {
         let response = with_codes(response, gql.metrics());
         if !response.errors.is_empty() {
-            let errors = serde_json::to_value(&response.errors).unwrap_or_default();
-            recipient
-                .outbound
-                .push(OutFrame::Text(protocol::error(&recipient.id, &errors)));
+            recipient.error(&errors_json(&response));
             return;
         }
     }
@@ -348,19 +401,34 @@ async fn subscribe(gql: &Arc<Graphql>, identity: Identity, op: &Operation, recip
         (responses, cell)
     };
     if gql.settings.shared_resolution && !probe.own_stream.load(Ordering::Relaxed) {
-        let (_membership, ended) = gql.groups.join(op.share_key(), recipient, live);
-        let _ = ended.await;
+        let membership = gql.groups.join(op.share_key(), recipient, live);
+        membership.ended().await;
     } else {
         let (responses, cell) = live();
-        let metrics = gql.metrics();
-        pump(responses, &cell, metrics, |out| {
-            if matches!(out, Out::Next(..)) {
-                metrics.deliveries.inc();
-            }
-            recipient.send(&out);
-        })
-        .await;
+        own_execution(gql, responses, &cell, &recipient).await;
     }
+}
+
+/// An execution with one subscriber, who takes its results at its pace.
+async fn own_execution(
+    gql: &Graphql,
+    responses: futures_util::stream::BoxStream<'static, async_graphql::Response>,
+    cell: &TapCell,
+    recipient: &Recipient,
+) {
+    let metrics = gql.metrics();
+    let mut pump = Pump::new(responses);
+    while let Some(item) = pump.next(cell, metrics).await {
+        if let Item::Error(_) = item {
+            recipient.send_paced(&item).await;
+            return;
+        }
+        if !recipient.send_paced(&item).await {
+            return;
+        }
+        metrics.deliveries.inc();
+    }
+    recipient.end(cell.ended());
 }
 
 impl ConnectionHandler for GraphqlConnection {
@@ -392,7 +460,7 @@ impl ConnectionHandler for GraphqlConnection {
             ClientMessage::Subscribe { id, payload } => self.on_subscribe(id, payload),
             ClientMessage::Complete { id } => {
                 if let Some(op) = self.shared.ops().remove(&id) {
-                    op.abort.abort();
+                    op.stop();
                 }
                 Ok(())
             }
@@ -438,7 +506,7 @@ impl ConnectionHandler for GraphqlConnection {
 impl Drop for GraphqlConnection {
     fn drop(&mut self) {
         for (_, op) in self.shared.ops().drain() {
-            op.abort.abort();
+            op.stop();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! One GraphQL operation as a client sent it (an HTTP body, a `subscribe`
 //! payload), checked for size and read for its type before execution.
 
-use async_graphql::parser::types::OperationType;
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use serde::Deserialize;
 use serde_json::Value;
 use wsgate_core::error::CommandError;
@@ -54,6 +54,15 @@ impl Operation {
     /// does not parse or names no such operation (execution then reports
     /// why, with async-graphql's own message).
     pub fn kind(&self) -> Option<OperationKind> {
+        self.shape().map(|(kind, _)| kind)
+    }
+
+    /// The operation's type and how many root fields it selects, fragments
+    /// at the root counted by what they select: each root field of a
+    /// mutation is a command (and counts against the message rate), and a
+    /// subscription has exactly one (GraphQL's own rule, which async-graphql
+    /// does not check).
+    pub fn shape(&self) -> Option<(OperationKind, usize)> {
         let doc = async_graphql::parser::parse_query(&self.query).ok()?;
         let op = match &self.operation_name {
             Some(name) => {
@@ -64,11 +73,12 @@ impl Operation {
             }
             None => doc.operations.iter().next()?.1,
         };
-        Some(match op.node.ty {
+        let kind = match op.node.ty {
             OperationType::Query => OperationKind::Query,
             OperationType::Mutation => OperationKind::Mutation,
             OperationType::Subscription => OperationKind::Subscription,
-        })
+        };
+        Some((kind, root_fields(&doc, &op.node.selection_set.node, 0)))
     }
 
     /// The request async-graphql executes.
@@ -95,6 +105,26 @@ impl Operation {
         canonical(self.variables.as_ref().unwrap_or(&Value::Null), &mut key);
         key
     }
+}
+
+/// Fields selected by `set` at the root, through fragments; fragments
+/// nested past a few levels (or in a cycle, which validation refuses
+/// later) count as one field each.
+fn root_fields(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> usize {
+    set.items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(_) => 1,
+            _ if depth >= 4 => 1,
+            Selection::InlineFragment(f) => root_fields(doc, &f.node.selection_set.node, depth + 1),
+            Selection::FragmentSpread(f) => doc
+                .fragments
+                .get(&f.node.fragment_name.node)
+                .map_or(1, |d| {
+                    root_fields(doc, &d.node.selection_set.node, depth + 1)
+                }),
+        })
+        .sum()
 }
 
 /// `value` as JSON with every object's keys in order, whatever order the
@@ -157,6 +187,26 @@ mod tests {
             Some(OperationKind::Query)
         );
         assert_eq!(op("{ me ", None, None).kind(), None);
+    }
+
+    #[test]
+    fn root_fields_are_counted_through_fragments() {
+        let shape = |q: &str| op(q, None, None).shape();
+        assert_eq!(
+            shape("mutation { a: createThread { id } b: createThread { id } }"),
+            Some((OperationKind::Mutation, 2))
+        );
+        assert_eq!(
+            shape("mutation { ...M } fragment M on MutationRoot { a: createThread { id } b: deleteThread(id: 1) }"),
+            Some((OperationKind::Mutation, 2))
+        );
+        assert_eq!(
+            shape(
+                "subscription { ... on SubscriptionRoot { metrics { offset } events { offset } } }"
+            ),
+            Some((OperationKind::Subscription, 2))
+        );
+        assert_eq!(shape("{ me { user } }"), Some((OperationKind::Query, 1)));
     }
 
     #[test]

@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::Response;
 use futures_util::stream::BoxStream;
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 use wsgate_core::metrics::Metrics;
 
-use crate::pump::{pump, Out, Recipient};
+use crate::pump::{Item, Pump, Recipient};
 use crate::tap::TapCell;
 
 /// Every shared execution of the server, by key.
@@ -32,16 +32,19 @@ pub(crate) struct Groups {
 }
 
 struct Group {
-    members: Mutex<Vec<Member>>,
+    /// Copied on write: a join or leave copies the list of pointers, and
+    /// the fan-out takes the current list without holding the lock while
+    /// it queues to everyone.
+    members: Mutex<Arc<Vec<Arc<Member>>>>,
     /// The execution's task, aborted when the last member leaves.
     task: Mutex<Option<AbortHandle>>,
+    /// Cancelled when the execution has ended and its last frame is queued.
+    ended: CancellationToken,
 }
 
 struct Member {
     token: u64,
     recipient: Recipient,
-    /// Fired when the execution ends (after its last frame is queued).
-    ended: Option<oneshot::Sender<()>>,
 }
 
 /// A subscriber's place in a group; leaving is dropping it.
@@ -52,9 +55,22 @@ pub(crate) struct Membership {
     token: u64,
 }
 
+impl Membership {
+    /// Completes when the shared execution has ended.
+    pub async fn ended(&self) {
+        self.group.ended.cancelled().await
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a push, a removal or a take.
+    // Every critical section is a pointer swap, an insert or a removal.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Group {
+    fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        lock(&self.members).clone()
+    }
 }
 
 impl Groups {
@@ -67,89 +83,61 @@ impl Groups {
     }
 
     /// Adds `recipient` to the execution of `key`, starting it with
-    /// `start` when there is none. The receiver fires when the execution
-    /// has ended.
+    /// `start` when there is none.
     pub fn join(
         self: &Arc<Self>,
         key: String,
         recipient: Recipient,
         start: impl FnOnce() -> (BoxStream<'static, Response>, Arc<TapCell>),
-    ) -> (Membership, oneshot::Receiver<()>) {
+    ) -> Membership {
         let token = self.next_member.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let member = Member {
-            token,
-            recipient,
-            ended: Some(tx),
-        };
+        let member = Arc::new(Member { token, recipient });
+        // Under the map's lock: an execution that ends takes itself out of
+        // the map under it too, before it tells its members, so a member
+        // either is told or finds no execution and starts one.
         let mut map = lock(&self.map);
         self.metrics.graphql_shared_subscribers.inc();
         let group = match map.get(&key) {
             Some(group) => {
-                lock(&group.members).push(member);
+                let mut members = lock(&group.members);
+                let mut list = Vec::clone(&members);
+                list.push(member);
+                *members = Arc::new(list);
+                drop(members);
                 group.clone()
             }
             None => {
                 let group = Arc::new(Group {
-                    members: Mutex::new(vec![member]),
+                    members: Mutex::new(Arc::new(vec![member])),
                     task: Mutex::new(None),
+                    ended: CancellationToken::new(),
                 });
                 map.insert(key.clone(), group.clone());
                 self.metrics.graphql_shared_executions.inc();
                 let (responses, cell) = start();
-                let task =
-                    tokio::spawn(
-                        self.clone()
-                            .execute(key.clone(), group.clone(), responses, cell),
-                    );
+                let run = Execution {
+                    groups: self.clone(),
+                    key: key.clone(),
+                    group: group.clone(),
+                };
+                let task = tokio::spawn(run.execute(responses, cell));
                 *lock(&group.task) = Some(task.abort_handle());
                 group
             }
         };
-        let membership = Membership {
+        Membership {
             groups: self.clone(),
             group,
             key,
             token,
-        };
-        (membership, rx)
+        }
     }
 
-    /// Takes `group` out of the map if it is still the one there; the
-    /// caller holds the map's lock.
+    /// Takes `group` out of the map if it is still the one there.
     fn unlist(&self, map: &mut HashMap<String, Arc<Group>>, key: &str, group: &Arc<Group>) {
         if map.get(key).is_some_and(|g| Arc::ptr_eq(g, group)) {
             map.remove(key);
             self.metrics.graphql_shared_executions.dec();
-        }
-    }
-
-    /// Runs one shared execution: every result to every member.
-    async fn execute(
-        self: Arc<Self>,
-        key: String,
-        group: Arc<Group>,
-        responses: BoxStream<'static, Response>,
-        cell: Arc<TapCell>,
-    ) {
-        let metrics = self.metrics.clone();
-        pump(responses, &cell, &metrics, |out| {
-            let members = lock(&group.members);
-            for m in members.iter() {
-                m.recipient.send(&out);
-            }
-            if matches!(out, Out::Next(..)) {
-                metrics.deliveries.inc_by(members.len() as u64);
-            }
-        })
-        .await;
-        // Out of the map first, so nobody joins an execution that ended;
-        // then every member is told.
-        self.unlist(&mut lock(&self.map), &key, &group);
-        for m in lock(&group.members).iter_mut() {
-            if let Some(tx) = m.ended.take() {
-                let _ = tx.send(());
-            }
         }
     }
 
@@ -158,8 +146,14 @@ impl Groups {
         self.metrics.graphql_shared_subscribers.dec();
         let empty = {
             let mut members = lock(&group.members);
-            members.retain(|m| m.token != token);
-            members.is_empty()
+            let list: Vec<Arc<Member>> = members
+                .iter()
+                .filter(|m| m.token != token)
+                .cloned()
+                .collect();
+            let empty = list.is_empty();
+            *members = Arc::new(list);
+            empty
         };
         if empty {
             if let Some(task) = lock(&group.task).take() {
@@ -167,6 +161,56 @@ impl Groups {
             }
             self.unlist(&mut map, key, group);
         }
+    }
+}
+
+/// One shared execution's task. Dropped however it ends (done, aborted
+/// when its last member left, or a panic), it leaves the map and lets its
+/// members go.
+struct Execution {
+    groups: Arc<Groups>,
+    key: String,
+    group: Arc<Group>,
+}
+
+impl Execution {
+    /// Every result to every member; then the end, to the members there
+    /// are once nobody can join any more.
+    async fn execute(self, responses: BoxStream<'static, Response>, cell: Arc<TapCell>) {
+        let metrics = self.groups.metrics.clone();
+        let mut pump = Pump::new(responses);
+        let mut errored = false;
+        while let Some(item) = pump.next(&cell, &metrics).await {
+            let members = self.group.members();
+            for m in members.iter() {
+                m.recipient.send(&item);
+            }
+            match item {
+                Item::Next(..) => {
+                    metrics.deliveries.inc_by(members.len() as u64);
+                }
+                Item::Error(_) => errored = true,
+            }
+        }
+        {
+            let mut map = lock(&self.groups.map);
+            self.groups.unlist(&mut map, &self.key, &self.group);
+        }
+        if !errored {
+            let end = cell.ended();
+            for m in self.group.members().iter() {
+                m.recipient.end(end);
+            }
+        }
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        let mut map = lock(&self.groups.map);
+        self.groups.unlist(&mut map, &self.key, &self.group);
+        drop(map);
+        self.group.ended.cancel();
     }
 }
 

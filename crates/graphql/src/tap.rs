@@ -151,6 +151,9 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        // Wakes a catch-up waiting for room in this queue, which nobody
+        // reads any more, so it ends instead of waiting forever.
+        self.outbound.close(CloseCode::GoingAway);
         self.channels.leave(&self.channel, &self.subscriber, None);
     }
 }

@@ -173,7 +173,7 @@ pub fn admit(
     let identity = state.verifier.verify(&token)?;
     let admission = state.hub.admit(&identity.user).map_err(|e| match e {
         AdmitError::UserLimit => user_limit(),
-        AdmitError::ServerFull => server_full(),
+        AdmitError::ServerFull | AdmitError::PendingLimit => server_full(),
     })?;
     Ok((identity, admission))
 }
@@ -275,7 +275,15 @@ fn admit_graphql(
             "origin",
         ));
     }
-    let admission = state.hub.admit_pending().map_err(|_| server_full())?;
+    let admission = state.hub.admit_pending().map_err(|e| match e {
+        AdmitError::PendingLimit => Rejection::new(
+            ApiError::unavailable(
+                "too many connections are waiting for connection_init: send the token on the upgrade",
+            ),
+            "pending_limit",
+        ),
+        _ => server_full(),
+    })?;
     Ok((None, admission))
 }
 

@@ -558,6 +558,103 @@ async fn until_offset(ws: &mut Ws, id: &str, offset: u64) -> Value {
 }
 
 #[tokio::test]
+async fn aliases_do_not_get_past_the_limits() {
+    let server = TestServer::with(|c| {
+        c.limits.message_burst = 4;
+        c.limits.messages_per_minute = 4;
+    })
+    .await;
+    let mut ws = gql_ready(&server, "alice").await;
+    // One subscription, one stream: more root fields are refused.
+    let many =
+        "subscription { a: channel(name: \"x1\") { offset } b: channel(name: \"x2\") { offset } }";
+    subscribe(&mut ws, "m", many, json!({})).await;
+    let v = next_for(&mut ws, "m").await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exactly one root field"),
+        "{v}"
+    );
+    let hidden = "subscription { ...F } fragment F on SubscriptionRoot { metrics { offset } events { offset } }";
+    subscribe(&mut ws, "f", hidden, json!({})).await;
+    assert_eq!(next_for(&mut ws, "f").await["type"], "error");
+    // Each root field of a mutation is a command of the message rate:
+    // more than a burst at once is refused outright…
+    let five: String = (0..5)
+        .map(|i| format!("t{i}: createThread {{ id }} "))
+        .collect();
+    subscribe(
+        &mut ws,
+        "five",
+        &format!("mutation {{ {five} }}"),
+        json!({}),
+    )
+    .await;
+    let v = next_for(&mut ws, "five").await;
+    assert!(
+        v["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("message_burst"),
+        "{v}"
+    );
+    // …and three take three: the bucket (4, two spent above) is empty.
+    let three = "mutation { a: createThread { id } b: createThread { id } c: createThread { id } }";
+    subscribe(&mut ws, "three", three, json!({})).await;
+    let v = next_for(&mut ws, "three").await;
+    assert_eq!(v["payload"][0]["extensions"]["code"], "rate_limited", "{v}");
+    let (_, v) = post(
+        &server,
+        Some(&token("alice")),
+        json!({"query": "{ threads { id } }"}),
+    )
+    .await;
+    assert_eq!(
+        v["data"]["threads"],
+        json!([]),
+        "nothing of the refused ones ran"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_without_a_token_yet_have_their_own_cap() {
+    // A tenth of limits.max_connections may wait for connection_init.
+    let server = TestServer::with(|c| c.limits.max_connections = 20).await;
+    let _w1 = gql_connect(&server, None).await;
+    let _w2 = gql_connect(&server, None).await;
+    let (status, _, body) = expect_rejection(gql_request(&server, None, PROTOCOL)).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection_init"),
+        "{body}"
+    );
+    // A token on the upgrade still gets in; an init moves a waiting
+    // connection to its user, which frees a waiting slot.
+    let _t = gql_connect(&server, Some(&token("alice"))).await;
+    let mut w1 = _w1;
+    send_json(
+        &mut w1,
+        json!({"type": "connection_init", "payload": {"token": token("bob")}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut w1).await["type"], "connection_ack");
+    let _w3 = gql_connect(&server, None).await;
+    assert!(
+        server
+            .metric_shows("wsgate_handshake_rejections_total{reason=\"pending_limit\"} 1")
+            .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn identical_subscriptions_share_one_resolution() {
     let server = TestServer::start().await;
     let mut clients = Vec::new();
