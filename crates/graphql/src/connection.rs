@@ -12,7 +12,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::StreamExt;
 use tokio::task::AbortHandle;
@@ -48,8 +48,12 @@ struct Shared {
     gql: Arc<Graphql>,
     outbound: Arc<Outbound>,
     connection_id: Arc<str>,
-    /// The caller and when their token expires, once known.
-    viewer: Mutex<Option<(Identity, Instant)>>,
+    /// The caller and when their token expires: set once, from the
+    /// upgrade's token or at the ack. Read on every frame (the transport
+    /// asks for the deadline), so a lock-free cell, never a copy.
+    viewer: OnceLock<(Identity, Instant)>,
+    /// `connection_ack` sent: the viewer may be known before (a token on
+    /// the upgrade), but operations wait for the ack.
     acked: AtomicBool,
     ops: Mutex<HashMap<String, Op>>,
     next_op: AtomicU64,
@@ -81,16 +85,22 @@ impl Shared {
         self.ops.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn viewer(&self) -> Option<(Identity, Instant)> {
+    /// The viewer, once acknowledged.
+    fn acked_viewer(&self) -> Option<&(Identity, Instant)> {
         self.viewer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .get()
+            .filter(|_| self.acked.load(Ordering::Acquire))
     }
 
+    /// Names the viewer (a token from `connection_init`) and acknowledges.
     fn acknowledge(&self, identity: Identity) {
         let expires = expiry_instant(identity.expires_at);
-        *self.viewer.lock().unwrap_or_else(|e| e.into_inner()) = Some((identity, expires));
+        // Set at most once: a second init closes 4429 before it gets here.
+        let _ = self.viewer.set((identity, expires));
+        self.ack();
+    }
+
+    fn ack(&self) {
         self.acked.store(true, Ordering::Release);
         self.outbound.push(OutFrame::Text(protocol::ack()));
     }
@@ -133,16 +143,17 @@ impl GraphqlConnection {
     ) -> Self {
         let init_deadline = Instant::now() + gql.settings.init_timeout;
         let limiter = message_limiter(&gql.services.limits);
-        let viewer = identity.map(|i| {
+        let viewer = OnceLock::new();
+        if let Some(i) = identity {
             let expires = expiry_instant(i.expires_at);
-            (i, expires)
-        });
+            let _ = viewer.set((i, expires));
+        }
         GraphqlConnection {
             shared: Arc::new(Shared {
                 gql,
                 outbound,
                 connection_id,
-                viewer: Mutex::new(viewer),
+                viewer,
                 acked: AtomicBool::new(false),
                 ops: Mutex::new(HashMap::new()),
                 next_op: AtomicU64::new(1),
@@ -160,8 +171,8 @@ impl GraphqlConnection {
             return Err(CloseCode::GraphqlTooManyInit);
         }
         let shared = &self.shared;
-        if let Some((identity, _)) = shared.viewer() {
-            shared.acknowledge(identity);
+        if shared.viewer.get().is_some() {
+            shared.ack();
             return Ok(());
         }
         let services = &shared.gql.services;
@@ -201,12 +212,10 @@ impl GraphqlConnection {
 
     fn on_subscribe(&mut self, id: String, op: Operation) -> Result<(), CloseCode> {
         let shared = self.shared.clone();
-        let Some((identity, _)) = shared
-            .viewer()
-            .filter(|_| shared.acked.load(Ordering::Acquire))
-        else {
+        let Some((identity, _)) = shared.acked_viewer() else {
             return Err(CloseCode::GraphqlUnauthorized);
         };
+        let identity = identity.clone();
         if shared.ops().contains_key(&id) {
             return Err(CloseCode::GraphqlDuplicateId);
         }
@@ -468,19 +477,15 @@ impl ConnectionHandler for GraphqlConnection {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.shared.acked.load(Ordering::Acquire) {
-            return self.shared.viewer().map(|(_, expires)| expires);
+        match self.shared.acked_viewer() {
+            Some((_, expires)) => Some(*expires),
+            None => Some(self.init_deadline),
         }
-        Some(self.init_deadline)
     }
 
     fn on_deadline(&mut self, now: Instant) -> Result<(), CloseCode> {
-        if self.shared.acked.load(Ordering::Acquire) {
-            if self
-                .shared
-                .viewer()
-                .is_some_and(|(_, expires)| now >= expires)
-            {
+        if let Some((_, expires)) = self.shared.acked_viewer() {
+            if now >= *expires {
                 return Err(CloseCode::TokenExpired);
             }
             return Ok(());

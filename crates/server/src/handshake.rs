@@ -155,6 +155,16 @@ fn check_ip_rate(state: &AppState, ip: IpAddr) -> Result<(), Rejection> {
     ))
 }
 
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Rejection> {
+    if origin_allowed(headers, &state.config.origins.allowed) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        ApiError::forbidden("origin not allowed"),
+        "origin",
+    ))
+}
+
 /// Checks that are the same for `/ws` and the read-only streams, after the
 /// per-IP rate.
 pub fn admit(
@@ -162,12 +172,7 @@ pub fn admit(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<(Identity, Admission), Rejection> {
-    if !origin_allowed(headers, &state.config.origins.allowed) {
-        return Err(Rejection::new(
-            ApiError::forbidden("origin not allowed"),
-            "origin",
-        ));
-    }
+    check_origin(state, headers)?;
     let token =
         find_token(headers, uri, state.config.auth.allow_query_token).ok_or(AuthError::Missing)?;
     let identity = state.verifier.verify(&token)?;
@@ -269,12 +274,7 @@ fn admit_graphql(
         let (identity, admission) = admit(state, headers, uri)?;
         return Ok((Some(identity), admission));
     }
-    if !origin_allowed(headers, &state.config.origins.allowed) {
-        return Err(Rejection::new(
-            ApiError::forbidden("origin not allowed"),
-            "origin",
-        ));
-    }
+    check_origin(state, headers)?;
     let admission = state.hub.admit_pending().map_err(|e| match e {
         AdmitError::PendingLimit => Rejection::new(
             ApiError::unavailable(
