@@ -12,6 +12,8 @@
 #     browser test
 #   - the npm graphql-ws client and ws (tests/graphql-ws) for the GraphQL
 #     client test
+#   - the TypeScript SDK's dev dependencies (clients/typescript: typescript,
+#     ws) for its suite, which runs against the binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +46,10 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "test.sh: installing playwright-core (tests/browser)"
   npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi
+if [ ! -d clients/typescript/node_modules/typescript ]; then
+  echo "test.sh: installing the TypeScript SDK's dev dependencies (clients/typescript)"
+  npm ci --prefix clients/typescript --no-audit --no-fund >/dev/null
 fi
 if [ ! -d tests/graphql-ws/node_modules/graphql-ws ]; then
   echo "test.sh: installing graphql-ws and ws (tests/graphql-ws)"

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{sign_hs256, Claims};
 use crate::config::{self, Config, Secret};
+use crate::http::dashboard::DashboardOptions;
 use wsgate_core::auth::unix_now;
 
 #[derive(Debug, Parser)]
@@ -50,6 +51,11 @@ pub struct ServeArgs {
     /// admin token for user `dev`.
     #[arg(long)]
     pub dev: bool,
+    /// Serve the dashboard's files from this directory (as built by
+    /// `clients/dashboard`) instead of the copies in the binary: for
+    /// working on the page without rebuilding wsgate.
+    #[arg(long, value_name = "DIR")]
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +145,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let _log_guard = crate::telemetry::init(config.log.format);
     let mut dev_token = None;
+    let mut dev_api_key = None;
     if args.dev {
         let secret = match &config.auth.hmac_secret {
             Some(s) => s.clone(),
@@ -158,6 +165,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         .for_config(&config.auth);
         dev_token = Some(sign_hs256(secret.expose(), &claims));
+        // A newcomer should be able to publish without writing a config:
+        // a key for the server API, printed with the token.
+        if config.api.keys.is_empty() {
+            let key = format!("dev-{}", Alphanumeric.sample_string(&mut rand::rng(), 32));
+            dev_api_key = Some(key.clone());
+            config.api.keys.push(Secret::new(key));
+        }
     } else if config.auth.hmac_secret.is_none()
         && config.auth.public_key_pem.is_none()
         && config.auth.jwks_url.is_none()
@@ -173,15 +187,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        if let Some(token) = dev_token {
+        if let Some(token) = &dev_token {
             println!("wsgate dev mode: listening on http://{addr}");
             println!("  token (user dev, role admin, 24h): {token}");
-            println!("  dashboard: http://{addr}/dashboard");
+            match &dev_api_key {
+                Some(key) => println!("  API key (X-API-Key): {key}"),
+                None => println!("  API key: the configured api.keys"),
+            }
+            println!("  dashboard: http://{addr}/dashboard (the token is filled in)");
             println!("  websocket: ws://{addr}/ws");
+            let key = dev_api_key.as_deref().unwrap_or("$WSGATE_API_KEY");
+            println!(
+                "  publish:   curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\\n             \
+                 -d '{{\"channel\":\"events\",\"data\":{{\"type\":\"event\",\"event_type\":\"HELLO\"}}}}' http://{addr}/api/publish"
+            );
         }
+        let dashboard = DashboardOptions {
+            dev_token,
+            assets_dir: args.dashboard_dir,
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        crate::server::run(config, listener, shutdown).await
+        crate::server::run_with(config, dashboard, listener, shutdown).await
     })
 }
 

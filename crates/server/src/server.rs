@@ -30,6 +30,7 @@ use wsgate_storage::Storage;
 use crate::auth::{JwksCache, JwtVerifier};
 use crate::config::Config;
 use crate::http;
+use crate::http::dashboard::DashboardOptions;
 use crate::state::{AppState, ServerState};
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
@@ -42,7 +43,11 @@ const FIRST_JWKS_FETCH: Duration = Duration::from_secs(5);
 const ORPHAN_SWEEP: Duration = Duration::from_secs(15);
 
 /// Builds the shared state and starts its background tasks.
-pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow::Result<AppState> {
+pub async fn build_state(
+    config: Config,
+    dashboard: DashboardOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AppState> {
     let tasks = TaskTracker::new();
     let jwks = match &config.auth.jwks_url {
         None => None,
@@ -192,6 +197,7 @@ pub async fn build_state(config: Config, shutdown: CancellationToken) -> anyhow:
         started_at,
         node,
         config,
+        dashboard,
     }));
     // Forget per-IP limiter entries of addresses that went quiet, so the
     // map does not grow with every address ever seen.
@@ -342,8 +348,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, DashboardOptions::default(), listener, shutdown).await
+}
+
+/// [`run`] with the dashboard's options (`wsgate serve --dev` passes its
+/// token; `--dashboard-dir` a directory of files).
+pub async fn run_with(
+    config: Config,
+    dashboard: DashboardOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let state = build_state(config, shutdown.clone()).await?;
+    let state = build_state(config, dashboard, shutdown.clone()).await?;
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");

@@ -19,6 +19,7 @@ use wsgate_storage::Storage;
 
 use crate::audit::RejectionLog;
 use crate::config::Config;
+use crate::http::dashboard::DashboardOptions;
 use crate::transport::TransportLimits;
 use wsgate_deflate::Deflate;
 use wsgate_graphql::{Graphql, StatsFn};
@@ -52,6 +53,8 @@ pub struct ServerState {
     /// `/ws/stats`' answer (GraphQL's `stats` too).
     pub stats: StatsFn,
     pub graphql: Arc<Graphql>,
+    /// How `/dashboard` is served (the dev token, a files directory).
+    pub dashboard: DashboardOptions,
 }
 
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! Every HTTP route of the server, in one place.
 
 mod api;
+pub mod dashboard;
 pub mod error;
 mod graphql;
 pub mod openapi;
@@ -46,6 +47,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/threads/{id}/runs", get(threads::runs))
         .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/dev.json", get(dashboard::dev_token))
+        .route("/dashboard/{file}", get(dashboard::file))
         .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))
         .route("/api/openapi.json", get(openapi::openapi))
         .fallback(ops::not_found)

@@ -14,10 +14,13 @@ fn error_response(description: &str) -> Value {
 pub fn document() -> Value {
     let mut doc = paths();
     doc["paths"]["/graphql"] = graphql_path();
+    for (path, item) in dashboard_paths() {
+        doc["paths"][path] = item;
+    }
     doc
 }
 
-/// Every route but `/graphql` (one `json!` for all would pass the macro's
+/// Every route but `/graphql` and the dashboard's (one `json!` for all would pass the macro's
 /// recursion limit).
 fn paths() -> Value {
     json!({
@@ -315,4 +318,38 @@ fn graphql_path() -> Value {
             }
         }
     })
+}
+
+/// `/dashboard` and its files.
+fn dashboard_paths() -> [(&'static str, Value); 3] {
+    [
+        (
+            "/dashboard",
+            json!({ "get": {
+                "summary": "The live operations page (HTML; strict CSP, files embedded in the binary)",
+                "responses": { "200": { "description": "text/html" } }
+            }}),
+        ),
+        (
+            "/dashboard/dev.json",
+            json!({ "get": {
+                "summary": "In --dev, to a client on this machine: the printed dev token, to fill in the dashboard's prompt",
+                "responses": {
+                    "200": { "description": "{\"token\"}" },
+                    "404": error_response("not in --dev, or not a loopback client")
+                }
+            }}),
+        ),
+        (
+            "/dashboard/{file}",
+            json!({ "get": {
+                "summary": "The dashboard's script and stylesheet",
+                "parameters": [{ "name": "file", "in": "path", "required": true, "schema": { "type": "string", "enum": ["app.js", "app.css"] } }],
+                "responses": {
+                    "200": { "description": "text/javascript or text/css" },
+                    "404": error_response("no such file")
+                }
+            }}),
+        ),
+    ]
 }

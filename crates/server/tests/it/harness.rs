@@ -112,13 +112,27 @@ impl TestServer {
     }
 
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::with_dashboard(Default::default(), adjust).await
+    }
+
+    /// [`TestServer::with`], serving the dashboard as `wsgate serve` would
+    /// with these options (a `--dev` token, a files directory).
+    pub async fn with_dashboard(
+        dashboard: wsgate::http::dashboard::DashboardOptions,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = base_config();
         adjust(&mut config);
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wsgate::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(wsgate::server::run_with(
+            config,
+            dashboard,
+            listener,
+            shutdown.clone(),
+        ));
         TestServer {
             addr,
             shutdown,

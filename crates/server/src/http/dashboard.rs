@@ -1,0 +1,106 @@
+//! `/dashboard`: the live operations page. Its files are built from
+//! `clients/dashboard` (which uses the SDK's sources) into
+//! `crates/server/assets/dashboard/` and embedded in the binary, so
+//! `cargo build` needs no npm and the page asks no other host for anything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, Extensions, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+/// What the page may load and talk to: its own two files and its own
+/// server's `/ws` (`'self'` covers `ws:`/`wss:` of the same host in CSP 3).
+/// No inline script or style, no other host, no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+frame-ancestors 'none'";
+
+/// The embedded files: (name under `/dashboard/`, content type, bytes).
+const ASSETS: [(&str, &str, &[u8]); 3] = [
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../assets/dashboard/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../assets/dashboard/app.css"),
+    ),
+];
+
+/// How this server serves the dashboard; set by `wsgate serve`.
+#[derive(Debug, Default, Clone)]
+pub struct DashboardOptions {
+    /// In `--dev`: the printed token, offered to the page on loopback so
+    /// the prompt is filled in (never put in a URL).
+    pub dev_token: Option<String>,
+    /// `serve --dashboard-dir DIR`: read the files from DIR on every
+    /// request instead of the embedded copies (for working on the page
+    /// without rebuilding the binary).
+    pub assets_dir: Option<PathBuf>,
+}
+
+/// `GET /dashboard`.
+pub async fn index(State(state): State<AppState>) -> Response {
+    serve(&state, "index.html").await
+}
+
+/// `GET /dashboard/{file}`: `app.js` and `app.css`; anything else 404.
+pub async fn file(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    if name == "index.html" || !ASSETS.iter().any(|(n, _, _)| *n == name) {
+        return ApiError::not_found("no such dashboard file").into_response();
+    }
+    serve(&state, &name).await
+}
+
+/// `GET /dashboard/dev.json`: `{"token"}` in `--dev` to a client on this
+/// machine, else 404. Remote clients never get it, even in `--dev` on a
+/// public address.
+pub async fn dev_token(State(state): State<AppState>, extensions: Extensions) -> Response {
+    // `server::run` serves with connect info; without it, nobody is local.
+    let local = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
+    match (&state.dashboard.dev_token, local) {
+        (Some(token), true) => Json(json!({ "token": token })).into_response(),
+        _ => ApiError::not_found("no development token here").into_response(),
+    }
+}
+
+async fn serve(state: &AppState, name: &str) -> Response {
+    // Only names from ASSETS reach here, so the path cannot leave the dir.
+    let Some(&(_, content_type, embedded)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
+        return ApiError::not_found("no such dashboard file").into_response();
+    };
+    let body = match &state.dashboard.assets_dir {
+        None => axum::body::Body::from(embedded),
+        Some(dir) => match tokio::fs::read(dir.join(name)).await {
+            Ok(bytes) => axum::body::Body::from(bytes),
+            Err(error) => {
+                tracing::warn!(%error, file = name, "dashboard file not readable");
+                return ApiError::not_found("dashboard file not readable").into_response();
+            }
+        },
+    };
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    resp
+}
