@@ -1,0 +1,275 @@
+// The live operations page (/dashboard) in a real browser: Debian's
+// Chromium, driven by playwright-core, loads the page the server serves,
+// signs in with a token, and checks the three views against the running
+// server: metrics charts fill up, a published event shows in the feed (and
+// the filter hides and shows it), and the chat view creates a thread, gets
+// the echo agent's answer streamed, stops a run, and resumes one after a
+// reload with nothing missing and nothing twice.
+//
+// usage: node dashboard.mjs BASE_URL TOKEN API_KEY OUT_DIR
+//   (server: metrics_interval_secs = 1, agent echo with echo_delay_ms = 30)
+// Prints one JSON line per step for the Rust test (crates/server/tests/it/dashboard.rs):
+//   {"step":"loaded",…} {"step":"chart_points",…} {"step":"event_seen",…}
+//   {"step":"thread_created",…} {"step":"run_completed","text":…}
+//   {"step":"run_stopped",…} {"step":"reload_resumed",…} {"step":"done"}
+//   {"step":"error","reason":…} on any failure (exit code 1).
+// Screenshots: OUT_DIR/overview.png, events.png, chat.png (mid-stream),
+// chat-reloaded.png (after the reload, mid-stream).
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [baseArg, token, apiKey, outDir] = process.argv.slice(2);
+if (!outDir) {
+  console.error('usage: node dashboard.mjs BASE_URL TOKEN API_KEY OUT_DIR');
+  process.exit(2);
+}
+const base = baseArg.replace(/\/+$/, '');
+const origin = new URL(base);
+const out = (obj) => console.log(JSON.stringify(obj));
+const started = Date.now();
+const STEP_TIMEOUT = 15000;
+mkdirSync(outDir, { recursive: true });
+
+class Failure extends Error {}
+const fail = (reason) => {
+  throw new Failure(reason);
+};
+const words = (prefix, n) => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`).join(' ');
+
+/** Requests to any other host than the server's are a failure (no CDN, no fonts, nothing). */
+function sameHost(url) {
+  if (url.startsWith('data:') || url.startsWith('blob:') || url === 'about:blank') return true;
+  try {
+    const u = new URL(url);
+    return u.host === origin.host && ['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol);
+  } catch {
+    return false;
+  }
+}
+
+async function publishEvent(eventType, data) {
+  const res = await fetch(`${base}/api/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': apiKey },
+    body: JSON.stringify({
+      channel: 'events',
+      data: { type: 'event', event_type: eventType, timestamp: Date.now(), data },
+    }),
+  });
+  if (!res.ok) fail(`POST /api/publish answered ${res.status}: ${await res.text()}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
+});
+let failed = false;
+const problems = [];
+try {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  page.on('request', (req) => {
+    if (!sameHost(req.url())) problems.push(`request to another host: ${req.url()}`);
+  });
+  page.on('websocket', (ws) => {
+    if (!sameHost(ws.url())) problems.push(`WebSocket to another host: ${ws.url()}`);
+  });
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    // Outside --dev, /dashboard/dev.json is a 404 by design: Chromium logs it.
+    if (/dev\.json/.test(msg.location()?.url ?? '') || /dev\.json/.test(msg.text())) return;
+    problems.push(`console error: ${msg.text()}`);
+  });
+  const check = () => {
+    if (problems.length) fail(problems.join('; '));
+  };
+
+  // --- load and sign in ------------------------------------------------
+  const res = await page.goto(`${base}/dashboard`);
+  if (!res || res.status() !== 200) fail(`GET /dashboard answered ${res?.status()}`);
+  const csp = res.headers()['content-security-policy'] ?? '';
+  await page.waitForSelector('#token', { state: 'visible' });
+  // --dev fills the field in from /dashboard/dev.json; give it a moment.
+  await page.waitForFunction(() => document.querySelector('#token').value !== '', null, { timeout: 1500 }).catch(() => {});
+  const prefilled = (await page.inputValue('#token')) !== '';
+  if ((await page.getAttribute('#token', 'type')) !== 'password') fail('the token field is not a password field');
+  if (!prefilled) await page.fill('#token', token);
+  check();
+  out({ step: 'loaded', prefilled, csp: csp !== '' });
+
+  await page.click('#connect');
+  await page.waitForSelector('#conn-state[data-state="connected"]');
+  const user = await page.textContent('#conn-user');
+  const stored = await page.evaluate(() => Object.values(sessionStorage).some((v) => v.split('.').length === 3));
+  if (!stored) fail('the token is not kept in sessionStorage');
+  if (page.url().includes(token) || (prefilled && page.url().includes('eyJ'))) fail('the token is in the URL');
+
+  // --- overview: the charts receive points ------------------------------
+  await page.click('[data-view="overview"]');
+  await page.waitForFunction(() => Number(document.querySelector('#overview')?.dataset.points ?? 0) >= 3, null, { timeout: 12000 });
+  const charts = await page.$$eval('.chart', (els) =>
+    els.map((el) => ({
+      id: el.dataset.testid,
+      points: Number(el.dataset.points),
+      width: el.querySelector('canvas')?.getBoundingClientRect().width ?? 0,
+    })),
+  );
+  if (charts.length !== 3 || charts.some((c) => c.points < 3 || c.width < 100)) fail(`charts not drawn: ${JSON.stringify(charts)}`);
+  const connections = await page.textContent('#tile-connections');
+  if (!connections || Number(connections) < 1) fail(`connections tile shows ${connections}`);
+  // Resizing the window resizes the charts.
+  const before = charts[0].width;
+  await page.setViewportSize({ width: 1000, height: 860 });
+  await page.waitForFunction((w) => {
+    const c = document.querySelector('.chart canvas');
+    return c && Math.abs(c.getBoundingClientRect().width - w) > 20;
+  }, before);
+  await page.setViewportSize({ width: 1360, height: 860 });
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: join(outDir, 'overview.png') });
+  check();
+  out({ step: 'chart_points', points: Math.min(...charts.map((c) => c.points)), charts, user, connections: Number(connections) });
+
+  // --- events: a published event shows; the filter hides and shows it --
+  await page.click('[data-view="events"]');
+  const marker = `x-${Date.now()}`;
+  await publishEvent('SITE_CREATED', { site: 'x', marker });
+  await publishEvent('USER_LOGGED_IN', { user: 'someone' });
+  const row = page.locator('.event-row[data-event-type="SITE_CREATED"]', { hasText: marker });
+  await row.waitFor({ state: 'visible' });
+  await page.locator('.event-row[data-event-type="USER_LOGGED_IN"]').first().waitFor({ state: 'visible' });
+  const count = Number(await page.getAttribute('#events-count', 'data-count'));
+  await page.fill('#events-filter', 'no-such-thing-anywhere');
+  await row.waitFor({ state: 'hidden' });
+  await page.fill('#events-filter', 'site_created');
+  await row.waitFor({ state: 'visible' });
+  const otherHidden = await page.locator('.event-row[data-event-type="USER_LOGGED_IN"]').first().isHidden();
+  if (!otherHidden) fail('the filter "site_created" does not hide a USER_LOGGED_IN event');
+  await page.fill('#events-filter', '');
+  await page.screenshot({ path: join(outDir, 'events.png') });
+  check();
+  out({ step: 'event_seen', count, filter: 'hides and shows' });
+
+  // --- chat: create a thread, a run to completion -----------------------
+  await page.click('[data-view="chat"]');
+  const threadsBefore = await page.locator('.thread-item').count();
+  await page.click('#new-thread');
+  await page.waitForFunction((n) => document.querySelectorAll('.thread-item').length === n + 1, threadsBefore);
+  const selected = page.locator('.thread-item[aria-selected="true"]');
+  await selected.waitFor();
+  const threadId = await selected.getAttribute('data-thread-id');
+  await page.waitForSelector('#send:not([disabled])');
+  check();
+  out({ step: 'thread_created', thread_id: threadId });
+
+  const lastAssistant = '.msg.assistant:last-of-type';
+  const assistantCount = () => page.locator('.msg.assistant').count();
+  /** Sends a message and waits for its run's bubble (a new .msg.assistant). */
+  async function send(text) {
+    const n = await assistantCount();
+    await page.fill('#composer', text);
+    await page.press('#composer', 'Enter');
+    await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant').length > n, n);
+  }
+  const bubbleText = () => page.$eval('#messages .msg.assistant:last-of-type .msg-body', (el) => el.textContent);
+  const bubbleStatus = () => page.getAttribute(`#messages ${lastAssistant}`, 'data-status');
+  const waitStatus = (status, timeout = STEP_TIMEOUT) =>
+    page.waitForFunction(
+      (s) => {
+        const all = document.querySelectorAll('#messages .msg.assistant');
+        return all.length > 0 && all[all.length - 1].dataset.status === s;
+      },
+      status,
+      { timeout },
+    );
+  /** Waits until the streaming bubble holds at least `n` words. */
+  const waitWords = (n) =>
+    page.waitForFunction(
+      (n) => {
+        const all = document.querySelectorAll('#messages .msg.assistant .msg-body');
+        const t = all.length ? all[all.length - 1].textContent.trim() : '';
+        return t !== '' && t.split(/\s+/).length >= n;
+      },
+      n,
+    );
+
+  const short = 'hello from the dashboard browser test';
+  await send(short);
+  await waitStatus('completed');
+  const shortAnswer = await bubbleText();
+  const steps = await page.locator(`#messages ${lastAssistant} .step`).count();
+  if (shortAnswer !== short) fail(`the echo answer is ${JSON.stringify(shortAnswer)}, expected ${JSON.stringify(short)}`);
+  if (steps < 2) fail(`the run shows ${steps} steps (thinking, tool), expected at least 2`);
+  if (!(await page.locator('#stop').isHidden())) fail('the Stop button is still shown after the run');
+  check();
+  out({ step: 'run_completed', text: shortAnswer, steps });
+
+  // --- a long run, stopped mid-way --------------------------------------
+  const long1 = words('alpha', 150);
+  await send(long1);
+  await page.waitForSelector('#stop', { state: 'visible' });
+  await waitWords(15);
+  const partial = await bubbleText();
+  if (!long1.startsWith(partial.trimEnd())) fail(`the streamed text is not a prefix of the answer: ${JSON.stringify(partial.slice(0, 80))}`);
+  await page.screenshot({ path: join(outDir, 'chat.png') });
+  await page.click('#stop');
+  await waitStatus('stopped');
+  const stoppedText = (await bubbleText()).trim();
+  const stoppedWords = stoppedText ? stoppedText.split(/\s+/).length : 0;
+  if (stoppedWords >= 150) fail('the stopped run streamed every word');
+  if (!(await page.locator('#stop').isHidden())) fail('the Stop button is still shown after stopping');
+  const statusText = await page.textContent(`#messages ${lastAssistant} .run-status`);
+  check();
+  out({ step: 'run_stopped', words: stoppedWords, status: statusText });
+
+  // --- a long run, the page reloaded mid-way ----------------------------
+  const long2 = words('bravo', 150);
+  await send(long2);
+  await waitWords(20);
+  const beforeReload = (await bubbleText()).trim().split(/\s+/).length;
+  await page.reload();
+  // No prompt: the token is in sessionStorage; the thread is selected again.
+  await page.waitForSelector('#conn-state[data-state="connected"]');
+  if (await page.locator('#login').isVisible()) fail('the reload asked for the token again');
+  await page.waitForSelector(`.thread-item[aria-selected="true"][data-thread-id="${threadId}"]`);
+  await page.waitForFunction(() => {
+    const all = document.querySelectorAll('#messages .msg.assistant .msg-body');
+    return all.length > 0 && all[all.length - 1].textContent.includes('bravo1 ');
+  });
+  const afterReload = (await bubbleText()).trim().split(/\s+/).length;
+  const resumedMidRun = (await bubbleStatus()) === 'running';
+  if (resumedMidRun) await page.screenshot({ path: join(outDir, 'chat-reloaded.png') });
+  // Every sample while it streams is a prefix of the answer: nothing missing, nothing twice.
+  let samples = 0;
+  while ((await bubbleStatus()) === 'running' && samples < 400) {
+    const t = (await bubbleText()).trimEnd();
+    if (!long2.startsWith(t)) fail(`after the reload the bubble is not a prefix of the answer: ${JSON.stringify(t.slice(-80))}`);
+    samples++;
+    await page.waitForTimeout(50);
+  }
+  await waitStatus('completed');
+  const finalText = await bubbleText();
+  if (!resumedMidRun) await page.screenshot({ path: join(outDir, 'chat-reloaded.png') });
+  if (finalText !== long2) fail(`after the reload the answer is ${JSON.stringify(finalText.slice(0, 80))}… (${finalText.length} chars), expected the 150 words`);
+  const userMessages = await page.locator('#messages .msg.user').count();
+  if (userMessages !== 3) fail(`after the reload the thread shows ${userMessages} user messages, expected 3`);
+  check();
+  out({
+    step: 'reload_resumed',
+    words_before_reload: beforeReload,
+    words_after_reload: afterReload,
+    resumed_mid_run: resumedMidRun,
+    samples,
+    text_ok: true,
+  });
+  out({ step: 'done', ms: Date.now() - started });
+} catch (e) {
+  failed = true;
+  out({ step: 'error', reason: e instanceof Failure ? e.message : String(e?.stack ?? e) });
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
