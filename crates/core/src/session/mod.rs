@@ -93,6 +93,12 @@ pub struct Session {
     /// `subscriptions` at the next command and undone at the end. Allocated
     /// on first use: an idle connection pays one pointer.
     pub(crate) adopted: Option<Arc<Adopted>>,
+    /// The end of this connection's latest `publish`: each publish waits
+    /// for the one before, so a connection's publications get offsets in
+    /// the order it sent them (replies run on spawned tasks, which the
+    /// runtime may start in another order). Resolves when the previous
+    /// publish's task ends, however it ends.
+    pub(crate) publish_tail: Option<tokio::sync::oneshot::Receiver<()>>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
     /// When `token_expiring` is due; `None` once sent.
@@ -160,6 +166,7 @@ impl Session {
             ctx,
             subscriptions: Vec::new(),
             adopted: None,
+            publish_tail: None,
         };
         session.send("connected", None, connected);
         session

@@ -806,3 +806,38 @@ async fn a_channels_claim_does_not_open_a_role_namespace() {
     let (status, _, _) = expect_rejection(server.request_at("/ws/stream/ops:x", Some(&t))).await;
     assert_eq!(status, 403, "raw streams ask the same authorizer");
 }
+
+/// Publishes sent back to back by one connection get offsets in the order
+/// they were sent (the SDK found them reordered: each reply runs on its own
+/// task, and a multi-thread runtime may start the latest spawned first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_publishes_keep_their_order() {
+    let server = start().await;
+    let (mut ws, _) = server.connect("orderly").await;
+    call(&mut ws, "subscribe", "s", json!({"channel": "chat:order"})).await;
+    const N: u64 = 40;
+    for i in 1..=N {
+        ws.feed(Message::text(
+            json!({"type": "publish", "id": format!("p{i}"), "payload": {"channel": "chat:order", "data": {"i": i}}})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let (mut replies, mut messages) = (0, Vec::new());
+    while replies < N || (messages.len() as u64) < N {
+        let v = next_json(&mut ws).await;
+        match v["type"].as_str().unwrap() {
+            "published" => {
+                replies += 1;
+                let i: u64 = v["id"].as_str().unwrap()[1..].parse().unwrap();
+                assert_eq!(v["payload"]["offset"], i, "publish p{i}'s offset: {v}");
+            }
+            "message" => messages.push(v["payload"]["data"]["i"].as_u64().unwrap()),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(messages, (1..=N).collect::<Vec<_>>());
+    server.stop().await;
+}

@@ -167,7 +167,15 @@ impl Session {
         // the publication gets.
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("a JSON value serializes"));
         let (channels, identity) = (self.ctx.shared.channels.clone(), self.ctx.identity.clone());
+        // This publish's end is the next one's start (dropping the sender
+        // is the signal, so a failed or cancelled publish releases it too).
+        let (done, tail) = tokio::sync::oneshot::channel::<()>();
+        let before = self.publish_tail.replace(tail);
         self.reply_later(id, "published", async move {
+            let _done = done;
+            if let Some(before) = before {
+                let _ = before.await;
+            }
             let p = channels
                 .publish(Caller::User(&identity), &channel, bytes, data)
                 .await?;
