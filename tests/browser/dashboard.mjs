@@ -149,9 +149,20 @@ try {
   const otherHidden = await page.locator('.event-row[data-event-type="USER_LOGGED_IN"]').first().isHidden();
   if (!otherHidden) fail('the filter "site_created" does not hide a USER_LOGGED_IN event');
   await page.fill('#events-filter', '');
+  // Thousands of events: every one counted, the DOM list stays bounded.
+  const burst = 3000;
+  for (let i = 0; i < burst; i += 20) {
+    await Promise.all(Array.from({ length: 20 }, (_, j) => publishEvent('BURST', { n: i + j })));
+  }
+  await publishEvent('BURST_END', { n: burst });
+  await page.waitForFunction((n) => Number(document.querySelector('#events-count').dataset.count) >= n, count + burst + 1, { timeout: 30000 });
+  const rows = await page.locator('.event-row').count();
+  if (rows > 500) fail(`the events feed keeps ${rows} rows after ${burst} events (bounded at 500)`);
+  const newest = await page.locator('.event-row').first().textContent();
+  if (!newest.includes('BURST_END')) fail(`the newest row is not the last event: ${newest}`);
   await page.screenshot({ path: join(outDir, 'events.png') });
   check();
-  out({ step: 'event_seen', count, filter: 'hides and shows' });
+  out({ step: 'event_seen', count, filter: 'hides and shows', burst, rows });
 
   // --- chat: create a thread, a run to completion -----------------------
   await page.click('[data-view="chat"]');

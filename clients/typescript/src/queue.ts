@@ -1,0 +1,33 @@
+// queue.ts — a bounded FIFO for commands issued while not connected.
+//
+// When full, the NEW item is refused (the caller rejects it at once): the
+// older commands were issued first and their callers may already depend on
+// them, so they are never evicted to make room.
+
+export class BoundedQueue<T> {
+  private items: T[] = [];
+  constructor(readonly max: number) {}
+
+  get length(): number {
+    return this.items.length;
+  }
+
+  /** false when full: the caller must reject the item. */
+  push(item: T): boolean {
+    if (this.items.length >= this.max) return false;
+    this.items.push(item);
+    return true;
+  }
+
+  remove(item: T): void {
+    const i = this.items.indexOf(item);
+    if (i >= 0) this.items.splice(i, 1);
+  }
+
+  /** Takes every item out, oldest first. */
+  drain(): T[] {
+    const out = this.items;
+    this.items = [];
+    return out;
+  }
+}

@@ -1,0 +1,148 @@
+// basic.test.mjs — connect, request/reply, ping, server errors (forbidden,
+// rate_limited with retryAfterMs), request timeouts, subscribe and ordered
+// publications, unsubscribe.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { WsgateClient, WsgateError } from '../dist/index.js';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep } from './harness.mjs';
+
+let server;
+const clients = [];
+function client(opts) {
+  const c = new WsgateClient({ url: server.url, WebSocket, token: sign({ sub: 'basic' }), ...opts });
+  clients.push(c);
+  return c;
+}
+
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  for (const c of clients) c.close();
+  await closeProxies();
+  await server.cleanup();
+});
+
+test('connect, connected info, request/reply by id, ping', async () => {
+  const c = client();
+  const states = [];
+  c.on('state', (s) => states.push(s));
+  const connected = nextEvent(c, 'connected');
+  c.connect();
+  c.connect(); // idempotent
+  const info = await connected;
+  assert.equal(info.user, 'basic');
+  assert.equal(info.protocol, 'wsgate.v1.json');
+  assert.ok(info.heartbeat_secs > 0);
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(states, ['connecting', 'connected']);
+  assert.equal(c.info.connection_id, info.connection_id);
+  await c.ping();
+  // Raw request: the reply payload of the command with the same id.
+  const frames = [];
+  c.on('frame', (f) => frames.push(f));
+  const pub = await c.request('publish', { channel: 'test:basic-rr', data: { x: 1 } });
+  assert.equal(pub.channel, 'test:basic-rr');
+  assert.equal(typeof pub.offset, 'number');
+  assert.ok(frames.some((f) => f.type === 'published' && typeof f.id === 'string'));
+});
+
+test('a server error rejects at once with its code', async () => {
+  const c = client();
+  c.connect();
+  await nextEvent(c, 'connected');
+  const t0 = Date.now();
+  await assert.rejects(c.publish('srv:only', { no: true }), (e) => e instanceof WsgateError && e.code === 'forbidden');
+  await assert.rejects(c.request('no_such_command', {}), (e) => e.code === 'unknown_type');
+  await assert.rejects(c.renameThread('nope', 'x'), (e) => e.code === 'not_found');
+  assert.ok(Date.now() - t0 < 2000, 'rejected at once, not at the timeout');
+});
+
+test('request timeout counts from the call, queued time included', async () => {
+  // Never connected: the command waits in the queue and times out there.
+  const idle = client({ requestTimeoutMs: 300 });
+  const t0 = Date.now();
+  await assert.rejects(idle.ping(), (e) => e.code === 'timeout');
+  assert.ok(Date.now() - t0 >= 290 && Date.now() - t0 < 1500);
+  // Sent but no reply: a proxy that swallows everything.
+  const proxy = await startProxy(server.port);
+  const c = client({ url: proxy.url, requestTimeoutMs: 10000 });
+  c.connect();
+  await nextEvent(c, 'connected');
+  proxy.stall();
+  const t1 = Date.now();
+  await assert.rejects(c.request('ping', undefined, { timeoutMs: 400 }), (e) => e.code === 'timeout');
+  assert.ok(Date.now() - t1 < 1500);
+  c.close();
+  await proxy.close();
+});
+
+test('subscribe: ready(), publications in order, each once; unsubscribe', async () => {
+  const c = client();
+  c.connect();
+  const sub = c.subscribe('test:basic-sub');
+  assert.equal(sub.state, 'subscribing');
+  assert.equal(c.subscribe('test:basic-sub'), sub, 'one Subscription per channel');
+  const info = await sub.ready();
+  assert.equal(info.channel, 'test:basic-sub');
+  assert.equal(info.resubscribed, false);
+  assert.equal(sub.state, 'subscribed');
+  const got = [];
+  const all = [];
+  sub.on('publication', (p) => got.push(p));
+  c.on('publication', (p) => all.push(p));
+  for (let i = 1; i <= 20; i++) await server.publish('test:basic-sub', { i });
+  await waitFor(() => got.length >= 20, 5000, '20 publications');
+  assert.deepEqual(got.map((p) => p.data.i), Array.from({ length: 20 }, (_, i) => i + 1));
+  for (let i = 1; i < got.length; i++) assert.equal(got[i].offset, got[i - 1].offset + 1);
+  assert.equal(sub.offset, got[19].offset);
+  assert.equal(sub.epoch, got[19].epoch);
+  assert.equal(all.length, 20);
+  // A client publish into a subscribed channel: the reply and the message.
+  const r = await c.publish('test:basic-sub', { i: 21 });
+  await waitFor(() => got.length === 21);
+  assert.equal(got[20].offset, r.offset);
+  await sub.unsubscribe();
+  assert.equal(sub.state, 'unsubscribed');
+  assert.equal(c.getSubscription('test:basic-sub'), undefined);
+  await server.publish('test:basic-sub', { i: 22 });
+  await sleep(200);
+  assert.equal(got.length, 21, 'nothing after unsubscribe');
+});
+
+test('a refused subscribe fails the Subscription with the server code', async () => {
+  const c = client();
+  c.connect();
+  const sub = c.subscribe('nope:unknown-namespace');
+  await assert.rejects(sub.ready(), (e) => e.code === 'forbidden' || e.code === 'bad_request');
+  assert.equal(sub.state, 'failed');
+});
+
+test('rate_limited rejects at once with retryAfterMs', async () => {
+  const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 3 } });
+  try {
+    const c = new WsgateClient({ url: limited.url, WebSocket, token: sign({ sub: 'rl' }) });
+    clients.push(c);
+    c.connect();
+    await nextEvent(c, 'connected');
+    const results = await Promise.allSettled(Array.from({ length: 6 }, () => c.ping()));
+    const limitedErrs = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
+    assert.ok(limitedErrs.length >= 2, `some pings were rate limited: ${JSON.stringify(results)}`);
+    for (const e of limitedErrs) {
+      assert.equal(e.code, 'rate_limited');
+      assert.ok(e.retryAfterMs > 0, 'retryAfterMs from payload.retry_after_ms');
+    }
+    c.close();
+  } finally {
+    await limited.cleanup();
+  }
+});
+
+test('close(): pending and queued reject closed; state closed; no reconnect', async () => {
+  const c = client();
+  const p = c.ping(); // queued (idle)
+  c.close();
+  await assert.rejects(p, (e) => e.code === 'closed');
+  assert.equal(c.state, 'closed');
+  await assert.rejects(c.ping(), (e) => e.code === 'closed');
+});
