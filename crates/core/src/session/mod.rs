@@ -156,6 +156,9 @@ impl Session {
             "heartbeat_secs": ctx.shared.limits.heartbeat_secs,
             "max_message_bytes": ctx.shared.limits.max_message_bytes,
             "messages_per_minute": ctx.shared.limits.messages_per_minute,
+            // With the rate, what a client needs to pace itself (the SDK
+            // does, so a reconnect's resubscribes are not dropped).
+            "message_burst": ctx.shared.limits.message_burst,
             "expires_at": ctx.identity.expires_at,
         });
         let session = Session {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, Extensions, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use serde_json::json;
 
@@ -66,18 +66,52 @@ pub async fn file(State(state): State<AppState>, Path(name): Path<String>) -> Re
     serve(&state, &name).await
 }
 
-/// `GET /dashboard/dev.json`: `{"token"}` in `--dev` to a client on this
+/// `GET /dashboard/dev.json`: `{"token"}` in `--dev` to a page on this
 /// machine, else 404. Remote clients never get it, even in `--dev` on a
-/// public address.
-pub async fn dev_token(State(state): State<AppState>, extensions: Extensions) -> Response {
+/// public address; nor does a page that reached 127.0.0.1 under another
+/// name (DNS rebinding: a site's name pointed at 127.0.0.1 makes its
+/// scripts same-origin with whatever listens there), so the `Host` must
+/// be a loopback name too.
+pub async fn dev_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
     // `server::run` serves with connect info; without it, nobody is local.
-    let local = extensions
+    let local_peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
-    match (&state.dashboard.dev_token, local) {
+    let local_host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(is_loopback_host);
+    match (&state.dashboard.dev_token, local_peer && local_host) {
         (Some(token), true) => Json(json!({ "token": token })).into_response(),
         _ => ApiError::not_found("no development token here").into_response(),
     }
+}
+
+/// `localhost`, `127.0.0.1` (any 127/8 address) or `[::1]`, with or without
+/// a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6] or [v6]:port; no closing bracket is no host.
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _)) => v6,
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `GET /dashboard/`: the page lives at `/dashboard` (its files are asked
+/// for as `/dashboard/…`, so one URL is enough).
+pub async fn trailing_slash() -> Redirect {
+    Redirect::permanent("/dashboard")
 }
 
 async fn serve(state: &AppState, name: &str) -> Response {
@@ -103,4 +137,36 @@ async fn serve(state: &AppState, name: &str) -> Response {
         HeaderValue::from_static(CSP),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "192.0.2.2:8080",
+            "[::2]:8080",
+            "[::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/threads/{id}/runs", get(threads::runs))
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::trailing_slash))
         .route("/dashboard/dev.json", get(dashboard::dev_token))
         .route("/dashboard/{file}", get(dashboard::file))
         .layer(DefaultBodyLimit::max(wsgate_core::limits::MAX_BODY_BYTES))

@@ -18,6 +18,7 @@ async fn connected_frame_and_ping_correlation() {
     assert_eq!(p["heartbeat_secs"], 30);
     assert_eq!(p["max_message_bytes"], 8192);
     assert_eq!(p["messages_per_minute"], 30);
+    assert_eq!(p["message_burst"], 10);
     assert!(p["expires_at"].as_u64().unwrap() > now());
     assert!(p["connection_id"].as_str().unwrap().len() >= 8);
 

@@ -66,6 +66,17 @@ async fn dashboard_files_are_served_with_a_strict_csp() {
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"], "not_found");
     }
+    // `/dashboard/` leads to the page.
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.http("/dashboard/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(resp.headers()["location"], "/dashboard");
     // Without --dev there is no token to hand out.
     let resp = client
         .get(server.http("/dashboard/dev.json"))
@@ -90,6 +101,17 @@ async fn the_dev_token_is_offered_to_loopback_clients_only() {
         .await
         .unwrap();
     assert_eq!(v["token"], "the-dev-token");
+    // A page that reached 127.0.0.1 under another name (DNS rebinding)
+    // gets nothing, though the peer is local.
+    for host in ["evil.example", "evil.example:8080", "127.0.0.1.nip.io"] {
+        let resp = reqwest::Client::new()
+            .get(server.http("/dashboard/dev.json"))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "Host: {host}");
+    }
     server.stop().await;
 
     // The same server reached from another address of this machine is not
