@@ -27,16 +27,26 @@ async fn typescript_sdk_suite_passes_against_the_binary() {
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );
-    let run = Command::new("npm")
+    // Its own process group: on a timeout the whole tree (npm, node and
+    // the servers the suite started) is killed, not only npm.
+    let child = Command::new("npm")
         .args(["run", "--silent", "test"])
         .current_dir(&sdk)
         .env("WSGATE_BIN", env!("CARGO_BIN_EXE_wsgate"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the SDK suite ends within 4 minutes")
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("npm runs");
+    let group = child.id().expect("a running child has a pid");
+    let Ok(out) = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await
+    else {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .status();
+        panic!("the SDK suite did not end within 4 minutes (its process group was killed)");
+    };
+    let out = out.expect("npm runs");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
