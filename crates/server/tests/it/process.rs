@@ -348,6 +348,43 @@ async fn dev_mode_needs_no_configuration_and_prints_a_token() {
     )
     .await;
     assert_eq!(status, 200, "the dev token is an admin token");
+    // The printed API key publishes (and what it publishes reaches the
+    // dev user); the dashboard's URL is printed and the page hands its
+    // prompt the same token.
+    let (key, dashboard) = {
+        let out = s.stdout.lock().unwrap();
+        let find = |prefix: &str| {
+            out.iter()
+                .find_map(|l| l.split(prefix).nth(1).map(str::to_owned))
+        };
+        (
+            find("API key (X-API-Key): ").expect("dev mode prints an API key"),
+            find("dashboard: ").expect("dev mode prints the dashboard's URL"),
+        )
+    };
+    assert!(
+        dashboard.starts_with(&format!("http://{}/dashboard", s.addr)),
+        "{dashboard}"
+    );
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s", "payload": {"channel": "events"}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/publish", s.addr))
+        .header("x-api-key", &key)
+        .json(&json!({"channel": "events", "data": {"event_type": "HELLO"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the printed key publishes");
+    let m = next_json(&mut ws).await;
+    assert_eq!(m["payload"]["data"]["event_type"], "HELLO", "{m}");
+    let (status, dev) = get_json(&format!("http://{}/dashboard/dev.json", s.addr), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(dev["token"], token.as_str());
     // Storage defaults to SQLite in ./wsgate-data, created and ready.
     assert!(s.cwd.join("wsgate-data/wsgate.db").is_file());
     let (status, ready) = get_json(&format!("http://{}/ready", s.addr), &[]).await;
