@@ -3,16 +3,22 @@
 // signs in with a token, and checks the three views against the running
 // server: metrics charts fill up, a published event shows in the feed (and
 // the filter hides and shows it), and the chat view creates a thread, gets
-// the echo agent's answer streamed, stops a run, and resumes one after a
-// reload with nothing missing and nothing twice.
+// the echo agent's answer streamed, stops a run, resumes one after a reload
+// in the middle of it with nothing missing and nothing twice, and switches
+// threads back and forth without piling subscriptions up.
 //
 // usage: node dashboard.mjs BASE_URL TOKEN API_KEY OUT_DIR
-//   (server: metrics_interval_secs = 1, agent echo with echo_delay_ms = 30)
+//   (server: metrics_interval_secs = 1, agent echo with echo_delay_ms = 30;
+//   passes under the default message rate too, 30/min with bursts of 10:
+//   the SDK paces its commands and the page waits for their replies)
 // Prints one JSON line per step for the Rust test (crates/server/tests/it/dashboard.rs):
 //   {"step":"loaded",…} {"step":"chart_points",…} {"step":"event_seen",…}
 //   {"step":"thread_created",…} {"step":"run_completed","text":…}
-//   {"step":"run_stopped",…} {"step":"reload_resumed",…} {"step":"done"}
+//   {"step":"run_stopped",…} {"step":"reload_resumed","resumed_mid_run":true,…}
+//   {"step":"threads_switched",…} {"step":"done"}
 //   {"step":"error","reason":…} on any failure (exit code 1).
+// The page puts its SDK client on window.__wsgate under automation
+// (navigator.webdriver) only: the subscription check reads it.
 // Screenshots: OUT_DIR/overview.png, events.png, chat.png (mid-stream),
 // chat-reloaded.png (after the reload, mid-stream).
 import { mkdirSync } from 'node:fs';
@@ -237,10 +243,14 @@ try {
   out({ step: 'run_stopped', words: stoppedWords, status: statusText });
 
   // --- a long run, the page reloaded mid-way ----------------------------
-  const long2 = words('bravo', 150);
+  // 200 words at 30 ms each stream for ~6 s: reloaded after the first few,
+  // the page is back well before the end.
+  const long2Words = 200;
+  const long2 = words('bravo', long2Words);
   await send(long2);
-  await waitWords(20);
+  await waitWords(3);
   const beforeReload = (await bubbleText()).trim().split(/\s+/).length;
+  if (beforeReload >= long2Words) fail('the run was over before the reload');
   await page.reload();
   // No prompt: the token is in sessionStorage; the thread is selected again.
   await page.waitForSelector('#conn-state[data-state="connected"]');
@@ -252,7 +262,9 @@ try {
   });
   const afterReload = (await bubbleText()).trim().split(/\s+/).length;
   const resumedMidRun = (await bubbleStatus()) === 'running';
-  if (resumedMidRun) await page.screenshot({ path: join(outDir, 'chat-reloaded.png') });
+  if (!resumedMidRun) fail(`after the reload the run shows ${await bubbleStatus()}, not running: the reload did not land mid-run (${afterReload} words)`);
+  if (!(await page.locator('#stop').isVisible())) fail('after the reload mid-run the Stop button is not shown');
+  await page.screenshot({ path: join(outDir, 'chat-reloaded.png') });
   // Every sample while it streams is a prefix of the answer: nothing missing, nothing twice.
   let samples = 0;
   while ((await bubbleStatus()) === 'running' && samples < 400) {
@@ -261,10 +273,10 @@ try {
     samples++;
     await page.waitForTimeout(50);
   }
+  if (samples < 3) fail(`only ${samples} samples while the resumed run streamed`);
   await waitStatus('completed');
   const finalText = await bubbleText();
-  if (!resumedMidRun) await page.screenshot({ path: join(outDir, 'chat-reloaded.png') });
-  if (finalText !== long2) fail(`after the reload the answer is ${JSON.stringify(finalText.slice(0, 80))}… (${finalText.length} chars), expected the 150 words`);
+  if (finalText !== long2) fail(`after the reload the answer is ${JSON.stringify(finalText.slice(0, 80))}… (${finalText.length} chars), expected the ${long2Words} words`);
   const userMessages = await page.locator('#messages .msg.user').count();
   if (userMessages !== 3) fail(`after the reload the thread shows ${userMessages} user messages, expected 3`);
   check();
@@ -276,6 +288,104 @@ try {
     samples,
     text_ok: true,
   });
+
+  // --- switching threads: only the selected thread stays subscribed ------
+  // (and one left while its run goes on, until that run ends). The SDK's
+  // subscriptions, read from the client the page exposes under automation.
+  const followed = () =>
+    page.evaluate(() => {
+      const c = window.__wsgate?.client;
+      if (!c || typeof c.getSubscription !== 'function') return null;
+      const ids = Array.from(document.querySelectorAll('.thread-item'), (el) => el.dataset.threadId);
+      const on = (id) => {
+        const s = c.getSubscription(`thread:${id}`);
+        return !!s && s.state !== 'unsubscribed' && s.state !== 'failed';
+      };
+      return { threads: ids.filter(on).sort(), all: c.subs instanceof Map ? c.subs.size : null };
+    });
+  if ((await followed()) === null) fail('window.__wsgate.client is missing: the page exposes it under automation');
+  /** Waits until exactly `ids` are followed; fails with what is. */
+  async function expectFollowed(ids, what, timeout = 8000) {
+    const want = [...ids].sort();
+    try {
+      await page.waitForFunction(
+        (want) => {
+          const c = window.__wsgate?.client;
+          if (!c) return false;
+          const ids = Array.from(document.querySelectorAll('.thread-item'), (el) => el.dataset.threadId);
+          const have = ids
+            .filter((id) => {
+              const s = c.getSubscription(`thread:${id}`);
+              return !!s && s.state !== 'unsubscribed' && s.state !== 'failed';
+            })
+            .sort();
+          return JSON.stringify(have) === JSON.stringify(want);
+        },
+        want,
+        { timeout },
+      );
+    } catch {
+      fail(`${what}: the client follows ${JSON.stringify((await followed())?.threads)}, expected ${JSON.stringify(want)}`);
+    }
+  }
+  /** Waits until `id` is selected and loaded (Send usable again). */
+  async function opened(id, timeout = STEP_TIMEOUT) {
+    await page.waitForSelector(`.thread-item[aria-selected="true"][data-thread-id="${id}"]`, { timeout });
+    await page.waitForSelector('#send:not([disabled])', { timeout });
+  }
+  const openThread = (id) => page.click(`.thread-item[data-thread-id="${id}"] .thread-open`);
+  async function newThread() {
+    const n = await page.locator('.thread-item').count();
+    await page.click('#new-thread');
+    await page.waitForFunction((n) => document.querySelectorAll('.thread-item').length === n + 1, n);
+    const id = await page.getAttribute('.thread-item[aria-selected="true"]', 'data-thread-id');
+    if (!id || id === threadId) fail('the new thread is not selected');
+    await opened(id);
+    return id;
+  }
+  await expectFollowed([threadId], 'after the reload');
+  const t1 = await newThread();
+  await expectFollowed([t1], 'after creating a second thread');
+  const t2 = await newThread();
+  await expectFollowed([t2], 'after creating a third thread');
+  let switches = 2;
+  for (const id of [threadId, t1, t2, threadId]) {
+    await openThread(id);
+    await opened(id);
+    switches++;
+    await expectFollowed([id], `after switch ${switches}`);
+  }
+  const userMessagesBack = await page.locator('#messages .msg.user').count();
+  if (userMessagesBack !== 3) fail(`back on the first thread it shows ${userMessagesBack} user messages, expected 3`);
+  // Quick clicks, without waiting for each thread to load: the last wins,
+  // and the ones passed over are not left subscribed.
+  await openThread(t2);
+  await openThread(t1);
+  await openThread(threadId);
+  switches += 3;
+  await opened(threadId, 30000);
+  await expectFollowed([threadId], 'after three quick switches', 30000);
+  if ((await page.textContent('#thread-title')) === 'Loading…') fail('the last thread picked is not shown');
+  // A thread left while its run goes on stays followed until the run ends.
+  await openThread(t1);
+  await opened(t1);
+  const short2 = words('charlie', 150);
+  await send(short2);
+  await waitWords(3);
+  await openThread(t2);
+  await opened(t2);
+  switches += 2;
+  await expectFollowed([t1, t2], 'after leaving a thread whose run goes on', 5000);
+  await expectFollowed([t2], 'after the run on the thread left ended', 20000);
+  await openThread(t1);
+  await opened(t1);
+  switches++;
+  await expectFollowed([t1], 'back on the thread whose run ended');
+  const t1Answer = await page.$eval('#messages .msg.assistant:last-of-type .msg-body', (el) => el.textContent);
+  if (t1Answer !== short2) fail(`the run finished while away shows ${JSON.stringify(t1Answer.slice(0, 80))}, expected the 150 words`);
+  const state = await followed();
+  check();
+  out({ step: 'threads_switched', switches, threads: 3, followed: state.threads.length, subscriptions: state.all });
   out({ step: 'done', ms: Date.now() - started });
 } catch (e) {
   failed = true;

@@ -110,8 +110,13 @@ export class App {
     document.body.dataset.mode = 'app';
     this.everConnected = false;
 
-    const client = new WsgateClient({ url: wsUrl(), getToken: () => token });
+    // A fixed token, not getToken: () => token, which near exp would have
+    // the SDK "refresh" with the same token again and again. At exp the
+    // server closes the connection and the SDK reports token_expired: back
+    // to the prompt.
+    const client = new WsgateClient({ url: wsUrl(), token });
     this.client = client;
+    exposeForTests(client);
     const views: Views = { overview: new Overview(), events: new EventsFeed(), chat: new Chat() };
     this.views = views;
     this.viewsEl.replaceChildren(views.overview.el, views.events.el, views.chat.el);
@@ -120,6 +125,9 @@ export class App {
       this.nodeEl.textContent = node;
     };
 
+    let tokenReported = false; // the SDK reported the token refused
+    let tokenAccepted = false; // our HTTP check: the server took the token
+    let checking = false;
     this.offs.push(
       client.on('state', (s: ClientState) => this.setState(s)),
       client.on('connected', (info: ConnectedInfo) => {
@@ -131,10 +139,18 @@ export class App {
       }),
       client.on('disconnected', (d) => {
         if (client !== this.client) return;
-        if (!this.everConnected) {
-          // Never in: a refused token, or the server is not there. Ask over HTTP which.
-          void tokenRefusal(token).then((reason) => {
-            if (reason && client === this.client) this.refuse(reason);
+        if (!this.everConnected && !tokenReported && !tokenAccepted && !checking && d.code !== 401) {
+          // Never in: a refused token, or the server is not there. Ask over
+          // HTTP which — unless the SDK has said (an `error` below; code
+          // 401 is its refusal). The SDK now asks itself before reporting a
+          // failed handshake; this stays for an SDK that does not, and runs
+          // at most until the server has once answered it.
+          checking = true;
+          void tokenRefusal(token).then((answer) => {
+            checking = false;
+            if (client !== this.client || tokenReported) return;
+            if (typeof answer === 'string') this.refuse(answer);
+            else if (answer === null) tokenAccepted = true;
           });
         }
         if (d.reconnecting && typeof d.delayMs === 'number') this.startCountdown(Date.now() + d.delayMs);
@@ -143,8 +159,10 @@ export class App {
       }),
       client.on('error', (e: WsgateError) => {
         if (client !== this.client) return;
-        if (TOKEN_ERRORS.has(e.code)) this.refuse(e.message || e.code);
-        else this.showBanner(`${e.code}: ${e.message}`);
+        if (TOKEN_ERRORS.has(e.code)) {
+          tokenReported = true;
+          this.refuse(e.message || e.code);
+        } else this.showBanner(`${e.code}: ${e.message}`);
       }),
     );
     views.overview.start(client);
@@ -180,6 +198,7 @@ export class App {
     this.viewsEl.replaceChildren();
     this.client?.close();
     this.client = undefined;
+    exposeForTests(undefined);
     this.userEl.textContent = '–';
     this.nodeEl.textContent = '–';
   }
@@ -217,4 +236,14 @@ export class App {
   private hideBanner(): void {
     this.banner.hidden = true;
   }
+}
+
+/**
+ * Under automation only (navigator.webdriver: Playwright, WebDriver), the
+ * client goes on window.__wsgate for tests/browser/dashboard.mjs, which
+ * checks the SDK's subscriptions (switching threads must not pile them up).
+ */
+function exposeForTests(client: WsgateClient | undefined): void {
+  if (!navigator.webdriver) return;
+  (window as unknown as { __wsgate?: { client: WsgateClient } }).__wsgate = client ? { client } : undefined;
 }

@@ -5,8 +5,25 @@
 // Stop button while it runs. After a reload the selected thread (kept in
 // sessionStorage) is switched to again: the server replays the run in
 // progress so far, then the live events.
+//
+// Subscriptions: switch_thread (and sending into a thread) subscribes the
+// connection to thread:<id>. Only the selected thread stays followed, and a
+// thread left while its run goes on until that run ends; the others are
+// unsubscribed (the server allows limits.max_subscriptions per connection).
+// Commands may wait a moment (the SDK paces them to the server's message
+// rate): nothing here assumes an instant reply, and a command in flight
+// keeps its button from sending it twice.
 
-import type { Message, Publication, RunEvent, Subscription, Thread, ThreadLoaded, WsgateClient } from '../../typescript/src/index.ts';
+import type {
+  Message,
+  Publication,
+  RunEvent,
+  SubscribedInfo,
+  Subscription,
+  Thread,
+  ThreadLoaded,
+  WsgateClient,
+} from '../../typescript/src/index.ts';
 import { h, listen, trimChildren } from './dom.ts';
 import { RunBubble } from './run.ts';
 import { session } from './session.ts';
@@ -15,6 +32,10 @@ import { ThreadList } from './threads.ts';
 const MAX_MESSAGES = 200;
 /** Runs kept in memory (their bubbles, on screen or not). */
 const MAX_RUNS = 30;
+/** Runs given up on, remembered so that a late event of theirs is ignored. */
+const MAX_ENDED = 100;
+
+const channelOf = (threadId: string): string => `thread:${threadId}`;
 
 function errorText(e: unknown): string {
   if (e && typeof e === 'object') {
@@ -37,9 +58,32 @@ export class Chat {
   private readonly stopButton: HTMLButtonElement;
   private readonly newButton: HTMLButtonElement;
   private readonly placeholder: HTMLElement;
+  /**
+   * The bubbles of the runs seen (DOM and status, on screen or not): what
+   * the page shows of a run, which the SDK's events do not keep. Bounded
+   * (MAX_RUNS); a thread loaded later shows older answers as messages.
+   */
   private readonly runs = new Map<string, RunBubble>();
   private selected: string | null = null;
-  private switching = 0;
+  /** The thread whose messages are on screen (its switch_thread answered). */
+  private shown: string | null = null;
+  /** Bumped by every select() (and when the selection goes): the answer or
+   * error of an older one changes nothing on screen. */
+  private switchSeq = 0;
+  /** The selected thread's switch_thread is not answered yet. */
+  private loading = false;
+  /** A message is being sent (its reply not in yet). */
+  private sending = false;
+  /** Threads this connection may follow (switched to, or sent into). */
+  private readonly opened = new Set<string>();
+  /** switch_thread calls in flight, per thread: not unsubscribed under them. */
+  private readonly switchingTo = new Map<string, number>();
+  /** Unsubscribes in flight, per thread: switching back waits for its end. */
+  private readonly leaving = new Map<string, Promise<void>>();
+  /** Thread subscriptions watched for a gap, with their listener's off. */
+  private readonly watched = new Map<Subscription, () => void>();
+  /** Runs whose end was missed (switch_thread reports no run going). */
+  private readonly ended = new Set<string>();
   private userSub: Subscription | undefined;
   private offs: (() => void)[] = [];
 
@@ -98,6 +142,7 @@ export class Chat {
     }
     try {
       const threads = await client.listThreads({ limit: 100 });
+      if (client !== this.client) return;
       this.list.reset(threads);
       this.list.setSelected(this.selected);
       for (const run of this.runs.values()) if (run.status === 'running') this.list.setRunning(run.threadId, true);
@@ -105,6 +150,9 @@ export class Chat {
         const stored = session.thread();
         if (stored && this.list.has(stored)) await this.select(stored);
         else if (stored) session.setThread(null);
+      } else if (this.selected && this.shown !== this.selected && !this.loading) {
+        // Its switch_thread went down with the last connection: again.
+        await this.select(this.selected);
       }
     } catch (e) {
       this.showError(`Could not load the threads: ${errorText(e)}`);
@@ -123,19 +171,30 @@ export class Chat {
   }
 
   private onRunEvent(ev: RunEvent): void {
+    if (this.ended.has(ev.runId)) return;
     let run = this.runs.get(ev.runId);
-    if (!run) run = this.track(new RunBubble(ev.runId, ev.threadId));
-    if (!run.apply(ev)) return;
-    if (ev.threadId === this.selected && !this.switching && !run.el.isConnected) this.appendMessage(run.el);
+    if (!run) {
+      // An event of a thread just left (published before the server had
+      // our unsubscribe) starts nothing: that thread is not followed now.
+      const sub = this.client?.getSubscription(channelOf(ev.threadId));
+      if (!sub || sub.state === 'unsubscribed' || sub.state === 'failed') return;
+      this.opened.add(ev.threadId);
+      run = this.track(new RunBubble(ev.runId, ev.threadId));
+    }
+    run.apply(ev);
+    if (ev.threadId === this.selected && this.shown === ev.threadId && !run.el.isConnected) this.appendMessage(run.el);
   }
 
   private track(run: RunBubble): RunBubble {
     this.runs.set(run.runId, run);
     run.onChange = (r) => {
-      this.list.setRunning(r.threadId, r.status === 'running');
+      this.list.setRunning(r.threadId, this.hasRunningRun(r.threadId));
       if (r.threadId === this.selected) {
         this.updateButtons();
         if (r.el.isConnected) this.scrollToEnd();
+      } else if (r.status !== 'running') {
+        // The run that kept a thread left behind followed is over.
+        queueMicrotask(() => this.prune());
       }
     };
     this.list.setRunning(run.threadId, true);
@@ -149,16 +208,35 @@ export class Chat {
     return run;
   }
 
+  /** Drops a run's bubble; `missed`: its end will not come (ignore stragglers). */
+  private drop(run: RunBubble, missed: boolean): void {
+    this.runs.delete(run.runId);
+    run.el.remove();
+    if (missed) {
+      this.ended.add(run.runId);
+      if (this.ended.size > MAX_ENDED) this.ended.delete(this.ended.values().next().value as string);
+    }
+    this.list.setRunning(run.threadId, this.hasRunningRun(run.threadId));
+  }
+
+  private hasRunningRun(threadId: string): boolean {
+    for (const run of this.runs.values()) if (run.threadId === threadId && run.status === 'running') return true;
+    return false;
+  }
+
   private activeRun(): RunBubble | undefined {
+    if (this.shown !== this.selected) return undefined;
     for (const run of this.runs.values()) if (run.threadId === this.selected && run.status === 'running') return run;
     return undefined;
   }
 
   private async create(): Promise<void> {
-    if (!this.client) return;
+    const client = this.client;
+    if (!client || this.newButton.disabled) return;
     this.newButton.disabled = true;
     try {
-      const thread = await this.client.createThread('New thread');
+      const thread = await client.createThread('New thread');
+      if (client !== this.client) return;
       this.list.upsert(thread);
       await this.select(thread.id);
       this.composer.focus();
@@ -196,44 +274,146 @@ export class Chat {
     for (const [runId, run] of this.runs) if (run.threadId === id) this.runs.delete(runId);
     if (this.selected === id) {
       this.selected = null;
+      this.shown = null;
+      this.switchSeq++;
+      this.loading = false;
       session.setThread(null);
       this.list.setSelected(null);
       this.title.textContent = 'No thread selected';
       this.messages.replaceChildren(this.placeholder);
       this.updateButtons();
     }
+    // The server dropped the deleted thread's subscription; drop ours.
+    this.leave(id);
   }
 
   async select(id: string): Promise<void> {
-    if (!this.client) return;
+    const client = this.client;
+    if (!client) return;
     this.selected = id;
+    this.shown = null;
     session.setThread(id);
     this.list.setSelected(id);
     this.title.textContent = this.list.get(id)?.title || 'Untitled';
     this.hideError();
-    const seq = ++this.switching;
+    const seq = ++this.switchSeq;
+    this.loading = true;
     this.messages.replaceChildren(h('li', { class: 'muted empty' }, 'Loading…'));
     this.updateButtons();
-    let loaded: ThreadLoaded;
+    this.opened.add(id);
+    // Bubbles running now that the answer does not report as the run going
+    // missed their end; one that starts meanwhile is newer than the answer.
+    const before = new Set<string>();
+    for (const run of this.runs.values()) if (run.threadId === id && run.status === 'running') before.add(run.runId);
+    this.switchingTo.set(id, (this.switchingTo.get(id) ?? 0) + 1);
+    let loaded: ThreadLoaded | undefined;
+    let error: unknown;
     try {
-      loaded = await this.client.switchThread(id);
+      // Left a moment ago? Its unsubscribe goes first (else the server
+      // could drop the subscription this switch makes).
+      await this.leaving.get(id);
+      loaded = await client.switchThread(id);
     } catch (e) {
-      if (seq === this.switching) {
-        this.switching = 0;
+      error = e;
+    } finally {
+      const n = (this.switchingTo.get(id) ?? 1) - 1;
+      if (n > 0) this.switchingTo.set(id, n);
+      else this.switchingTo.delete(id);
+    }
+    if (client !== this.client) return;
+    if (loaded) this.watch(id);
+    if (seq === this.switchSeq) {
+      this.loading = false;
+      if (loaded) {
+        this.shown = id;
+        this.render(loaded, before);
+      } else {
         this.messages.replaceChildren(this.placeholder);
-        this.showError(`Could not open the thread: ${errorText(e)}`);
+        this.showError(`Could not open the thread: ${errorText(error)}`);
         this.updateButtons();
       }
-      return;
     }
-    if (seq !== this.switching || this.selected !== id) return; // another thread was picked meanwhile
-    this.switching = 0;
-    this.render(loaded);
+    // Another thread was picked meanwhile, or this one replaces the last:
+    // unsubscribe what is no longer watched.
+    this.prune();
   }
 
-  private render(loaded: ThreadLoaded): void {
+  /** Unsubscribes the threads left: not selected, no switch to them in
+   * flight, no run of theirs going (that one is followed to its end). */
+  private prune(): void {
+    for (const id of Array.from(this.opened)) {
+      if (id === this.selected || this.switchingTo.has(id) || this.hasRunningRun(id)) continue;
+      this.leave(id);
+    }
+  }
+
+  private leave(id: string): void {
+    this.opened.delete(id);
+    const client = this.client;
+    const sub = client?.getSubscription(channelOf(id));
+    if (!client || !sub) return;
+    this.watched.get(sub)?.();
+    this.watched.delete(sub);
+    if (sub.state === 'unsubscribed') return;
+    const done: Promise<void> = sub
+      .unsubscribe()
+      .catch(() => {}) // not followed any more either way
+      .finally(() => {
+        if (this.leaving.get(id) === done) this.leaving.delete(id);
+      });
+    this.leaving.set(id, done);
+  }
+
+  /** Watches a thread's subscription for a gap after a reconnect. */
+  private watch(id: string): void {
+    const sub = this.client?.getSubscription(channelOf(id));
+    if (!sub || this.watched.has(sub)) return;
+    this.watched.set(
+      sub,
+      sub.on('subscribed', (info: SubscribedInfo) => {
+        if (info.resubscribed && !info.recovered) void this.onGap(id, sub);
+      }),
+    );
+  }
+
+  /**
+   * thread:<id> lost publications while disconnected (a restarted memory
+   * broker, a trimmed history): its running bubbles may miss events, or an
+   * end that will never come. Drop them and start over from a fresh
+   * subscription: for the selected thread switch_thread then shows the
+   * stored messages and replays a run still going from its first event;
+   * a thread left behind is simply no longer followed.
+   */
+  private async onGap(id: string, sub: Subscription): Promise<void> {
+    if (this.client?.getSubscription(channelOf(id)) !== sub) return;
+    let dropped = 0;
+    for (const run of Array.from(this.runs.values())) {
+      if (run.threadId === id && run.status === 'running') {
+        this.drop(run, false);
+        dropped++;
+      }
+    }
+    this.leave(id);
+    if (id !== this.selected) return this.updateButtons();
+    await this.select(id);
+    if (dropped && this.selected === id && this.shown === id && !this.activeRun()) {
+      this.showError('Events of this thread were lost while disconnected (a server restart?): the run in progress then is gone; the stored messages are shown.');
+    }
+  }
+
+  /** Shows a loaded thread; `before`: the runs that were running when it was asked for. */
+  private render(loaded: ThreadLoaded, before: ReadonlySet<string>): void {
+    const threadId = loaded.thread.id;
+    const active = loaded.active_run?.run_id;
     this.list.upsert(loaded.thread);
     this.title.textContent = loaded.thread.title || 'Untitled';
+    // A bubble that was running before the switch but is not the run the
+    // server reports going missed its end (lost while disconnected): the
+    // stored messages say how it ended.
+    for (const runId of before) {
+      const run = this.runs.get(runId);
+      if (run && run.status === 'running' && runId !== active) this.drop(run, true);
+    }
     const byMessage = new Map<string, RunBubble>();
     for (const run of this.runs.values()) if (run.messageId) byMessage.set(run.messageId, run);
     const items: HTMLElement[] = loaded.messages.slice(-MAX_MESSAGES).map((m) => byMessage.get(m.id)?.el ?? this.renderMessage(m));
@@ -241,16 +421,17 @@ export class Chat {
       items.unshift(h('li', { class: 'muted empty' }, `${loaded.messages.length - MAX_MESSAGES} older messages not shown`));
     }
     this.messages.replaceChildren(...items);
-    if (loaded.messages.length === 0 && !loaded.active_run) this.messages.append(h('li', { class: 'muted empty' }, 'No messages yet: say something.'));
-    // The run in progress: its events so far follow thread_loaded (and
-    // those already seen are skipped by offset); show its bubble now.
-    if (loaded.active_run) {
-      let run = this.runs.get(loaded.active_run.run_id);
-      if (!run) run = this.track(new RunBubble(loaded.active_run.run_id, loaded.thread.id));
+    if (loaded.messages.length === 0 && !active) this.messages.append(h('li', { class: 'muted empty' }, 'No messages yet: say something.'));
+    // The run in progress: its events so far follow thread_loaded (the SDK
+    // skips those it delivered already); show its bubble now.
+    if (active) {
+      let run = this.runs.get(active);
+      if (!run) run = this.track(new RunBubble(active, threadId));
       this.appendMessage(run.el);
     }
+    // A run that started while the thread loaded.
     for (const run of this.runs.values()) {
-      if (run.threadId === loaded.thread.id && run.status === 'running' && !run.el.isConnected) this.appendMessage(run.el);
+      if (run.threadId === threadId && run.status === 'running' && !run.el.isConnected) this.appendMessage(run.el);
     }
     this.updateButtons();
     this.scrollToEnd();
@@ -279,41 +460,46 @@ export class Chat {
   private async send(): Promise<void> {
     const client = this.client;
     const content = this.composer.value.trim();
-    if (!client || !content || this.sendButton.disabled) return;
+    if (!client || !content || this.sending || this.sendButton.disabled) return;
+    this.sending = true;
     this.hideError();
-    this.sendButton.disabled = true;
+    this.composer.value = '';
+    this.updateButtons();
+    let mine: HTMLElement | undefined;
     try {
       if (!this.selected) {
         const thread = await client.createThread(content.slice(0, 60));
+        if (client !== this.client) return;
         this.list.upsert(thread);
         await this.select(thread.id);
+        if (this.shown !== thread.id) throw new Error('the new thread did not open');
       }
       const threadId = this.selected;
-      if (!threadId) return;
-      this.composer.value = '';
+      if (!threadId) throw new Error('no thread selected');
       // Shown at once, so that it stays above the answer whatever comes first.
-      const mine = this.renderMessage({ id: '', thread_id: threadId, role: 'user', content, created_at: Date.now() }, true);
+      mine = this.renderMessage({ id: '', thread_id: threadId, role: 'user', content, created_at: Date.now() }, true);
       this.appendMessage(mine);
-      try {
-        const { message } = await client.sendMessage(content, { threadId });
-        mine.dataset.id = message.id;
-        mine.classList.remove('pending');
-      } catch (e) {
+      this.opened.add(threadId);
+      const { message } = await client.sendMessage(content, { threadId });
+      mine.dataset.id = message.id;
+      mine.classList.remove('pending');
+    } catch (e) {
+      if (client !== this.client) return;
+      if (mine) {
         mine.classList.remove('pending');
         mine.classList.add('failed');
-        if (!this.composer.value) this.composer.value = content;
-        this.showError(`Not sent: ${errorText(e)}`);
       }
-    } catch (e) {
-      this.showError(errorText(e));
+      if (!this.composer.value) this.composer.value = content;
+      this.showError(mine ? `Not sent: ${errorText(e)}` : errorText(e));
     } finally {
+      this.sending = false;
       this.updateButtons();
     }
   }
 
   private async stopActiveRun(): Promise<void> {
     const run = this.activeRun();
-    if (!run || !this.client) return;
+    if (!run || !this.client || this.stopButton.disabled) return;
     this.stopButton.disabled = true;
     try {
       await this.client.stopRun(run.runId);
@@ -328,7 +514,8 @@ export class Chat {
     const ready = this.client !== undefined;
     const running = this.activeRun() !== undefined;
     this.composer.disabled = !ready;
-    this.sendButton.disabled = !ready || this.switching !== 0 || running; // one run per thread
+    // One run per thread; one message in flight; not while a thread loads.
+    this.sendButton.disabled = !ready || this.loading || this.sending || running;
     this.stopButton.hidden = !running;
     this.el.classList.toggle('run-active', running);
   }
@@ -346,6 +533,8 @@ export class Chat {
   stop(): void {
     for (const off of this.offs) off();
     this.offs = [];
+    for (const off of this.watched.values()) off();
+    this.watched.clear();
     void this.userSub?.unsubscribe().catch(() => {});
     this.userSub = undefined;
     this.client = undefined;

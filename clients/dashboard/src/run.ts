@@ -1,9 +1,10 @@
 // One agent run as an assistant bubble: thinking and tool steps as small
 // collapsible steps, partial_result deltas appended as they come,
 // final_report replacing the text, the status at the end. The bubble is
-// the run's state too: events are applied once each (by their offset in
-// thread:<id>), whether they come live, replayed after switch_thread or
-// recovered after a reconnect, and whether or not the bubble is on screen.
+// the run's state too, whether or not it is on screen. Each event comes
+// once: the SDK drops a publication its subscription has delivered already
+// (replayed after switch_thread, recovered after a reconnect); the chat view
+// starts a new bubble when a thread's events had a gap.
 
 import type { RunEvent } from '../../typescript/src/index.ts';
 import { h, trimChildren } from './dom.ts';
@@ -29,8 +30,6 @@ export class RunBubble {
   private readonly text: Text;
   private readonly steps: HTMLElement;
   private readonly statusEl: HTMLElement;
-  private epoch: string | undefined;
-  private lastOffset = 0;
   private lastStep:
     | { kind: 'thinking' | 'tool'; tool?: string; el: HTMLElement; pre: HTMLElement; preview: HTMLElement }
     | undefined;
@@ -54,17 +53,8 @@ export class RunBubble {
     );
   }
 
-  get answer(): string {
-    return this.text.data;
-  }
-
-  /** Applies one event; false when it was seen already. */
-  apply(ev: RunEvent): boolean {
-    if (typeof ev.offset === 'number' && ev.offset > 0) {
-      if (ev.epoch === this.epoch && ev.offset <= this.lastOffset) return false;
-      this.epoch = ev.epoch;
-      this.lastOffset = ev.offset;
-    }
+  /** Applies one event (each comes once: see the top of the file). */
+  apply(ev: RunEvent): void {
     const p = ev.payload ?? {};
     switch (ev.type) {
       case 'agent_started':
@@ -117,10 +107,9 @@ export class RunBubble {
         break;
     }
     this.onChange(this);
-    return true;
   }
 
-  /** The run as a stored message shows it (a thread loaded after the run ended). */
+  /** Shows the run's status (running…, completed, stopped, failed: why). */
   setStatus(status: RunStatus, error?: string): void {
     this.status = status;
     this.el.dataset.status = status;

@@ -52,18 +52,18 @@ export async function devToken(): Promise<string | undefined> {
 /**
  * A WebSocket whose handshake is refused only shows a close (1006) to the
  * page; the same token on an HTTP endpoint gets the server's reason
- * ("token has expired", …). Answers that reason, or undefined when the
- * token is accepted or the server cannot be reached (then it is a network
- * problem, and reconnecting is right).
+ * ("token has expired", …). Answers that reason; null when the server
+ * accepts the token (then it is something else, and reconnecting is
+ * right); undefined when the server could not be asked.
  */
-export async function tokenRefusal(token: string): Promise<string | undefined> {
+export async function tokenRefusal(token: string): Promise<string | null | undefined> {
   try {
     const res = await fetch('/api/threads?limit=1', {
       cache: 'no-store',
       credentials: 'omit',
       headers: { Authorization: `Bearer ${token}` },
     });
-    if (res.status !== 401 && res.status !== 403) return undefined;
+    if (res.status !== 401 && res.status !== 403) return res.ok ? null : undefined;
     let message = res.status === 401 ? 'the token was refused' : 'the token is not allowed here';
     try {
       const body = (await res.json()) as { message?: unknown; error?: unknown };
