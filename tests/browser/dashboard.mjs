@@ -72,6 +72,7 @@ const browser = await chromium.launch({
 });
 let failed = false;
 const problems = [];
+let refusing = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });
   const page = await context.newPage();
@@ -87,6 +88,9 @@ try {
     if (msg.type() !== 'error') return;
     // Outside --dev, /dashboard/dev.json is a 404 by design: Chromium logs it.
     if (/dev\.json/.test(msg.location()?.url ?? '') || /dev\.json/.test(msg.text())) return;
+    // While a bad token is tried on purpose, Chromium logs the refused
+    // handshake and the SDK's HTTP check (both 401).
+    if (refusing && /401|Authentication failed/.test(msg.text())) return;
     problems.push(`console error: ${msg.text()}`);
   });
   const check = () => {
@@ -102,9 +106,32 @@ try {
   await page.waitForFunction(() => document.querySelector('#token').value !== '', null, { timeout: 1500 }).catch(() => {});
   const prefilled = (await page.inputValue('#token')) !== '';
   if ((await page.getAttribute('#token', 'type')) !== 'password') fail('the token field is not a password field');
-  if (!prefilled) await page.fill('#token', token);
   check();
   out({ step: 'loaded', prefilled, csp: csp !== '' });
+
+  // --- a refused token: the server's reason, one handshake, not retried ---
+  {
+    const [header, claims] = token.split('.');
+    const forged = `${header}.${claims}.${'A'.repeat(43)}`;
+    let handshakes = 0;
+    const countHandshake = () => handshakes++;
+    page.on('websocket', countHandshake);
+    refusing = true;
+    await page.fill('#token', forged);
+    await page.click('#connect');
+    await page.waitForSelector('#login-error:not([hidden])');
+    const message = await page.textContent('#login-error');
+    if (!/signature/i.test(message)) fail(`a forged token's refusal says: ${message}`);
+    await page.waitForTimeout(2000); // time enough for retries, if there were any
+    page.off('websocket', countHandshake);
+    refusing = false;
+    if (handshakes !== 1) fail(`a refused token was offered ${handshakes} times`);
+    const kept = await page.evaluate(() => Object.values(sessionStorage).some((v) => v.split('.').length === 3));
+    if (kept) fail('a refused token stays in sessionStorage');
+    check();
+    out({ step: 'token_refused', message, handshakes });
+  }
+  await page.fill('#token', token);
 
   await page.click('#connect');
   await page.waitForSelector('#conn-state[data-state="connected"]');

@@ -8,7 +8,7 @@ import { $, listen } from './dom.ts';
 import { secondsLeft } from './format.ts';
 import { EventsFeed } from './events.ts';
 import { Overview } from './overview.ts';
-import { devToken, session, tokenRefusal, wsUrl } from './session.ts';
+import { devToken, session, wsUrl } from './session.ts';
 
 type View = 'overview' | 'events' | 'chat';
 const VIEWS: readonly View[] = ['overview', 'events', 'chat'];
@@ -125,9 +125,6 @@ export class App {
       this.nodeEl.textContent = node;
     };
 
-    let tokenReported = false; // the SDK reported the token refused
-    let tokenAccepted = false; // our HTTP check: the server took the token
-    let checking = false;
     this.offs.push(
       client.on('state', (s: ClientState) => this.setState(s)),
       client.on('connected', (info: ConnectedInfo) => {
@@ -137,32 +134,18 @@ export class App {
         this.hideBanner();
         void views.chat.connected(client, info.user);
       }),
+      // A refused token is reported by the SDK as an `error` (below): in a
+      // browser it asks the server over HTTP after a failed handshake.
       client.on('disconnected', (d) => {
         if (client !== this.client) return;
-        if (!this.everConnected && !tokenReported && !tokenAccepted && !checking && d.code !== 401) {
-          // Never in: a refused token, or the server is not there. Ask over
-          // HTTP which — unless the SDK has said (an `error` below; code
-          // 401 is its refusal). The SDK now asks itself before reporting a
-          // failed handshake; this stays for an SDK that does not, and runs
-          // at most until the server has once answered it.
-          checking = true;
-          void tokenRefusal(token).then((answer) => {
-            checking = false;
-            if (client !== this.client || tokenReported) return;
-            if (typeof answer === 'string') this.refuse(answer);
-            else if (answer === null) tokenAccepted = true;
-          });
-        }
         if (d.reconnecting && typeof d.delayMs === 'number') this.startCountdown(Date.now() + d.delayMs);
         else this.stopCountdown();
         if (this.everConnected && d.code !== 1000) this.showBanner(`Connection lost (${d.code}${d.reason ? `: ${d.reason}` : ''}); reconnecting…`);
       }),
       client.on('error', (e: WsgateError) => {
         if (client !== this.client) return;
-        if (TOKEN_ERRORS.has(e.code)) {
-          tokenReported = true;
-          this.refuse(e.message || e.code);
-        } else this.showBanner(`${e.code}: ${e.message}`);
+        if (TOKEN_ERRORS.has(e.code)) this.refuse(e.message || e.code);
+        else this.showBanner(`${e.code}: ${e.message}`);
       }),
     );
     views.overview.start(client);

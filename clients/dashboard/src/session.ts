@@ -1,7 +1,7 @@
 // What the page keeps across reloads, in this tab only (sessionStorage):
 // the token (never in the URL) and the selected thread. Also the dev token
 // (`/dashboard/dev.json`, served only by `wsgate serve --dev` to loopback
-// clients) and a plain-language check of a token the WebSocket refused.
+// clients with a loopback Host).
 
 const TOKEN_KEY = 'wsgate.dashboard.token';
 const THREAD_KEY = 'wsgate.dashboard.thread';
@@ -47,35 +47,6 @@ export async function devToken(): Promise<string | undefined> {
     // not in dev mode, or the server is down: the prompt stays empty
   }
   return undefined;
-}
-
-/**
- * A WebSocket whose handshake is refused only shows a close (1006) to the
- * page; the same token on an HTTP endpoint gets the server's reason
- * ("token has expired", …). Answers that reason; null when the server
- * accepts the token (then it is something else, and reconnecting is
- * right); undefined when the server could not be asked.
- */
-export async function tokenRefusal(token: string): Promise<string | null | undefined> {
-  try {
-    const res = await fetch('/api/threads?limit=1', {
-      cache: 'no-store',
-      credentials: 'omit',
-      headers: { Authorization: `Bearer ${token}` },
-    });
-    if (res.status !== 401 && res.status !== 403) return res.ok ? null : undefined;
-    let message = res.status === 401 ? 'the token was refused' : 'the token is not allowed here';
-    try {
-      const body = (await res.json()) as { message?: unknown; error?: unknown };
-      if (typeof body.message === 'string' && body.message) message = body.message;
-      else if (typeof body.error === 'string' && body.error) message = body.error;
-    } catch {
-      // a body that is not JSON: keep the generic message
-    }
-    return message;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The WebSocket endpoint of the server that served this page. */

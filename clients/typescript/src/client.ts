@@ -7,10 +7,17 @@
 // first (with `recover` from their last position), then queued commands in
 // the order they were issued — so a queued command that depends on a
 // subscription (e.g. publish into a channel we listen to) sees it live.
+//
+// Pacing: every frame goes out through one send line under a token bucket
+// that mirrors the server's message limiter (pacer.ts): internal frames
+// (heartbeat ping, refresh_token, subscribes) first, then the command queue
+// in order. So a reconnect with many subscriptions and a full queue never
+// trips the server's rate limit (whose 10th drop in a row closes 1008).
 
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { WsgateError } from './errors.js';
+import { TokenBucket } from './pacer.js';
 import { BoundedQueue } from './queue.js';
 import { RunTracker } from './runs.js';
 import { Subscription, type SubscriptionHost } from './subscription.js';
@@ -38,12 +45,21 @@ interface Pending {
    * (a promise continuation would run too late: frames that follow the reply
    * in the same TCP read are dispatched before microtasks). */
   onReply?: (payload: any) => void;
+  /** Called when the frame is handed to the socket. */
+  onSent?: () => void;
   timer?: ReturnType<typeof setTimeout>;
+  /** The frame as sent (serialized once, at the call). */
+  text: string;
   sent: boolean;
 }
 
 type Resolved = Required<Omit<ClientOptions, 'token' | 'getToken' | 'WebSocket' | 'pongTimeoutMs'>> &
   Pick<ClientOptions, 'token' | 'getToken' | 'pongTimeoutMs'>;
+
+/** A no-op handler: a socket we are done with keeps a listener for every
+ * event (Node's `ws` throws an 'error' nobody listens to). */
+const ignore = (): void => {};
+
 
 /** setTimeout's longest delay (~24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -55,7 +71,16 @@ export class WsgateClient implements SubscriptionHost {
   private readonly runs: RunTracker;
   private readonly subs = new Map<string, Subscription>();
   private readonly pending = new Map<string, Pending>();
+  /** Commands waiting to be sent (no connection yet, or held by the pacer). */
   private readonly queue: BoundedQueue<Pending>;
+  /** The current socket's internal frames waiting to be sent, ahead of the
+   * queue: heartbeat ping and refresh_token (at the front), subscribes.
+   * Bounded by construction: one ping, one refresh, one subscribe per
+   * subscription. */
+  private line: Pending[] = [];
+  /** The current socket's copy of the server's message limiter. */
+  private bucket: TokenBucket | undefined;
+  private pumpTimer: ReturnType<typeof setTimeout> | undefined;
 
   private _state: ClientState = 'idle';
   private _info: ConnectedInfo | undefined;
@@ -65,8 +90,8 @@ export class WsgateClient implements SubscriptionHost {
   private gen = 0;
   /** `connected` received on the current socket: commands may be sent. */
   private live = false;
-  /** The queue has been flushed on this socket: new commands go straight
-   * out (before that they queue behind the older ones, keeping the order). */
+  /** The resubscribes are answered on this socket: the queue may go out
+   * (before that new commands queue behind the older ones, keeping the order). */
   private flushed = false;
   private nextId = 0;
   private attempt = 0;
@@ -81,6 +106,11 @@ export class WsgateClient implements SubscriptionHost {
   private lastRx = 0;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private deadTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The heartbeat ping in flight: waiting in the line, or sent. */
+  private pinging: 'waiting' | 'sent' | undefined;
+  /** Silent too long while frames wait: the next one sent starts the dead
+   * timer (instead of a ping that would take its turn). */
+  private probe: (() => void) | undefined;
 
   constructor(opts: ClientOptions) {
     if (!opts || !opts.url) throw new TypeError('wsgate: `url` is required');
@@ -100,6 +130,7 @@ export class WsgateClient implements SubscriptionHost {
       pongTimeoutMs: opts.pongTimeoutMs,
       stableAfterMs: opts.stableAfterMs ?? 5000,
       runBufferSize: opts.runBufferSize ?? 1000,
+      checkTokenOverHttp: opts.checkTokenOverHttp ?? typeof (globalThis as any).fetch === 'function',
     };
     this.queue = new BoundedQueue(this.opts.maxQueue);
     this.runs = new RunTracker(this.opts.runBufferSize);
@@ -162,7 +193,8 @@ export class WsgateClient implements SubscriptionHost {
     } catch (e) {
       if (gen !== this.gen) return;
       this.events.emit('error', new WsgateError('unauthorized', `getToken failed: ${(e as Error)?.message ?? e}`));
-      this.scheduleReconnect(0, '', true);
+      // Maybe a passing failure (the token endpoint is down): back off.
+      this.scheduleReconnect(0, 'getToken failed', false);
       return;
     }
     if (gen !== this.gen) return;
@@ -189,20 +221,69 @@ export class WsgateClient implements SubscriptionHost {
       return;
     }
     this.ws = ws;
+    let opened = false;
     let saw401 = false;
+    // Node's `ws` reports a refused handshake as "Unexpected server
+    // response: 401" and a network failure by its errno; a browser only
+    // says the connection failed.
+    let statusKnown = false;
+    ws.onopen = () => {
+      opened = true;
+    };
     ws.onmessage = (ev: any) => {
       if (this.ws === ws) this.onData(ev.data);
     };
     ws.onerror = (ev: any) => {
-      // Node's `ws` reports a refused handshake as "Unexpected server
-      // response: 401"; a browser only says the connection failed.
       const msg = String(ev?.message ?? ev?.error?.message ?? '');
+      if (/Unexpected server response|\bE[A-Z]{4,}\b/.test(msg)) statusKnown = true;
       if (/\b401\b/.test(msg)) saw401 = true;
     };
     ws.onclose = (ev: any) => {
       if (this.ws !== ws) return;
-      this.onSocketClosed(ev?.code ?? 1006, ev?.reason ?? '', saw401);
+      const code = ev?.code ?? 1006;
+      const reason = ev?.reason ?? '';
+      if (!opened && !statusKnown && this.opts.checkTokenOverHttp) {
+        // The handshake failed and we cannot tell why: ask over HTTP
+        // whether it is the token.
+        this.teardown();
+        void this.checkToken(token!).then((refusal) => {
+          if (gen === this.gen) this.onSocketClosed(code, reason, refusal);
+        });
+        return;
+      }
+      this.onSocketClosed(code, reason, saw401 ? 'the server refused the token (HTTP 401)' : undefined);
     };
+  }
+
+  /** `GET <origin>/api/threads?limit=1` with the token: the refusal's
+   * message on a 401, else undefined (accepted, another status, or the
+   * check itself failed — a network error, CORS — : not a token problem). */
+  private async checkToken(token: string): Promise<string | undefined> {
+    const f = (globalThis as any).fetch;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const url = new URL(this.opts.url);
+      url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+      url.pathname = '/api/threads';
+      url.search = '?limit=1';
+      url.hash = '';
+      const ctl = typeof AbortController === 'function' ? new AbortController() : undefined;
+      timer = setTimeout(() => ctl?.abort(), 5000);
+      const res = await f(url.toString(), { headers: { Authorization: 'Bearer ' + token }, signal: ctl?.signal });
+      if (res.status !== 401) return undefined;
+      let message = 'the server refused the token (HTTP 401)';
+      try {
+        const body = await res.json();
+        if (body && typeof body.message === 'string') message = body.message;
+      } catch {
+        /* not JSON */
+      }
+      return message;
+    } catch {
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The token was refused (locally or by a 401): try one fresh token from
@@ -213,18 +294,19 @@ export class WsgateClient implements SubscriptionHost {
     const err = new WsgateError(code, message);
     this.events.emit('error', err);
     if (this.opts.getToken && this.opts.reconnect && this.authFailures < 2) {
-      this.scheduleReconnect(0, message, true, 401);
+      this.scheduleReconnect(401, message, 'now');
     } else {
       this.stop(err, 401, message);
     }
   }
 
-  private onSocketClosed(code: number, reason: string, was401: boolean): void {
+  /** @param refusal set when the token was refused (a 401): its message */
+  private onSocketClosed(code: number, reason: string, refusal?: string): void {
     const wasLive = this.live;
     if (wasLive && Date.now() - this.connectedAt >= this.opts.stableAfterMs) this.attempt = 0;
     this.teardown();
-    if (was401) {
-      this.refused('unauthorized', 'the server refused the token (HTTP 401)');
+    if (refusal !== undefined) {
+      this.refused('unauthorized', refusal);
       return;
     }
     if (code === 4003) {
@@ -235,19 +317,25 @@ export class WsgateClient implements SubscriptionHost {
       this.stop(new WsgateError('closed', `connection closed (${code})`), code, reason);
       return;
     }
+    // 1008: the server's rate limit — back off harder (two attempts' worth).
+    if (code === 1008) this.attempt++;
     // 1001: the server is restarting or draining — another node (or it,
     // restarted) is likely ready now. 4001: the token expired — a new one
     // fixes it at once. Both get one immediate retry, then backoff.
-    const immediate = code === 1001 || code === 4001;
-    this.scheduleReconnect(code, reason, immediate);
+    this.scheduleReconnect(code, reason, code === 1001 || code === 4001);
   }
 
-  private scheduleReconnect(code: number, reason: string, immediate: boolean, reportCode = code): void {
-    const delayMs = immediate
-      ? 0
-      : backoffDelay(this.attempt++, this.opts.minReconnectDelayMs, this.opts.maxReconnectDelayMs);
+  /** @param immediate 'now': at once (a refused token, bounded by
+   * authFailures); true: at once unless this is already a retry; false:
+   * backoff. */
+  private scheduleReconnect(code: number, reason: string, immediate: boolean | 'now'): void {
+    const delayMs =
+      immediate === 'now' || (immediate && this.attempt === 0)
+        ? 0
+        : backoffDelay(this.attempt, this.opts.minReconnectDelayMs, this.opts.maxReconnectDelayMs);
+    if (immediate !== 'now') this.attempt++;
     this.setState('reconnecting');
-    this.events.emit('disconnected', { code: reportCode, reason, reconnecting: true, delayMs });
+    this.events.emit('disconnected', { code, reason, reconnecting: true, delayMs });
     clearTimeout(this.reconnectTimer);
     const gen = this.gen;
     this.reconnectTimer = setTimeout(() => {
@@ -266,19 +354,27 @@ export class WsgateClient implements SubscriptionHost {
   }
 
   /** Forget the current socket: timers off, sent requests fail (they may or
-   * may not have run — the SDK never re-sends a command silently). */
+   * may not have run — the SDK never re-sends a command silently); internal
+   * frames not sent yet are dropped (subscribes go again on the next socket). */
   private teardown(): void {
     const ws = this.ws;
     this.ws = undefined;
     this.live = false;
     this.flushed = false;
-    if (ws) ws.onmessage = ws.onerror = ws.onclose = null;
+    this.bucket = undefined;
+    this.refreshing = undefined;
+    this.pinging = undefined;
+    this.probe = undefined;
+    if (ws) ws.onopen = ws.onmessage = ws.onerror = ws.onclose = ignore;
     clearTimeout(this.idleTimer);
     clearTimeout(this.deadTimer);
     clearTimeout(this.refreshTimer);
-    this.idleTimer = this.deadTimer = this.refreshTimer = undefined;
+    clearTimeout(this.pumpTimer);
+    this.idleTimer = this.deadTimer = this.refreshTimer = this.pumpTimer = undefined;
+    const line = this.line;
+    this.line = [];
     for (const [id, p] of Array.from(this.pending)) {
-      if (!p.sent) continue;
+      if (!p.sent && !line.includes(p)) continue; // queued: waits for the next socket
       this.pending.delete(id);
       clearTimeout(p.timer);
       p.reject(new WsgateError('disconnected', 'the connection closed before the reply'));
@@ -326,6 +422,7 @@ export class WsgateClient implements SubscriptionHost {
     }
     if (!frame || typeof frame.type !== 'string') return;
     this.lastRx = Date.now();
+    this.probe = undefined;
     if (this.deadTimer) {
       clearTimeout(this.deadTimer);
       this.deadTimer = undefined;
@@ -338,6 +435,11 @@ export class WsgateClient implements SubscriptionHost {
   private handleFrame(f: RawFrame): void {
     const p = f.payload ?? {};
     if (f.type === 'connected') return this.onConnected(p as ConnectedInfo);
+    if (f.type === 'error' && p.code === 'rate_limited') {
+      // Our pacing and the server's limiter disagree (an older server
+      // without message_burst, say): hold everything for as long as asked.
+      this.bucket?.pause(typeof p.retry_after_ms === 'number' ? p.retry_after_ms : 1000);
+    }
     if (f.id !== undefined) {
       const pend = this.pending.get(f.id);
       if (pend) {
@@ -359,7 +461,7 @@ export class WsgateClient implements SubscriptionHost {
         // connection to thread:<id>): adopt it so it is recovered later.
         let sub = this.subs.get(p.channel);
         if (!sub) this.subs.set(p.channel, (sub = new Subscription(this, p.channel)));
-        if (sub.state !== 'unsubscribed') sub._onSubscribed(p);
+        sub._onSubscribed(p);
         return;
       }
       case 'join':
@@ -382,6 +484,10 @@ export class WsgateClient implements SubscriptionHost {
     this.connectedAt = Date.now();
     this.authFailures = 0;
     if (typeof info.expires_at === 'number') this.tokenExp = info.expires_at;
+    const rate = info.messages_per_minute;
+    // A server that does not say its burst: assume its default (10).
+    const burst = Math.max(1, info.message_burst ?? Math.min(10, rate));
+    this.bucket = rate > 0 ? new TokenBucket(rate, burst) : undefined;
     // 1. restore subscriptions, 2. once they are answered, flush queued
     // commands in order. Waiting for the answers matters: the server answers
     // a recovering subscribe and the commands pipelined behind it on
@@ -393,10 +499,11 @@ export class WsgateClient implements SubscriptionHost {
     const flush = () => {
       if (gen !== this.gen || !this.live || this.flushed) return;
       this.flushed = true;
-      for (const p of this.queue.drain()) this.send(p);
+      this.pump();
     };
     if (resubscribed.length) void Promise.all(resubscribed).then(flush);
     else flush();
+    this.lastRx = Date.now();
     this.armIdle();
     this.scheduleRefresh(false);
     this.setState('connected');
@@ -424,40 +531,90 @@ export class WsgateClient implements SubscriptionHost {
     }
   }
 
-  // ------------------------------------------------------------ requests
+  // ------------------------------------------------------------ sending
 
-  private send(p: Pending): void {
-    try {
-      this.ws.send(JSON.stringify(p.frame));
+  /** Sends what waits, as fast as the pacer allows: the line first, then
+   * (once the resubscribes are answered) the queue, each in order. */
+  private pump(): void {
+    clearTimeout(this.pumpTimer);
+    this.pumpTimer = undefined;
+    while (this.live) {
+      const fromLine = this.line.length > 0;
+      const p = fromLine ? this.line[0] : this.flushed ? this.queue.peek() : undefined;
+      if (!p) return;
+      if (this.tooBig(p)) {
+        if (fromLine) this.line.shift();
+        else this.queue.shift();
+        this.pending.delete(p.frame.id!);
+        clearTimeout(p.timer);
+        p.reject(this.tooLarge(p));
+        continue;
+      }
+      const wait = this.bucket ? this.bucket.take() : 0;
+      if (wait > 0) {
+        this.pumpTimer = setTimeout(() => this.pump(), wait);
+        return;
+      }
+      if (fromLine) this.line.shift();
+      else this.queue.shift();
+      try {
+        this.ws.send(p.text);
+      } catch {
+        // The socket is closing; its close event fails this request.
+      }
       p.sent = true;
-    } catch {
-      // The socket is closing; its close event fails this request.
-      p.sent = true;
+      p.onSent?.();
+      const probe = this.probe;
+      this.probe = undefined;
+      probe?.();
     }
   }
 
-  private req<T>(type: string, payload: object | undefined, timeoutMs: number | undefined, onReply?: (p: any) => void): Promise<T> {
+  private tooBig(p: Pending): boolean {
+    const max = this._info?.max_message_bytes;
+    return !!max && p.text.length * 3 > max && new TextEncoder().encode(p.text).length > max;
+  }
+
+  private tooLarge(p: Pending): WsgateError {
+    return new WsgateError('too_large', `${p.frame.type}: the frame is over the server's max_message_bytes (${this._info?.max_message_bytes})`);
+  }
+
+  /** @param internal a frame of the SDK's own for the current socket (it
+   * goes in the line, never rejected queue_full; `front` puts it first) */
+  private req<T>(
+    type: string,
+    payload: object | undefined,
+    timeoutMs: number | undefined,
+    onReply?: (p: any) => void,
+    internal?: 'front' | 'back',
+    onSent?: () => void,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this._state === 'closed') return reject(new WsgateError('closed', 'the client is closed'));
+      if (internal && !this.live) return reject(new WsgateError('disconnected', 'not connected'));
       const id = String(++this.nextId);
       const frame: RawFrame = payload === undefined ? { type, id } : { type, id, payload };
-      const p: Pending = { frame, resolve, reject, onReply, sent: false };
+      const p: Pending = { frame, text: JSON.stringify(frame), resolve, reject, onReply, onSent, sent: false };
+      // Over the server's limit it would close the connection (1009),
+      // failing every request in flight: refuse it here instead.
+      if (this.tooBig(p)) return reject(this.tooLarge(p));
       const ms = timeoutMs ?? this.opts.requestTimeoutMs;
       if (ms > 0 && ms < Infinity)
         p.timer = setTimeout(() => {
           this.pending.delete(id);
           this.queue.remove(p);
+          const i = this.line.indexOf(p);
+          if (i >= 0) this.line.splice(i, 1);
           reject(new WsgateError('timeout', `no reply to ${type} within ${ms} ms`));
         }, Math.min(ms, MAX_TIMER_MS));
-      if (this.live && this.flushed) {
-        this.pending.set(id, p);
-        this.send(p);
-      } else if (this.queue.push(p)) {
-        this.pending.set(id, p);
-      } else {
+      if (internal === 'front') this.line.unshift(p);
+      else if (internal) this.line.push(p);
+      else if (!this.queue.push(p)) {
         clearTimeout(p.timer);
-        reject(new WsgateError('queue_full', `${this.opts.maxQueue} commands already wait for a connection`));
+        return reject(new WsgateError('queue_full', `${this.opts.maxQueue} commands already wait to be sent`));
       }
+      this.pending.set(id, p);
+      this.pump();
     });
   }
 
@@ -490,19 +647,22 @@ export class WsgateClient implements SubscriptionHost {
     return this.subs.get(channel);
   }
 
-  /** Sends the subscription's subscribe now (bypassing the queue); the
-   * promise settles (never rejects) when it is answered or the socket goes. */
+  /** Puts the subscription's subscribe in the line (ahead of the queue); the
+   * promise settles (never rejects) when it is answered for good (a
+   * rate-limited one is retried first) or the socket goes. */
   private sendSubscribe(sub: Subscription): Promise<void> {
     // No timeout: a recovering subscribe may wait behind a long backlog;
     // a dead connection is caught by the heartbeat instead.
-    const id = String(++this.nextId);
-    const reply = new Promise<any>((resolve, reject) => {
-      const p: Pending = { frame: { type: 'subscribe', id, payload: sub._subscribePayload() }, resolve, reject, sent: false };
-      p.onReply = (payload) => this.onSubscribeReply(sub, payload);
-      this.pending.set(id, p);
-      this.send(p);
-    });
-    return reply.then(() => undefined, (err: WsgateError) => this.onSubscribeError(sub, err));
+    return this.req(
+      'subscribe',
+      sub._subscribePayload(),
+      Infinity,
+      (payload) => this.onSubscribeReply(sub, payload),
+      'back',
+    ).then(
+      () => undefined,
+      (err: WsgateError) => this.onSubscribeError(sub, err),
+    );
   }
 
   private onSubscribeReply(sub: Subscription, p: any): void {
@@ -513,27 +673,39 @@ export class WsgateClient implements SubscriptionHost {
       this.runs.gap(sub.channel.slice('thread:'.length));
   }
 
-  private onSubscribeError(sub: Subscription, err: WsgateError): void {
+  private onSubscribeError(sub: Subscription, err: WsgateError): Promise<void> | void {
     if (this.subs.get(sub.channel) !== sub) return;
     if (err.code === 'disconnected' || err.code === 'closed') return; // re-sent on reconnect
     if (err.code === 'conflict' && sub.state === 'subscribed') return; // the server subscribed us meanwhile
     if (err.code === 'rate_limited' || err.code === 'unavailable') {
       sub._error(err);
+      // rate_limited paused the pacer for retry_after_ms: back in the line,
+      // it goes when the server accepts frames again (one at a time, not
+      // every refused subscribe at the same instant).
       const gen = this.gen;
-      setTimeout(() => {
+      const wait = err.code === 'rate_limited' ? 0 : err.retryAfterMs ?? 1000;
+      return new Promise<void>((r) => setTimeout(r, wait)).then(() => {
         if (gen === this.gen && this.live && this.subs.get(sub.channel) === sub && sub.state === 'subscribing')
-          void this.sendSubscribe(sub);
-      }, err.retryAfterMs ?? 1000);
-      return;
+          return this.sendSubscribe(sub);
+      });
     }
     this.subs.delete(sub.channel);
     sub._fail(err);
+    if (sub.channel.startsWith('thread:')) this.runs.failThread(sub.channel.slice('thread:'.length), err);
   }
 
   /** @internal (Subscription.unsubscribe) */
   _unsubscribe(sub: Subscription): Promise<void> {
     if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
     if (!this.live) return Promise.resolve(); // the server already forgot it
+    // Its subscribe still waits in the line: withdraw it, nothing to undo.
+    const i = this.line.findIndex((p) => p.frame.type === 'subscribe' && (p.frame.payload as any)?.channel === sub.channel);
+    if (i >= 0) {
+      const [p] = this.line.splice(i, 1);
+      this.pending.delete(p.frame.id!);
+      p.reject(new WsgateError('closed', 'unsubscribed'));
+      return Promise.resolve();
+    }
     return this.req('unsubscribe', { channel: sub.channel }, undefined).then(
       () => undefined,
       (e: WsgateError) => {
@@ -615,11 +787,15 @@ export class WsgateClient implements SubscriptionHost {
   }
 
   /** The run's events from the first one this client saw, across
-   * reconnects; ends after agent_completed; throws WsgateError
-   * 'history_lost' if the thread's recovery reports a gap. */
+   * reconnects; ends after agent_completed. Throws WsgateError
+   * 'history_lost' if the thread's recovery reports a gap, the
+   * subscription's error code if the thread cannot be subscribed (deleted,
+   * someone else's), 'closed' once the client is closed. */
   runEvents(threadId: string, runId: string): AsyncIterableIterator<RunEvent> {
+    if (this._state === 'closed') return this.runs.failed(runId, new WsgateError('closed', 'the client is closed'));
+    const it = this.runs.iterate(threadId, runId);
     if (!this.subs.has('thread:' + threadId)) this.subscribe('thread:' + threadId);
-    return this.runs.iterate(threadId, runId);
+    return it;
   }
 
   // ------------------------------------------------------------ token refresh
@@ -642,14 +818,14 @@ export class WsgateClient implements SubscriptionHost {
     if (this.refreshing) return this.refreshing;
     if (!this.live || !this.opts.getToken) return Promise.resolve();
     const gen = this.gen;
-    this.refreshing = (async () => {
+    const refreshing = (async () => {
       try {
         const token = await this.opts.getToken!();
         if (gen !== this.gen || !this.live) return;
         const claims = decodeToken(token);
         if (!claims) throw new WsgateError('unauthorized', 'getToken returned a token that is not a decodable JWT');
         if (claims.exp <= nowSecs()) throw new WsgateError('token_expired', 'getToken returned an expired token');
-        const r = await this.req<{ expires_at?: number }>('refresh_token', { token }, undefined);
+        const r = await this.req<{ expires_at?: number }>('refresh_token', { token }, undefined, undefined, 'front');
         if (gen !== this.gen) return;
         this.tokenExp = typeof r.expires_at === 'number' ? r.expires_at : claims.exp;
         this.scheduleRefresh(true);
@@ -661,23 +837,39 @@ export class WsgateClient implements SubscriptionHost {
         // the server closes with 4001 and the reconnect fetches a new one.
         clearTimeout(this.refreshTimer);
         this.refreshTimer = setTimeout(() => void this.refresh(), 5000);
-      } finally {
-        this.refreshing = undefined;
       }
     })();
-    return this.refreshing;
+    this.refreshing = refreshing;
+    // Only our own: teardown() forgets a refresh of an old socket, and a
+    // newer one may have started since.
+    void refreshing.then(() => {
+      if (this.refreshing === refreshing) this.refreshing = undefined;
+    });
+    return refreshing;
   }
 
   // ------------------------------------------------------------ heartbeat
 
   /** Browsers cannot see WebSocket pings, so silence is measured from frames:
-   * after heartbeat_secs with nothing received, send a `ping` command (only
-   * then: pings count against the message rate); no frame within the pong
-   * timeout means the path is dead. */
+   * after heartbeat_secs with nothing received, the next frame out must draw
+   * an answer within the pong timeout, counted from when it is actually sent
+   * (frames may wait in the send line under the rate limit). If frames wait
+   * anyway, the first one to go is that probe (every command has a reply);
+   * else a `ping` command is sent (only then: pings count against the
+   * message rate), ahead of everything — never queue_full. No frame in time
+   * means the path is dead. */
   private armIdle(): void {
     clearTimeout(this.idleTimer);
     const hbMs = (this._info?.heartbeat_secs ?? 0) * 1000;
     if (!this.live || !(hbMs > 0)) return;
+    const timeout = this.opts.pongTimeoutMs ?? Math.max(2000, hbMs / 2);
+    const startDeadTimer = () => {
+      if (!this.live || this.deadTimer) return;
+      this.deadTimer = setTimeout(() => {
+        this.deadTimer = undefined;
+        if (this.live) this.killSocket(`no frame for ${timeout} ms after a ping`);
+      }, timeout);
+    };
     const check = () => {
       if (!this.live) return;
       const idle = Date.now() - this.lastRx;
@@ -685,12 +877,25 @@ export class WsgateClient implements SubscriptionHost {
         this.idleTimer = setTimeout(check, hbMs - idle);
         return;
       }
-      const timeout = this.opts.pongTimeoutMs ?? Math.max(2000, hbMs / 2);
-      this.deadTimer = setTimeout(() => {
-        this.deadTimer = undefined;
-        if (this.live) this.killSocket(`no frame for ${hbMs + timeout} ms`);
-      }, timeout);
-      this.req('ping', undefined, Infinity).catch(() => undefined);
+      // Looked at again every hbMs while silent (a probe withdrawn from the
+      // line, a ping refused...).
+      this.idleTimer = setTimeout(check, hbMs);
+      if (this.deadTimer) return; // already waiting for an answer
+      if (this.pinging === 'sent') return startDeadTimer();
+      if (this.pinging) return; // the ping waits in the line: going out starts the timer
+      if (this.line.length || (this.flushed && this.queue.peek())) {
+        this.probe = startDeadTimer;
+        return;
+      }
+      this.pinging = 'waiting';
+      const gen = this.gen;
+      const done = () => {
+        if (gen === this.gen) this.pinging = undefined;
+      };
+      this.req('ping', undefined, Infinity, undefined, 'front', () => {
+        this.pinging = 'sent';
+        startDeadTimer();
+      }).then(done, done);
     };
     this.idleTimer = setTimeout(check, Math.max(0, hbMs - (Date.now() - this.lastRx)));
   }

@@ -30,8 +30,4 @@ export class Emitter<E extends { [K in keyof E]: unknown }> {
       }
     }
   }
-
-  hasListeners<K extends keyof E>(ev: K): boolean {
-    return (this.listeners.get(ev)?.size ?? 0) > 0;
-  }
 }

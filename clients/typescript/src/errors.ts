@@ -12,7 +12,8 @@ export type SdkErrorCode =
   | 'disconnected'
   | 'unauthorized'
   | 'token_expired'
-  | 'history_lost';
+  | 'history_lost'
+  | 'too_large';
 
 export class WsgateError extends Error {
   /** A server error code or one of SdkErrorCode. */

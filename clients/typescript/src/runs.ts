@@ -39,12 +39,13 @@ class RunIterator implements AsyncIterableIterator<RunEvent> {
 
   fail(err: WsgateError): void {
     if (this.finished || this.completed) return;
-    this.error = err;
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = undefined;
       this.finish();
       w.reject(err);
+    } else {
+      this.error = err; // for the next next()
     }
   }
 
@@ -118,6 +119,20 @@ export class RunTracker {
     if (!its) return;
     for (const it of Array.from(its))
       it.fail(new WsgateError('history_lost', `thread:${threadId} lost events while disconnected; reload with getThreadHistory`));
+  }
+
+  /** The thread's subscription was refused (a deleted or foreign thread):
+   * its open iterators fail with that error — nothing more can arrive. */
+  failThread(threadId: string, err: WsgateError): void {
+    const its = this.iterators.get(threadId);
+    if (its) for (const it of Array.from(its)) it.fail(err);
+  }
+
+  /** An iterator that rejects at once (runEvents on a closed client). */
+  failed(runId: string, err: WsgateError): AsyncIterableIterator<RunEvent> {
+    const it = new RunIterator(runId, () => {});
+    it.fail(err);
+    return it;
   }
 
   /** Every open iterator fails (the client was closed for good). */

@@ -22,20 +22,29 @@ export interface ClientOptions {
   minReconnectDelayMs?: number;
   /** Default 20000. */
   maxReconnectDelayMs?: number;
-  /** Default 10000, counted from the call (queued time included). */
+  /** Default 10000, counted from the call (time queued or paced included). */
   requestTimeoutMs?: number;
-  /** Commands queued while not connected. Default 100. */
+  /** Commands waiting to be sent (not connected, or held by the pacing
+   * under the server's rate limit); one more rejects queue_full. Default 100. */
   maxQueue?: number;
   /** Refresh this long before the token's exp. Default 60. */
   refreshMarginSecs?: number;
   /** After heartbeat_secs of silence a `ping` is sent; no frame within this
-   * long after it means the connection is dead. Default max(2000,
+   * long after it went out means the connection is dead. Default max(2000,
    * heartbeat_secs * 500). */
   pongTimeoutMs?: number;
   /** A connection that stayed open this long resets the backoff. Default 5000. */
   stableAfterMs?: number;
   /** Recent run events kept per thread for runEvents(). Default 1000. */
   runBufferSize?: number;
+  /** When a handshake fails before the socket opens and the WebSocket
+   * cannot show the HTTP status (browsers), ask the server over HTTP
+   * whether the token is the problem: `GET <origin>/api/threads?limit=1`
+   * with `Authorization: Bearer <token>`; a 401 is then handled like a
+   * refused handshake. Default true where `fetch` exists. A server on
+   * another origin must allow it with CORS, else the check fails and the
+   * client keeps backing off. */
+  checkTokenOverHttp?: boolean;
 }
 
 export interface ConnectedInfo {
@@ -45,6 +54,8 @@ export interface ConnectedInfo {
   heartbeat_secs: number;
   max_message_bytes: number;
   messages_per_minute: number;
+  /** The limiter's burst (servers that predate it omit it). */
+  message_burst?: number;
   expires_at: number | null;
 }
 

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient, decodeToken } from '../dist/index.js';
-import { startServer, sign, WebSocket, nextEvent, waitFor, sleep } from './harness.mjs';
+import { startServer, sign, WebSocket, nextEvent, waitFor, sleep, stopServers } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -31,9 +31,10 @@ before(async () => {
 after(async () => {
   for (const c of clients) c.close();
   await server.cleanup();
+  await stopServers();
 });
 
-test('the token travels as a subprotocol, never in the URL', async () => {
+test('the token travels as a subprotocol, never in the URL', { timeout: 30_000 }, async () => {
   const { made, CountingWS } = counting();
   const token = sign({ sub: 'proto' });
   const c = client({ WebSocket: CountingWS, token });
@@ -45,7 +46,7 @@ test('the token travels as a subprotocol, never in the URL', async () => {
   assert.equal(decodeToken(token).sub, 'proto');
 });
 
-test('refresh before exp: getToken again, token_refreshed, the connection outlives the first token', async () => {
+test('refresh before exp: getToken again, token_refreshed, the connection outlives the first token', { timeout: 30_000 }, async () => {
   const firstExp = Math.floor(Date.now() / 1000) + 5;
   let calls = 0;
   const c = client({
@@ -70,7 +71,7 @@ test('refresh before exp: getToken again, token_refreshed, the connection outliv
   assert.ok(frames.some((f) => f.type === 'token_expiring'), 'the server warned (less than 60 s left)');
 });
 
-test('a refused token (bad signature): unauthorized, getToken once more, then stop', async () => {
+test('a refused token (bad signature): unauthorized, getToken once more, then stop', { timeout: 30_000 }, async () => {
   const { made, CountingWS } = counting();
   let calls = 0;
   const c = client({
@@ -93,7 +94,7 @@ test('a refused token (bad signature): unauthorized, getToken once more, then st
   assert.equal(c.state, 'closed');
 });
 
-test('a fixed refused token: one attempt only', async () => {
+test('a fixed refused token: one attempt only', { timeout: 30_000 }, async () => {
   const { made, CountingWS } = counting();
   const c = client({ WebSocket: CountingWS, token: sign({ sub: 'bad2', secret: 'another-secret-0123456789-0123456789-xyz' }) });
   const err = nextEvent(c, 'error');
@@ -104,7 +105,7 @@ test('a fixed refused token: one attempt only', async () => {
   assert.equal(c.state, 'closed');
 });
 
-test('tokens refused locally (browser rule): not a JWT → unauthorized, expired → token_expired; never offered', async () => {
+test('tokens refused locally (browser rule): not a JWT → unauthorized, expired → token_expired; never offered', { timeout: 30_000 }, async () => {
   const { made, CountingWS } = counting();
   const a = client({ WebSocket: CountingWS, token: 'not-a-jwt' });
   const ea = nextEvent(a, 'error');
@@ -120,7 +121,7 @@ test('tokens refused locally (browser rule): not a JWT → unauthorized, expired
   assert.equal(b.state, 'closed');
 });
 
-test('4001 at exp without refresh: a new token from getToken, reconnected at once', async () => {
+test('4001 at exp without refresh: a new token from getToken, reconnected at once', { timeout: 30_000 }, async () => {
   let calls = 0;
   const c = client({
     refreshMarginSecs: 0,
@@ -138,4 +139,131 @@ test('4001 at exp without refresh: a new token from getToken, reconnected at onc
   assert.ok(d, JSON.stringify(discs));
   assert.equal(d.delayMs, 0);
   assert.ok(calls >= 3);
+});
+
+test("the SDK's own refresh timer: refreshMarginSecs before exp, before the server's token_expiring", { timeout: 30_000 }, async () => {
+  // exp in 70 s, margin 68 s: the SDK refreshes ~2 s after connecting; the
+  // server would warn only at exp - 60 s (10 s in), so it is the timer.
+  const firstExp = Math.floor(Date.now() / 1000) + 70;
+  let calls = 0;
+  const c = client({
+    refreshMarginSecs: 68,
+    getToken: async () => (++calls === 1 ? sign({ sub: 'timer', exp: firstExp }) : sign({ sub: 'timer', expIn: 3600 })),
+  });
+  const frames = [];
+  c.on('frame', (f) => frames.push({ at: Date.now(), ...f }));
+  c.connect();
+  const info = await nextEvent(c, 'connected');
+  const t0 = Date.now();
+  assert.equal(info.expires_at, firstExp);
+  const refreshed = await waitFor(() => frames.find((f) => f.type === 'token_refreshed'), 8000, 'token_refreshed');
+  const after = refreshed.at - t0;
+  assert.ok(after >= 500 && after < 6000, `refreshed ${after} ms after connecting (expected ~2 s)`);
+  assert.ok(refreshed.payload.expires_at > firstExp + 3000);
+  assert.equal(calls, 2);
+  assert.ok(!frames.some((f) => f.type === 'token_expiring'), 'no token_expiring: the timer refreshed first');
+  await c.ping();
+  assert.equal(c.state, 'connected');
+});
+
+test('getToken failing: reported, retried with backoff (not a tight loop)', { timeout: 30_000 }, async () => {
+  let calls = 0;
+  const c = client({
+    getToken: () => {
+      calls++;
+      throw new Error('token service down');
+    },
+  });
+  const errors = [];
+  const discs = [];
+  c.on('error', (e) => errors.push(e));
+  c.on('disconnected', (d) => discs.push(d));
+  c.connect();
+  await sleep(1500);
+  // minReconnectDelayMs 50, max 200: a few to a few dozen tries, not thousands.
+  assert.ok(calls >= 3 && calls <= 60, `${calls} getToken calls in 1.5 s`);
+  assert.ok(errors.length >= 1 && errors.every((e) => e.code === 'unauthorized' && /token service down/.test(e.message)));
+  assert.ok(discs.every((d) => d.reconnecting));
+  assert.ok(discs.slice(1).some((d) => d.delayMs > 0), 'backoff delays');
+  assert.equal(c.state, 'reconnecting');
+  c.close();
+});
+
+/** A WebSocket as a browser shows it: a refused handshake is an `error`
+ * event with no detail and a close 1006 — the HTTP status is invisible. */
+function browserLike() {
+  const made = [];
+  class BrowserLikeWS {
+    constructor(url, protocols) {
+      made.push({ url, protocols });
+      const ws = (this.inner = new WebSocket(url, protocols));
+      let opened = false;
+      ws.on('open', () => {
+        opened = true;
+        this.onopen?.({});
+      });
+      ws.on('message', (data) => this.onmessage?.({ data: String(data) }));
+      ws.on('error', () => this.onerror?.({ type: 'error' }));
+      ws.on('close', (code, reason) => this.onclose?.(opened ? { code, reason: String(reason) } : { code: 1006, reason: '' }));
+    }
+    send(d) {
+      this.inner.send(d);
+    }
+    close(code, reason) {
+      this.inner.close(code, reason);
+    }
+  }
+  return { made, BrowserLikeWS };
+}
+
+test('browser: a refused token (bad signature) is found by the HTTP check: unauthorized with the server message, getToken once more, then stop', { timeout: 30_000 }, async () => {
+  const { made, BrowserLikeWS } = browserLike();
+  let calls = 0;
+  const c = client({
+    WebSocket: BrowserLikeWS,
+    getToken: () => {
+      calls++;
+      return sign({ sub: 'bad-browser', secret: 'another-secret-0123456789-0123456789-xyz' });
+    },
+  });
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  c.connect();
+  await waitFor(() => c.state === 'closed', 8000, 'closed');
+  await sleep(800);
+  assert.equal(made.length, 2, 'two handshakes, then no more');
+  assert.equal(calls, 2);
+  assert.equal(errors.length, 2);
+  for (const e of errors) {
+    assert.equal(e.code, 'unauthorized');
+    assert.equal(e.message, 'token signature is invalid', "the server's message");
+  }
+});
+
+test('browser: a failed handshake that is not the token keeps backing off; a good token connects; checkTokenOverHttp: false skips the check', { timeout: 30_000 }, async () => {
+  const { made, BrowserLikeWS } = browserLike();
+  // A good token through the browser-like socket connects as usual.
+  const ok = client({ WebSocket: BrowserLikeWS, token: sign({ sub: 'good-browser' }) });
+  ok.connect();
+  await nextEvent(ok, 'connected');
+  ok.close();
+  // Nothing listens on this port: the handshake fails, the HTTP check fails
+  // too (network error) — not a token problem: backoff continues.
+  const dead = client({ WebSocket: BrowserLikeWS, url: 'ws://127.0.0.1:9/ws', token: sign({ sub: 'nowhere' }) });
+  const errors = [];
+  dead.on('error', (e) => errors.push(e));
+  dead.connect();
+  await sleep(1200);
+  assert.ok(made.length >= 3, `retried: ${made.length}`);
+  assert.equal(dead.state, 'reconnecting');
+  assert.deepEqual(errors, []);
+  dead.close();
+  // Without the check, a refused token looks like any failure: backoff.
+  const { made: made2, BrowserLikeWS: WS2 } = browserLike();
+  const nocheck = client({ WebSocket: WS2, checkTokenOverHttp: false, token: sign({ sub: 'bad', secret: 'another-secret-0123456789-0123456789-xyz' }) });
+  nocheck.connect();
+  await sleep(800);
+  assert.ok(made2.length >= 2);
+  assert.equal(nocheck.state, 'reconnecting');
+  nocheck.close();
 });

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient, WsgateError } from '../dist/index.js';
-import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep } from './harness.mjs';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -21,9 +21,10 @@ after(async () => {
   for (const c of clients) c.close();
   await closeProxies();
   await server.cleanup();
+  await stopServers();
 });
 
-test('connect, connected info, request/reply by id, ping', async () => {
+test('connect, connected info, request/reply by id, ping', { timeout: 30_000 }, async () => {
   const c = client();
   const states = [];
   c.on('state', (s) => states.push(s));
@@ -47,7 +48,7 @@ test('connect, connected info, request/reply by id, ping', async () => {
   assert.ok(frames.some((f) => f.type === 'published' && typeof f.id === 'string'));
 });
 
-test('a server error rejects at once with its code', async () => {
+test('a server error rejects at once with its code', { timeout: 30_000 }, async () => {
   const c = client();
   c.connect();
   await nextEvent(c, 'connected');
@@ -58,7 +59,7 @@ test('a server error rejects at once with its code', async () => {
   assert.ok(Date.now() - t0 < 2000, 'rejected at once, not at the timeout');
 });
 
-test('request timeout counts from the call, queued time included', async () => {
+test('request timeout counts from the call, queued time included', { timeout: 30_000 }, async () => {
   // Never connected: the command waits in the queue and times out there.
   const idle = client({ requestTimeoutMs: 300 });
   const t0 = Date.now();
@@ -77,7 +78,7 @@ test('request timeout counts from the call, queued time included', async () => {
   await proxy.close();
 });
 
-test('subscribe: ready(), publications in order, each once; unsubscribe', async () => {
+test('subscribe: ready(), publications in order, each once; unsubscribe', { timeout: 30_000 }, async () => {
   const c = client();
   c.connect();
   const sub = c.subscribe('test:basic-sub');
@@ -110,7 +111,7 @@ test('subscribe: ready(), publications in order, each once; unsubscribe', async 
   assert.equal(got.length, 21, 'nothing after unsubscribe');
 });
 
-test('a refused subscribe fails the Subscription with the server code', async () => {
+test('a refused subscribe fails the Subscription with the server code', { timeout: 30_000 }, async () => {
   const c = client();
   c.connect();
   const sub = c.subscribe('nope:unknown-namespace');
@@ -118,10 +119,25 @@ test('a refused subscribe fails the Subscription with the server code', async ()
   assert.equal(sub.state, 'failed');
 });
 
-test('rate_limited rejects at once with retryAfterMs', async () => {
+/** A socket that tells the SDK the server allows far more than it does, so
+ * the SDK's pacing lets frames through that the server then refuses. */
+class OptimisticWS extends WebSocket {
+  set onmessage(fn) {
+    super.onmessage = (ev) => {
+      const f = JSON.parse(String(ev.data));
+      if (f.type === 'connected') Object.assign(f.payload, { messages_per_minute: 6000, message_burst: 1000 });
+      fn({ data: JSON.stringify(f) });
+    };
+  }
+  get onmessage() {
+    return super.onmessage;
+  }
+}
+
+test('rate_limited (server refusal) rejects at once with retryAfterMs; the SDK then holds its frames', { timeout: 30_000 }, async () => {
   const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 3 } });
   try {
-    const c = new WsgateClient({ url: limited.url, WebSocket, token: sign({ sub: 'rl' }) });
+    const c = new WsgateClient({ url: limited.url, WebSocket: OptimisticWS, token: sign({ sub: 'rl' }) });
     clients.push(c);
     c.connect();
     await nextEvent(c, 'connected');
@@ -132,13 +148,82 @@ test('rate_limited rejects at once with retryAfterMs', async () => {
       assert.equal(e.code, 'rate_limited');
       assert.ok(e.retryAfterMs > 0, 'retryAfterMs from payload.retry_after_ms');
     }
+    // After a refusal the SDK waits retry_after_ms before sending again.
+    await c.ping();
     c.close();
   } finally {
     await limited.cleanup();
   }
 });
 
-test('close(): pending and queued reject closed; state closed; no reconnect', async () => {
+test("pacing: a burst of commands beyond the server's burst is spread out, never refused", { timeout: 30_000 }, async () => {
+  const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 3 } });
+  try {
+    const c = new WsgateClient({ url: limited.url, WebSocket, token: sign({ sub: 'paced' }) });
+    clients.push(c);
+    c.connect();
+    const info = await nextEvent(c, 'connected');
+    assert.equal(info.message_burst, 3);
+    const t0 = Date.now();
+    const results = await Promise.allSettled(Array.from({ length: 6 }, () => c.ping()));
+    const took = Date.now() - t0;
+    assert.deepEqual(results.map((r) => r.status), Array(6).fill('fulfilled'), JSON.stringify(results));
+    // 3 at once, then 3 more at 0.9/s (90% of the server's 1/s).
+    assert.ok(took >= 3000 && took < 6000, `took ${took} ms`);
+    // The wait counts against maxQueue: more than it waiting → queue_full.
+    const small = new WsgateClient({ url: limited.url, WebSocket, token: sign({ sub: 'paced2' }), maxQueue: 2 });
+    clients.push(small);
+    small.connect();
+    await nextEvent(small, 'connected');
+    const burst = Array.from({ length: 6 }, () => small.ping().then(() => 'ok', (e) => e.code));
+    assert.deepEqual(await Promise.all(burst), ['ok', 'ok', 'ok', 'ok', 'ok', 'queue_full']);
+    c.close();
+    small.close();
+  } finally {
+    await limited.cleanup();
+  }
+});
+
+test('a command over max_message_bytes rejects too_large locally; the connection stays', { timeout: 30_000 }, async () => {
+  const c = client();
+  c.connect();
+  const info = await nextEvent(c, 'connected');
+  const discs = [];
+  c.on('disconnected', (d) => discs.push(d));
+  const inflight = c.publish('test:big', { small: true });
+  await assert.rejects(c.publish('test:big', { blob: 'x'.repeat(info.max_message_bytes) }), (e) => e.code === 'too_large');
+  // Multi-byte characters count as bytes: 3,000 × 3 bytes > 8,192.
+  await assert.rejects(c.publish('test:big', { blob: '€'.repeat(Math.ceil(info.max_message_bytes / 3)) }), (e) => e.code === 'too_large');
+  await inflight; // not failed by a 1009
+  await c.ping();
+  assert.deepEqual(discs, []);
+  assert.equal(c.state, 'connected');
+});
+
+test('close() during the handshake (ws CONNECTING) does not crash', { timeout: 30_000 }, async () => {
+  const uncaught = [];
+  const onUncaught = (e) => uncaught.push(e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    for (let i = 0; i < 5; i++) {
+      const a = client(); // fixed token: the socket is created inside connect()
+      a.connect();
+      a.close();
+      const b = client({ getToken: async () => sign({ sub: 'basic' }) });
+      b.connect();
+      await sleep(i); // the socket is CONNECTING
+      b.close();
+      assert.equal(a.state, 'closed');
+      assert.equal(b.state, 'closed');
+    }
+    await sleep(300);
+    assert.deepEqual(uncaught.map(String), []);
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+});
+
+test('close(): pending and queued reject closed; state closed; no reconnect', { timeout: 30_000 }, async () => {
   const c = client();
   const p = c.ping(); // queued (idle)
   c.close();

@@ -70,6 +70,14 @@ ${extra}
 `;
 }
 
+/** Servers not cleaned up yet: stopServers() (in after()) ends them, so a
+ * test that timed out before its own cleanup does not leave a child process
+ * that keeps the test file from exiting. */
+const openServers = new Set();
+export async function stopServers() {
+  await Promise.all(Array.from(openServers, (s) => (s.cleanup ? s.cleanup() : s.proc?.kill('SIGKILL'))));
+}
+
 /**
  * Starts `$WSGATE_BIN serve --config FILE --listen 127.0.0.1:PORT` (port 0:
  * any) in a temp dir and resolves when its JSON log says "listening".
@@ -95,6 +103,7 @@ export async function startServer({ limits = {}, agent = {}, extra = '', dir } =
     ),
   );
   const server = { dir, port: 0, proc: undefined, logs: [] };
+  openServers.add(server);
 
   const launch = (port) =>
     new Promise((resolve, reject) => {
@@ -148,6 +157,7 @@ export async function startServer({ limits = {}, agent = {}, extra = '', dir } =
     await launch(server.port);
   };
   server.cleanup = async () => {
+    openServers.delete(server);
     await server.stop();
     rmSync(dir, { recursive: true, force: true });
   };

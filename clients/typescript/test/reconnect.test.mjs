@@ -1,11 +1,13 @@
 // reconnect.test.mjs — the connection lost three ways (server API
 // disconnect 4003, server restart 1001, a network cut) with subscription
 // recovery; the offline queue (bounded, flushed in order after the
-// resubscribes); dead-connection detection through the heartbeat.
+// resubscribes); dead-connection detection through the heartbeat; a
+// reconnect with more subscriptions than the server's message burst, paced
+// under its rate limit.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient } from '../dist/index.js';
-import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep } from './harness.mjs';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -29,9 +31,10 @@ after(async () => {
   for (const c of clients) c.close();
   await closeProxies();
   await server.cleanup();
+  await stopServers();
 });
 
-test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', async () => {
+test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', { timeout: 30_000 }, async () => {
   let attempts = 0;
   class CountingWS extends WebSocket {
     constructor(...a) {
@@ -56,7 +59,7 @@ test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', async ()
   assert.equal(c.state, 'closed');
 });
 
-test('(c) network cut while the server publishes: recovered, every publication once, in order', async () => {
+test('(c) network cut while the server publishes: recovered, every publication once, in order', { timeout: 30_000 }, async () => {
   const proxy = await startProxy(server.port);
   const c = client({ url: proxy.url, token: sign({ sub: 'cut' }) });
   c.connect();
@@ -87,7 +90,7 @@ test('(c) network cut while the server publishes: recovered, every publication o
   c.close();
 });
 
-test('queue: bounded while disconnected (4th → queue_full), flushed in order after the resubscribe', async () => {
+test('queue: bounded while disconnected (4th → queue_full), flushed in order after the resubscribe', { timeout: 30_000 }, async () => {
   const proxy = await startProxy(server.port);
   const sent = [];
   class RecordingWS extends WebSocket {
@@ -137,7 +140,7 @@ test('queue: bounded while disconnected (4th → queue_full), flushed in order a
   c.close();
 });
 
-test('a request sent before the drop rejects disconnected (never re-sent silently)', async () => {
+test('a request sent before the drop rejects disconnected (never re-sent silently)', { timeout: 30_000 }, async () => {
   const proxy = await startProxy(server.port);
   const c = client({ url: proxy.url, token: sign({ sub: 'drop' }) });
   c.connect();
@@ -154,7 +157,7 @@ test('a request sent before the drop rejects disconnected (never re-sent silentl
   c.close();
 });
 
-test('dead connection (a path that stops forwarding, not closed) is detected and replaced', async () => {
+test('dead connection (a path that stops forwarding, not closed) is detected and replaced', { timeout: 30_000 }, async () => {
   const proxy = await startProxy(server.port);
   const c = client({ url: proxy.url, token: sign({ sub: 'dead' }) });
   c.connect();
@@ -179,7 +182,7 @@ test('dead connection (a path that stops forwarding, not closed) is detected and
   c.close();
 });
 
-test('(b) server restart: 1001 → immediate retry then backoff; recovered:false reported (memory broker epoch changes)', async () => {
+test('(b) server restart: 1001 → immediate retry then backoff; recovered:false reported (memory broker epoch changes)', { timeout: 30_000 }, async () => {
   const c = client({ token: sign({ sub: 'restart' }) });
   c.connect();
   const sub = c.subscribe('test:restart');
@@ -188,12 +191,13 @@ test('(b) server restart: 1001 → immediate retry then backoff; recovered:false
   sub.on('publication', (p) => got.push(p.data.i));
   await server.publish('test:restart', { i: 1 });
   await waitFor(() => got.length === 1);
-  const discs = [];
-  c.on('disconnected', (d) => discs.push(d));
   const resub = nextEvent(sub, 'subscribed', (s) => s.resubscribed, 15000);
+  // The process may exit before the client has seen the close: wait for it.
+  const disc = nextEvent(c, 'disconnected', () => true, 10000);
   await server.stop();
-  assert.equal(discs[0]?.code, 1001);
-  assert.equal(discs[0]?.delayMs, 0, 'first retry at once after 1001');
+  const d = await disc;
+  assert.equal(d.code, 1001);
+  assert.equal(d.delayMs, 0, 'first retry at once after 1001');
   await sleep(300);
   await server.start();
   const s = await resub;
@@ -203,4 +207,91 @@ test('(b) server restart: 1001 → immediate retry then backoff; recovered:false
   assert.deepEqual(got, [1, 2]);
   assert.equal(c.state, 'connected');
   c.close();
+});
+
+test('reconnect with 20 subscriptions under a tight rate limit (60/min, burst 10): paced, never 1008, heartbeat not fooled, all recovered, missed publications delivered', { timeout: 60_000 }, async () => {
+  // Unpaced, 20 resubscribes at once are 10 accepted and 10 dropped: the
+  // 10th drop in a row closes 1008, and every reconnect does it again.
+  // heartbeat_secs 1: subscribed replies come ~1.1 s apart while paced, so
+  // the SDK's heartbeat pings during the resubscription too — it must go
+  // ahead of the line, and the connection must not be taken for dead.
+  const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 10, heartbeat_secs: 1 } });
+  try {
+    const proxy = await startProxy(limited.port);
+    const N = 20;
+    const sent = [];
+    class RecordingWS extends WebSocket {
+      send(d) {
+        sent.push({ at: Date.now(), frame: JSON.parse(d) });
+        super.send(d);
+      }
+    }
+    // requestTimeoutMs counts queued time: the publishes wait ~11 s behind
+    // the resubscribes.
+    const c = client({ url: proxy.url, WebSocket: RecordingWS, token: sign({ sub: 'paced' }), requestTimeoutMs: 40000 });
+    const discs = [];
+    const errors = [];
+    let connects = 0;
+    c.on('disconnected', (d) => discs.push(d));
+    c.on('connected', () => connects++);
+    c.on('error', (e) => errors.push(e));
+    c.connect();
+    const subs = Array.from({ length: N }, (_, i) => c.subscribe(`test:paced-${i}`));
+    const got = subs.map(() => []);
+    const infos = subs.map(() => []);
+    subs.forEach((s, i) => {
+      s.on('publication', (p) => got[i].push(p.data.n));
+      s.on('subscribed', (x) => infos[i].push(x));
+      s.on('error', (e) => errors.push(e));
+    });
+    const info = await nextEvent(c, 'connected');
+    assert.equal(info.heartbeat_secs, 1);
+    assert.equal(info.messages_per_minute, 60);
+    assert.equal(info.message_burst, 10);
+    await Promise.all(subs.map((s) => s.ready()));
+    for (let i = 0; i < N; i++) await limited.publish(`test:paced-${i}`, { n: 1 });
+    await waitFor(() => got.every((g) => g.length === 1), 5000, 'first publications');
+
+    // Cut; while away, the server publishes to every channel and we queue
+    // two publishes of our own.
+    proxy.refuse(true);
+    const disc = nextEvent(c, 'disconnected');
+    proxy.cut();
+    await disc;
+    for (let i = 0; i < N; i++) await limited.publish(`test:paced-${i}`, { n: 2 });
+    const q1 = c.publish('test:paced-0', { n: 3 });
+    const q2 = c.publish('test:paced-1', { n: 3 });
+    q1.catch(() => {});
+    q2.catch(() => {});
+    sent.length = 0;
+    const t0 = Date.now();
+    proxy.refuse(false);
+    await waitFor(() => infos.every((x) => x.length === 2), 40000, 'every subscription resubscribed');
+    await Promise.all([q1, q2]);
+    const took = Date.now() - t0;
+    await waitFor(() => got[0].length === 3 && got[1].length === 3 && got.every((g) => g.length >= 2), 5000, 'publications');
+
+    assert.ok(infos.every((x) => x[1].resubscribed && x[1].recovered), JSON.stringify(infos.map((x) => x[1])));
+    got.forEach((g, i) => assert.deepEqual(g, i < 2 ? [1, 2, 3] : [1, 2], `test:paced-${i}: each once, in order`));
+    assert.ok(discs.every((d) => d.code === 1006), `never closed 1008, only the cut and refused attempts: ${JSON.stringify(discs)}`);
+    assert.equal(connects, 2, 'one reconnect, never dropped again');
+    assert.deepEqual(errors.filter((e) => e.code === 'rate_limited'), [], 'nothing refused rate_limited');
+    // What went out on the new connection: 20 subscribes, then the 2 queued
+    // publishes; the first 10 at once, the rest paced at <= 1 per second.
+    const frames = sent.map((s) => s.frame);
+    assert.deepEqual(
+      frames.filter((f) => f.type !== 'ping').map((f) => f.type),
+      [...Array(N).fill('subscribe'), 'publish', 'publish'],
+    );
+    for (let i = 10; i < sent.length; i++) {
+      const allowed = 10 + ((sent[i].at - sent[0].at) / 1000) * 1.0; // the server's budget since the first frame
+      assert.ok(i + 1 <= allowed + 0.01, `frame ${i + 1} at +${sent[i].at - sent[0].at} ms is within the server's budget`);
+    }
+    assert.ok(took >= 9000, `paced: ${took} ms for 22 frames with a burst of 10 at 1/s`);
+    assert.equal(c.state, 'connected');
+    await proxy.close();
+    c.close();
+  } finally {
+    await limited.cleanup();
+  }
 });

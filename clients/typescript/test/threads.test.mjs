@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient } from '../dist/index.js';
-import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep } from './harness.mjs';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -49,9 +49,10 @@ after(async () => {
   for (const c of clients) c.close();
   await closeProxies();
   await server.cleanup();
+  await stopServers();
 });
 
-test('thread helpers: create, list, rename, history, delete', async () => {
+test('thread helpers: create, list, rename, history, delete', { timeout: 30_000 }, async () => {
   const c = client('threads-crud');
   const t = await c.createThread('first');
   assert.equal(t.title, 'first');
@@ -71,7 +72,7 @@ test('thread helpers: create, list, rename, history, delete', async () => {
   await assert.rejects(c.createThread(''.padEnd(201, 'x')), (e) => e.code === 'bad_request');
 });
 
-test('sendMessage + runEvents: every event once, deltas add up to final_report; a second message conflicts', async () => {
+test('sendMessage + runEvents: every event once, deltas add up to final_report; a second message conflicts', { timeout: 30_000 }, async () => {
   const c = client('threads-run');
   const run_events = [];
   c.on('run_event', (e) => run_events.push(e));
@@ -97,7 +98,7 @@ test('sendMessage + runEvents: every event once, deltas add up to final_report; 
   assert.equal((await collect(c.runEvents(threadId, runId))).length, events.length);
 });
 
-test('a run streamed across a network cut: recovered, every partial_result once, ends with agent_completed', async () => {
+test('a run streamed across a network cut: recovered, every partial_result once, ends with agent_completed', { timeout: 30_000 }, async () => {
   const proxy = await startProxy(server.port);
   const c = client('threads-cut', { url: proxy.url });
   await nextEvent(c, 'connected');
@@ -124,7 +125,7 @@ test('a run streamed across a network cut: recovered, every partial_result once,
   await proxy.close();
 });
 
-test('stopRun on a slow run: agent_completed status stopped', async () => {
+test('stopRun on a slow run: agent_completed status stopped', { timeout: 30_000 }, async () => {
   const c = client('threads-stop');
   const { runId, threadId } = await c.sendMessage(words(200));
   const it = c.runEvents(threadId, runId);
@@ -141,7 +142,7 @@ test('stopRun on a slow run: agent_completed status stopped', async () => {
   await assert.rejects(c.stopRun(runId), (e) => e.code === 'not_found');
 });
 
-test('switchThread mid-run (another tab) replays the run so far, then live, each once', async () => {
+test('switchThread mid-run (another tab) replays the run so far, then live, each once', { timeout: 30_000 }, async () => {
   const a = client('threads-switch');
   const b = client('threads-switch');
   const { runId, threadId } = await a.sendMessage(words(30));
@@ -161,7 +162,7 @@ test('switchThread mid-run (another tab) replays the run so far, then live, each
   assert.equal(again.active_run, null);
 });
 
-test('runEvents subscribes to the thread when not yet subscribed; startAgent', async () => {
+test('runEvents subscribes to the thread when not yet subscribed; startAgent', { timeout: 30_000 }, async () => {
   const a = client('threads-start');
   const b = client('threads-start');
   const t = await a.createThread('start');
@@ -176,4 +177,37 @@ test('runEvents subscribes to the thread when not yet subscribed; startAgent', a
   assert.equal(started.threadId, t.id);
   const again = await collect(a.runEvents(t.id, started.runId));
   checkRun(again, started.runId);
+});
+
+test("runEvents on someone else's thread: the iterator rejects with the subscription's error (forbidden)", { timeout: 30_000 }, async () => {
+  const owner = client('threads-owner');
+  const other = client('threads-other');
+  const t = await owner.createThread('private');
+  const { runId } = await owner.sendMessage(words(5), { threadId: t.id });
+  const it = other.runEvents(t.id, runId);
+  const err = await it.next().then(() => null, (e) => e);
+  assert.equal(err?.code, 'forbidden');
+  assert.equal(other.getSubscription('thread:' + t.id), undefined, 'the failed subscription is dropped');
+  // A waiting iterator fails too (not only one created after the refusal).
+  const waiting = other.runEvents(t.id, runId);
+  const pending = waiting.next().then(() => null, (e) => e);
+  assert.equal((await pending)?.code, 'forbidden');
+  assert.deepEqual(await waiting.next(), { value: undefined, done: true });
+});
+
+test('runEvents on a deleted thread rejects (forbidden); after close() it rejects closed', { timeout: 30_000 }, async () => {
+  const c = client('threads-deleted');
+  const t = await c.createThread('doomed');
+  await c.deleteThread(t.id);
+  const err = await c.runEvents(t.id, 'no-such-run').next().then(() => null, (e) => e);
+  assert.equal(err?.code, 'forbidden');
+  // An iterator open when the client is closed, and one asked for after.
+  const t2 = await c.createThread('open');
+  const open = c.runEvents(t2.id, 'r');
+  const waiting = open.next().then(() => null, (e) => e);
+  c.close();
+  assert.equal((await waiting)?.code, 'closed');
+  const t0 = Date.now();
+  await assert.rejects(c.runEvents(t2.id, 'r').next(), (e) => e.code === 'closed');
+  assert.ok(Date.now() - t0 < 100, 'at once');
 });

@@ -249,12 +249,14 @@ async fn chromium_runs_the_dashboard_end_to_end() {
     }
     for step in [
         "loaded",
+        "token_refused",
         "chart_points",
         "event_seen",
         "thread_created",
         "run_completed",
         "run_stopped",
         "reload_resumed",
+        "threads_switched",
     ] {
         assert!(
             seen.iter().any(|s| s == step),
