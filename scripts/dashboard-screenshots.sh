@@ -14,13 +14,13 @@ export RUST_LOG=${RUST_LOG:-warn}
 start_bench_server 127.0.0.1:8093 /tmp/wsgate-dashboard-shots.log
 BENCH_API_KEY=shots-api-key-0123456789 ./target/release/wsgate bench fanout \
   --url ws://127.0.0.1:8093/ws --api http://127.0.0.1:8093 \
-  -n 200 --rate 50 --seconds 60 --warmup-secs 0 > /dev/null &
+  -n 200 --rate 50 --seconds 120 --warmup-secs 0 > /dev/null &
 LOAD=$!
 trap 'kill $PID $LOAD 2>/dev/null || true' EXIT
 sleep 12   # let the charts fill
 TOKEN=$(./target/release/wsgate token --sub ops --role admin --ttl 10m)
 out=$(mktemp -d)
-node tests/browser/dashboard.mjs http://127.0.0.1:8093 "$TOKEN" shots-api-key-0123456789 "$out"
+MIN_POINTS=40 node tests/browser/dashboard.mjs http://127.0.0.1:8093 "$TOKEN" shots-api-key-0123456789 "$out"
 mkdir -p docs/img
 for shot in overview events chat chat-reloaded; do
   cp "$out/$shot.png" "docs/img/dashboard-$shot.png"

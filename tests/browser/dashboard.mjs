@@ -142,7 +142,9 @@ try {
 
   // --- overview: the charts receive points ------------------------------
   await page.click('[data-view="overview"]');
-  await page.waitForFunction(() => Number(document.querySelector('#overview')?.dataset.points ?? 0) >= 3, null, { timeout: 12000 });
+  // MIN_POINTS: more for the docs' screenshots (scripts/dashboard-screenshots.sh).
+  const minPoints = Number(process.env.MIN_POINTS ?? 3);
+  await page.waitForFunction((n) => Number(document.querySelector('#overview')?.dataset.points ?? 0) >= n, minPoints, { timeout: 12000 + minPoints * 1500 });
   const charts = await page.$$eval('.chart', (els) =>
     els.map((el) => ({
       id: el.dataset.testid,

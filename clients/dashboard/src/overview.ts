@@ -69,7 +69,11 @@ export class Overview {
       title: 'Messages per second',
       testid: 'chart-messages',
       maxPoints: MAX_POINTS,
+      // Deliveries (publications written to subscribers) are what a
+      // gateway mostly sends; in/out are the clients' commands and replies.
       series: [
+        { label: 'delivered', color: '#5aa9ff', format: rate },
+        { label: 'published', color: '#b48cff', format: rate },
         { label: 'in', color: '#4fd1a5', format: rate },
         { label: 'out', color: '#f5b94f', format: rate },
       ],
@@ -174,7 +178,7 @@ export class Overview {
 
     const t = at / 1000;
     this.connections.push(t, [agg.connections, agg.users]);
-    this.rates.push(t, [agg.in, agg.out]);
+    this.rates.push(t, [agg.deliveries, agg.publications, agg.in, agg.out]);
     // No samples in an interval: a gap, not a misleading zero.
     this.latency.push(t, samples ? [agg.p50, agg.p99] : [null, null]);
     this.el.dataset.points = String(this.connections.points);
