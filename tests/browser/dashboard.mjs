@@ -13,7 +13,7 @@
 //   the SDK paces its commands and the page waits for their replies)
 // Prints one JSON line per step for the Rust test (crates/server/tests/it/dashboard.rs):
 //   {"step":"loaded",…} {"step":"chart_points",…} {"step":"event_seen",…}
-//   {"step":"thread_created",…} {"step":"run_completed","text":…}
+//   {"step":"threads_live",…} {"step":"thread_created",…} {"step":"run_completed","text":…}
 //   {"step":"run_stopped",…} {"step":"reload_resumed","resumed_mid_run":true,…}
 //   {"step":"threads_switched",…} {"step":"done"}
 //   {"step":"error","reason":…} on any failure (exit code 1).
@@ -199,8 +199,32 @@ try {
   check();
   out({ step: 'event_seen', count, filter: 'hides and shows', burst, rows });
 
-  // --- chat: create a thread, a run to completion -----------------------
+  // --- chat: the thread list follows user:<sub> (another tab, or REST) ---
   await page.click('[data-view="chat"]');
+  {
+    const api = async (method, path, body) => {
+      const res = await fetch(`${base}/api/threads${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+        body: body && JSON.stringify(body),
+      });
+      if (!res.ok) fail(`${method} /api/threads${path} answered ${res.status}`);
+      return res.status === 204 ? null : res.json();
+    };
+    const created = await api('POST', '', { title: 'made elsewhere' });
+    const id = (created.thread ?? created).id;
+    const item = page.locator(`.thread-item[data-thread-id="${id}"]`);
+    await item.waitFor();
+    if (!(await item.textContent()).includes('made elsewhere')) fail('a thread made over REST shows without its title');
+    await api('PATCH', `/${id}`, { title: 'renamed elsewhere' });
+    await page.waitForFunction((id) => document.querySelector(`.thread-item[data-thread-id="${id}"]`)?.textContent.includes('renamed elsewhere'), id);
+    await api('DELETE', `/${id}`);
+    await item.waitFor({ state: 'detached' });
+    check();
+    out({ step: 'threads_live', thread_id: id });
+  }
+
+  // --- chat: create a thread, a run to completion -----------------------
   const threadsBefore = await page.locator('.thread-item').count();
   await page.click('#new-thread');
   await page.waitForFunction((n) => document.querySelectorAll('.thread-item').length === n + 1, threadsBefore);

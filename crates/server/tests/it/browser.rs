@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::response::Html;
 use axum::routing::get;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -29,18 +29,6 @@ async fn page_server() -> String {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
-}
-
-/// The browser script's next report; fails on its `error` reports.
-async fn next_event(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the browser reports within 60 s")
-        .unwrap()
-        .expect("the browser script reports before it exits");
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_ne!(v["event"], "error", "{v}");
-    v
 }
 
 #[tokio::test]
@@ -71,7 +59,7 @@ async fn chromium_agrees_deflate_and_exchanges_compressed_messages() {
         .spawn()
         .expect("node runs");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let subscribed = next_event(&mut lines).await;
+    let subscribed = next_report(&mut lines, "event", 60).await;
     assert_eq!(subscribed["event"], "subscribed", "{subscribed}");
     assert_eq!(subscribed["protocol"], "wsgate.v1.json");
     assert_eq!(
@@ -85,7 +73,7 @@ async fn chromium_agrees_deflate_and_exchanges_compressed_messages() {
     let mut got_message = false;
     let mut got_pong = false;
     while !(got_message && got_pong) {
-        let v = next_event(&mut lines).await;
+        let v = next_report(&mut lines, "event", 60).await;
         match v["event"].as_str() {
             Some("message") => {
                 assert_eq!(v["data"], data);

@@ -174,18 +174,6 @@ async fn dev_dashboard_dir_serves_files_from_disk() {
     server.stop().await;
 }
 
-/// The browser script's next step; fails on its `error` reports.
-async fn next_step(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
-        .await
-        .expect("the browser reports within 90 s")
-        .unwrap()
-        .expect("the browser script reports before it exits");
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-    assert_ne!(v["step"], "error", "{v}");
-    v
-}
-
 #[tokio::test]
 async fn chromium_runs_the_dashboard_end_to_end() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -232,7 +220,7 @@ async fn chromium_runs_the_dashboard_end_to_end() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     loop {
-        let v = next_step(&mut lines).await;
+        let v = next_report(&mut lines, "step", 90).await;
         let step = v["step"].as_str().unwrap_or_default().to_owned();
         match step.as_str() {
             "done" => break,
@@ -252,6 +240,7 @@ async fn chromium_runs_the_dashboard_end_to_end() {
         "token_refused",
         "chart_points",
         "event_seen",
+        "threads_live",
         "thread_created",
         "run_completed",
         "run_stopped",

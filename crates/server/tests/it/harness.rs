@@ -479,3 +479,20 @@ impl TestServer {
         false
     }
 }
+
+/// A browser script's (`tests/browser`) next report, one JSON line on its
+/// stdout, within `secs`; its `{key: "error"}` reports fail the test.
+pub async fn next_report(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    key: &str,
+    secs: u64,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(secs), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the browser reports within {secs} s"))
+        .unwrap()
+        .expect("the browser script reports before it exits");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    assert_ne!(v[key], "error", "{v}");
+    v
+}
