@@ -22,6 +22,10 @@ async fn threads_are_created_listed_renamed_and_deleted_by_their_owner_only() {
         thread.get("owner").is_none(),
         "the owner is not part of the shape"
     );
+    // Threads are ordered by updated_at (milliseconds), ties by id: two
+    // made in the same millisecond come in id order, so "newest first"
+    // needs the clock to move (this was a flaky failure on a fast run).
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     let untitled = call(&mut alice, "create_thread", "2", json!({})).await;
     assert_eq!(untitled["payload"]["thread"]["title"], "New thread");
 
