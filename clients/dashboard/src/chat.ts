@@ -80,8 +80,9 @@ export class Chat {
   private readonly switchingTo = new Map<string, number>();
   /** Unsubscribes in flight, per thread: switching back waits for its end. */
   private readonly leaving = new Map<string, Promise<void>>();
-  /** Thread subscriptions watched for a gap, with their listener's off. */
-  private readonly watched = new Map<Subscription, () => void>();
+  /** Thread subscriptions watched for a gap, by thread id, with their
+   * listener's off. */
+  private readonly watched = new Map<string, { sub: Subscription; off: () => void }>();
   /** Runs whose end was missed (switch_thread reports no run going). */
   private readonly ended = new Set<string>();
   private userSub: Subscription | undefined;
@@ -349,11 +350,12 @@ export class Chat {
 
   private leave(id: string): void {
     this.opened.delete(id);
+    // First: the SDK may already have dropped the subscription (refused).
+    this.watched.get(id)?.off();
+    this.watched.delete(id);
     const client = this.client;
     const sub = client?.getSubscription(channelOf(id));
     if (!client || !sub) return;
-    this.watched.get(sub)?.();
-    this.watched.delete(sub);
     if (sub.state === 'unsubscribed') return;
     const done: Promise<void> = sub
       .unsubscribe()
@@ -367,13 +369,15 @@ export class Chat {
   /** Watches a thread's subscription for a gap after a reconnect. */
   private watch(id: string): void {
     const sub = this.client?.getSubscription(channelOf(id));
-    if (!sub || this.watched.has(sub)) return;
-    this.watched.set(
+    const old = this.watched.get(id);
+    if (!sub || old?.sub === sub) return;
+    old?.off(); // a subscription the SDK replaced
+    this.watched.set(id, {
       sub,
-      sub.on('subscribed', (info: SubscribedInfo) => {
+      off: sub.on('subscribed', (info: SubscribedInfo) => {
         if (info.resubscribed && !info.recovered) void this.onGap(id, sub);
       }),
-    );
+    });
   }
 
   /**
@@ -533,7 +537,7 @@ export class Chat {
   stop(): void {
     for (const off of this.offs) off();
     this.offs = [];
-    for (const off of this.watched.values()) off();
+    for (const w of this.watched.values()) w.off();
     this.watched.clear();
     void this.userSub?.unsubscribe().catch(() => {});
     this.userSub = undefined;

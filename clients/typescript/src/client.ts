@@ -10,9 +10,10 @@
 //
 // Pacing: every frame goes out through one send line under a token bucket
 // that mirrors the server's message limiter (pacer.ts): internal frames
-// (heartbeat ping, refresh_token, subscribes) first, then the command queue
-// in order. So a reconnect with many subscriptions and a full queue never
-// trips the server's rate limit (whose 10th drop in a row closes 1008).
+// (heartbeat ping, refresh_token, then subscribes and unsubscribes in the
+// order made) first, then the command queue in order. So a reconnect with
+// many subscriptions and a full queue never trips the server's rate limit
+// (whose 10th drop in a row closes 1008).
 
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
@@ -21,7 +22,8 @@ import { TokenBucket } from './pacer.js';
 import { BoundedQueue } from './queue.js';
 import { RunTracker } from './runs.js';
 import { Subscription, type SubscriptionHost } from './subscription.js';
-import { decodeToken, nowSecs } from './token.js';
+import { cleanToken, decodeToken, nowSecs } from './token.js';
+import { httpUrl, tokenCheckUrl } from './tokencheck.js';
 import {
   RUN_EVENT_TYPES,
   type ClientEvents,
@@ -53,13 +55,16 @@ interface Pending {
   sent: boolean;
 }
 
-type Resolved = Required<Omit<ClientOptions, 'token' | 'getToken' | 'WebSocket' | 'pongTimeoutMs'>> &
-  Pick<ClientOptions, 'token' | 'getToken' | 'pongTimeoutMs'>;
+type Resolved = Required<Omit<ClientOptions, 'token' | 'getToken' | 'WebSocket' | 'pongTimeoutMs' | 'tokenCheckUrl'>> &
+  Pick<ClientOptions, 'token' | 'getToken' | 'pongTimeoutMs' | 'tokenCheckUrl'>;
 
 /** A no-op handler: a socket we are done with keeps a listener for every
  * event (Node's `ws` throws an 'error' nobody listens to). */
 const ignore = (): void => {};
 
+
+/** Commands the server answers at once: a heartbeat probe may be one. */
+const QUICK: ReadonlySet<string> = new Set(['ping', 'subscribe', 'unsubscribe']);
 
 /** setTimeout's longest delay (~24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -74,9 +79,9 @@ export class WsgateClient implements SubscriptionHost {
   /** Commands waiting to be sent (no connection yet, or held by the pacer). */
   private readonly queue: BoundedQueue<Pending>;
   /** The current socket's internal frames waiting to be sent, ahead of the
-   * queue: heartbeat ping and refresh_token (at the front), subscribes.
-   * Bounded by construction: one ping, one refresh, one subscribe per
-   * subscription. */
+   * queue: heartbeat ping and refresh_token (at the front), subscribes and
+   * unsubscribes (in the order made). Bounded by construction: one ping, one
+   * refresh, one subscribe or unsubscribe per Subscription. */
   private line: Pending[] = [];
   /** The current socket's copy of the server's message limiter. */
   private bucket: TokenBucket | undefined;
@@ -108,9 +113,9 @@ export class WsgateClient implements SubscriptionHost {
   private deadTimer: ReturnType<typeof setTimeout> | undefined;
   /** The heartbeat ping in flight: waiting in the line, or sent. */
   private pinging: 'waiting' | 'sent' | undefined;
-  /** Silent too long while frames wait: the next one sent starts the dead
-   * timer (instead of a ping that would take its turn). */
-  private probe: (() => void) | undefined;
+  /** Silent too long while frames wait: called with the next frame sent —
+   * the probe if it draws a quick answer, else a ping follows it. */
+  private probe: ((sent: Pending) => void) | undefined;
 
   constructor(opts: ClientOptions) {
     if (!opts || !opts.url) throw new TypeError('wsgate: `url` is required');
@@ -131,6 +136,7 @@ export class WsgateClient implements SubscriptionHost {
       stableAfterMs: opts.stableAfterMs ?? 5000,
       runBufferSize: opts.runBufferSize ?? 1000,
       checkTokenOverHttp: opts.checkTokenOverHttp ?? typeof (globalThis as any).fetch === 'function',
+      tokenCheckUrl: opts.tokenCheckUrl,
     };
     this.queue = new BoundedQueue(this.opts.maxQueue);
     this.runs = new RunTracker(this.opts.runBufferSize);
@@ -166,6 +172,8 @@ export class WsgateClient implements SubscriptionHost {
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     const ws = this.ws;
+    // Before teardown(), which would reject what is in flight 'disconnected'.
+    this.failAll(new WsgateError('closed', 'the client was closed'));
     this.teardown();
     if (ws) {
       try {
@@ -174,7 +182,6 @@ export class WsgateClient implements SubscriptionHost {
         /* already closing */
       }
     }
-    this.failAll(new WsgateError('closed', 'the client was closed'));
     if (this._state !== 'closed') this.setState('closed');
     if (wasLive) this.events.emit('disconnected', { code: 1000, reason: 'client closed', reconnecting: false });
   }
@@ -198,6 +205,15 @@ export class WsgateClient implements SubscriptionHost {
       return;
     }
     if (gen !== this.gen) return;
+    if (typeof token === 'string' && token.trim()) {
+      // A character a subprotocol cannot carry would make `new WebSocket`
+      // throw (Chrome's SyntaxError quotes the subprotocol, token and all).
+      token = cleanToken(token);
+      if (!token) {
+        this.refused('unauthorized', 'the token has characters a WebSocket subprotocol cannot carry (a JWT is base64url and dots)');
+        return;
+      }
+    } else token = undefined;
     // Browsers cannot see a refused handshake's 401, so a token that cannot
     // work is caught here instead of being offered again and again.
     const claims = token ? decodeToken(token) : undefined;
@@ -216,7 +232,9 @@ export class WsgateClient implements SubscriptionHost {
       // The token travels as a subprotocol, never in the URL (URLs end up in logs).
       ws = new this.WS(this.opts.url, ['wsgate.v1.json', 'bearer.' + token]);
     } catch (e) {
-      this.events.emit('error', new WsgateError('disconnected', `cannot open the WebSocket: ${(e as Error)?.message ?? e}`));
+      // Never the token in a message (a browser's error may quote it).
+      const msg = String((e as Error)?.message ?? e).split(token).join('<token>');
+      this.events.emit('error', new WsgateError('disconnected', `cannot open the WebSocket: ${msg}`));
       this.scheduleReconnect(1006, '', false);
       return;
     }
@@ -242,11 +260,12 @@ export class WsgateClient implements SubscriptionHost {
       if (this.ws !== ws) return;
       const code = ev?.code ?? 1006;
       const reason = ev?.reason ?? '';
-      if (!opened && !statusKnown && this.opts.checkTokenOverHttp) {
+      const checkUrl = !opened && !statusKnown && this.opts.checkTokenOverHttp ? this.checkUrl() : undefined;
+      if (checkUrl) {
         // The handshake failed and we cannot tell why: ask over HTTP
         // whether it is the token.
         this.teardown();
-        void this.checkToken(token!).then((refusal) => {
+        void this.checkToken(checkUrl, token!).then((refusal) => {
           if (gen === this.gen) this.onSocketClosed(code, reason, refusal);
         });
         return;
@@ -255,21 +274,29 @@ export class WsgateClient implements SubscriptionHost {
     };
   }
 
-  /** `GET <origin>/api/threads?limit=1` with the token: the refusal's
+  /** Where the token check asks (tokencheck.ts), or undefined: no check. */
+  private checkUrl(): string | undefined {
+    const base = (globalThis as any).location?.href;
+    const explicit = this.opts.tokenCheckUrl;
+    return explicit !== undefined ? httpUrl(explicit, base) : tokenCheckUrl(this.opts.url, base);
+  }
+
+  /** `GET <url>` (…/api/threads?limit=1) with the token: the refusal's
    * message on a 401, else undefined (accepted, another status, or the
    * check itself failed — a network error, CORS — : not a token problem). */
-  private async checkToken(token: string): Promise<string | undefined> {
+  private async checkToken(url: string, token: string): Promise<string | undefined> {
     const f = (globalThis as any).fetch;
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const url = new URL(this.opts.url);
-      url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
-      url.pathname = '/api/threads';
-      url.search = '?limit=1';
-      url.hash = '';
       const ctl = typeof AbortController === 'function' ? new AbortController() : undefined;
       timer = setTimeout(() => ctl?.abort(), 5000);
-      const res = await f(url.toString(), { headers: { Authorization: 'Bearer ' + token }, signal: ctl?.signal });
+      const res = await f(url, {
+        headers: { Authorization: 'Bearer ' + token },
+        // Not the page's cookies, nothing cached: only the token is asked about.
+        credentials: 'omit',
+        cache: 'no-store',
+        signal: ctl?.signal,
+      });
       if (res.status !== 401) return undefined;
       let message = 'the server refused the token (HTTP 401)';
       try {
@@ -304,13 +331,14 @@ export class WsgateClient implements SubscriptionHost {
   private onSocketClosed(code: number, reason: string, refusal?: string): void {
     const wasLive = this.live;
     if (wasLive && Date.now() - this.connectedAt >= this.opts.stableAfterMs) this.attempt = 0;
+    if (code === 4003 && refusal === undefined) {
+      // stop() before any teardown(): requests in flight reject 'closed' too.
+      this.stop(new WsgateError('closed', 'disconnected by the server (4003)'), code, reason);
+      return;
+    }
     this.teardown();
     if (refusal !== undefined) {
       this.refused('unauthorized', refusal);
-      return;
-    }
-    if (code === 4003) {
-      this.stop(new WsgateError('closed', 'disconnected by the server (4003)'), code, reason);
       return;
     }
     if (!this.opts.reconnect) {
@@ -347,8 +375,8 @@ export class WsgateClient implements SubscriptionHost {
   /** No more reconnects (4003, a refused token, reconnect: false). */
   private stop(err: WsgateError, code: number, reason: string): void {
     this.gen++;
+    this.failAll(err); // before teardown(): in flight too rejects with err
     this.teardown();
-    this.failAll(err);
     this.setState('closed');
     this.events.emit('disconnected', { code, reason, reconnecting: false });
   }
@@ -552,6 +580,7 @@ export class WsgateClient implements SubscriptionHost {
       }
       const wait = this.bucket ? this.bucket.take() : 0;
       if (wait > 0) {
+        clearTimeout(this.pumpTimer); // a probe's ping may have pumped meanwhile
         this.pumpTimer = setTimeout(() => this.pump(), wait);
         return;
       }
@@ -566,7 +595,7 @@ export class WsgateClient implements SubscriptionHost {
       p.onSent?.();
       const probe = this.probe;
       this.probe = undefined;
-      probe?.();
+      probe?.(p);
     }
   }
 
@@ -696,7 +725,12 @@ export class WsgateClient implements SubscriptionHost {
 
   /** @internal (Subscription.unsubscribe) */
   _unsubscribe(sub: Subscription): Promise<void> {
-    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+    if (this.subs.get(sub.channel) === sub) {
+      this.subs.delete(sub.channel);
+      // Nothing more arrives for its runs: their iterators end.
+      if (sub.channel.startsWith('thread:'))
+        this.runs.failThread(sub.channel.slice('thread:'.length), new WsgateError('closed', `${sub.channel} was unsubscribed`));
+    }
     if (!this.live) return Promise.resolve(); // the server already forgot it
     // Its subscribe still waits in the line: withdraw it, nothing to undo.
     const i = this.line.findIndex((p) => p.frame.type === 'subscribe' && (p.frame.payload as any)?.channel === sub.channel);
@@ -706,10 +740,15 @@ export class WsgateClient implements SubscriptionHost {
       p.reject(new WsgateError('closed', 'unsubscribed'));
       return Promise.resolve();
     }
-    return this.req('unsubscribe', { channel: sub.channel }, undefined).then(
+    // In the line, like subscribes: a subscribe of the same channel made
+    // after it goes after it (not ahead: a conflict, then the unsubscribe
+    // removing the new one); no timeout, never queue_full, not held behind
+    // the resubscribes' answers.
+    return this.req('unsubscribe', { channel: sub.channel }, Infinity, undefined, 'back').then(
       () => undefined,
       (e: WsgateError) => {
-        if (e.code !== 'not_found' && e.code !== 'disconnected') throw e;
+        // Gone with the connection (the server forgot it), or not there.
+        if (e.code !== 'not_found' && e.code !== 'disconnected' && e.code !== 'closed') throw e;
       },
     );
   }
@@ -820,8 +859,10 @@ export class WsgateClient implements SubscriptionHost {
     const gen = this.gen;
     const refreshing = (async () => {
       try {
-        const token = await this.opts.getToken!();
+        const raw = await this.opts.getToken!();
         if (gen !== this.gen || !this.live) return;
+        const token = typeof raw === 'string' ? cleanToken(raw) : undefined;
+        if (!token) throw new WsgateError('unauthorized', 'getToken returned no token, or one with characters a subprotocol cannot carry');
         const claims = decodeToken(token);
         if (!claims) throw new WsgateError('unauthorized', 'getToken returned a token that is not a decodable JWT');
         if (claims.exp <= nowSecs()) throw new WsgateError('token_expired', 'getToken returned an expired token');
@@ -830,7 +871,10 @@ export class WsgateClient implements SubscriptionHost {
         this.tokenExp = typeof r.expires_at === 'number' ? r.expires_at : claims.exp;
         this.scheduleRefresh(true);
       } catch (e) {
-        if (gen !== this.gen) return; // the connection went: connect() fetches a new token anyway
+        // The connection went (its refresh_token rejected 'disconnected' by
+        // teardown): the reconnect fetches a new token anyway.
+        if (gen !== this.gen || !this.live || (e instanceof WsgateError && (e.code === 'disconnected' || e.code === 'closed')))
+          return;
         const err = e instanceof WsgateError ? e : new WsgateError('unauthorized', `token refresh failed: ${(e as Error)?.message ?? e}`);
         this.events.emit('error', err);
         // Try again a little later while the old token still lasts; at exp
@@ -851,25 +895,21 @@ export class WsgateClient implements SubscriptionHost {
   // ------------------------------------------------------------ heartbeat
 
   /** Browsers cannot see WebSocket pings, so silence is measured from frames:
-   * after heartbeat_secs with nothing received, the next frame out must draw
-   * an answer within the pong timeout, counted from when it is actually sent
-   * (frames may wait in the send line under the rate limit). If frames wait
-   * anyway, the first one to go is that probe (every command has a reply);
-   * else a `ping` command is sent (only then: pings count against the
-   * message rate), ahead of everything — never queue_full. No frame in time
+   * after heartbeat_secs with nothing received, a frame that draws a quick
+   * answer must go out, and some frame must come back within the pong
+   * timeout, counted from when it is actually sent (frames may wait in the
+   * send line under the rate limit). That frame is a `ping` command, sent
+   * ahead of everything (never queue_full) — only then: pings count against
+   * the message rate. If frames wait anyway, the next one to go is the probe
+   * when it is a ping, subscribe or unsubscribe (answered at once:
+   * resubscribes after a reconnect do not wait for pings); any other may take
+   * long to answer (stop_agent waits for the run's end), so a ping follows
+   * it — one per heartbeat, never starving the commands. No frame in time
    * means the path is dead. */
   private armIdle(): void {
     clearTimeout(this.idleTimer);
     const hbMs = (this._info?.heartbeat_secs ?? 0) * 1000;
     if (!this.live || !(hbMs > 0)) return;
-    const timeout = this.opts.pongTimeoutMs ?? Math.max(2000, hbMs / 2);
-    const startDeadTimer = () => {
-      if (!this.live || this.deadTimer) return;
-      this.deadTimer = setTimeout(() => {
-        this.deadTimer = undefined;
-        if (this.live) this.killSocket(`no frame for ${timeout} ms after a ping`);
-      }, timeout);
-    };
     const check = () => {
       if (!this.live) return;
       const idle = Date.now() - this.lastRx;
@@ -881,22 +921,38 @@ export class WsgateClient implements SubscriptionHost {
       // line, a ping refused...).
       this.idleTimer = setTimeout(check, hbMs);
       if (this.deadTimer) return; // already waiting for an answer
-      if (this.pinging === 'sent') return startDeadTimer();
+      if (this.pinging === 'sent') return this.startDeadTimer();
       if (this.pinging) return; // the ping waits in the line: going out starts the timer
       if (this.line.length || (this.flushed && this.queue.peek())) {
-        this.probe = startDeadTimer;
+        this.probe = (sent) => (QUICK.has(sent.frame.type) ? this.startDeadTimer() : this.heartbeatPing());
         return;
       }
-      this.pinging = 'waiting';
-      const gen = this.gen;
-      const done = () => {
-        if (gen === this.gen) this.pinging = undefined;
-      };
-      this.req('ping', undefined, Infinity, undefined, 'front', () => {
-        this.pinging = 'sent';
-        startDeadTimer();
-      }).then(done, done);
+      this.heartbeatPing();
     };
     this.idleTimer = setTimeout(check, Math.max(0, hbMs - (Date.now() - this.lastRx)));
+  }
+
+  /** A `ping` first in the line; the dead timer starts when it is sent. */
+  private heartbeatPing(): void {
+    if (!this.live || this.pinging) return;
+    this.pinging = 'waiting';
+    const gen = this.gen;
+    const done = () => {
+      if (gen === this.gen) this.pinging = undefined;
+    };
+    this.req('ping', undefined, Infinity, undefined, 'front', () => {
+      this.pinging = 'sent';
+      this.startDeadTimer();
+    }).then(done, done);
+  }
+
+  /** No frame within the pong timeout from now: the path is dead. */
+  private startDeadTimer(): void {
+    if (!this.live || this.deadTimer) return;
+    const timeout = this.opts.pongTimeoutMs ?? Math.max(2000, (this._info?.heartbeat_secs ?? 0) * 500);
+    this.deadTimer = setTimeout(() => {
+      this.deadTimer = undefined;
+      if (this.live) this.killSocket(`no frame for ${timeout} ms after a ping`);
+    }, timeout);
   }
 }

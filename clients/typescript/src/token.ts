@@ -36,3 +36,15 @@ export function decodeToken(token: string): TokenInfo | undefined {
 export function nowSecs(): number {
   return Date.now() / 1000;
 }
+
+/** RFC 6455 subprotocols are HTTP tokens (RFC 7230 tchar): a JWT
+ * (base64url and dots) always is one. */
+const TCHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** The token trimmed of surrounding whitespace (a trailing newline from a
+ * `.text()` body), or undefined when it has a character that cannot travel
+ * in the `bearer.<token>` subprotocol. */
+export function cleanToken(token: string): string | undefined {
+  const t = token.trim();
+  return TCHARS.test(t) ? t : undefined;
+}

@@ -38,13 +38,19 @@ export interface ClientOptions {
   /** Recent run events kept per thread for runEvents(). Default 1000. */
   runBufferSize?: number;
   /** When a handshake fails before the socket opens and the WebSocket
-   * cannot show the HTTP status (browsers), ask the server over HTTP
-   * whether the token is the problem: `GET <origin>/api/threads?limit=1`
-   * with `Authorization: Bearer <token>`; a 401 is then handled like a
-   * refused handshake. Default true where `fetch` exists. A server on
-   * another origin must allow it with CORS, else the check fails and the
-   * client keeps backing off. */
+   * cannot show the HTTP status (browsers, Node's built-in WebSocket), ask
+   * the server over HTTP whether the token is the problem: `GET
+   * …/api/threads?limit=1` beside the `/ws` endpoint (wss: → https:, ws: →
+   * http:, the path before /ws kept; no check when the path does not end
+   * in /ws or the scheme is another) with `Authorization: Bearer <token>`;
+   * a 401 is then handled like a refused handshake. Default true where
+   * `fetch` exists. A server on another origin must allow it with CORS,
+   * else the check fails and the client keeps backing off. */
   checkTokenOverHttp?: boolean;
+  /** The URL that check asks instead (absolute, or relative to the page;
+   * http: or https: only), for a gateway whose WebSocket path does not end
+   * in /ws. */
+  tokenCheckUrl?: string;
 }
 
 export interface ConnectedInfo {

@@ -1,7 +1,9 @@
 // auth.test.mjs — tokens: subprotocol transport, refresh before exp
 // (getToken called again, token_refreshed, the connection outlives the first
 // token), a refused token reported as 'unauthorized' and not retried
-// forever, tokens rejected locally (not a JWT / expired), 4001 at exp.
+// forever, tokens rejected locally (not a JWT / expired / characters a
+// subprotocol cannot carry), 4001 at exp; the browser-side HTTP token check
+// and where it asks.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient, decodeToken } from '../dist/index.js';
@@ -191,12 +193,14 @@ test('getToken failing: reported, retried with backoff (not a tight loop)', { ti
 
 /** A WebSocket as a browser shows it: a refused handshake is an `error`
  * event with no detail and a close 1006 — the HTTP status is invisible. */
-function browserLike() {
+function browserLike(target) {
   const made = [];
   class BrowserLikeWS {
     constructor(url, protocols) {
       made.push({ url, protocols });
-      const ws = (this.inner = new WebSocket(url, protocols));
+      // target: where it really connects (any url accepted, like a scheme
+      // a browser would take).
+      const ws = (this.inner = new WebSocket(target ?? url, protocols));
       let opened = false;
       ws.on('open', () => {
         opened = true;
@@ -266,4 +270,113 @@ test('browser: a failed handshake that is not the token keeps backing off; a goo
   assert.ok(made2.length >= 2);
   assert.equal(nocheck.state, 'reconnecting');
   nocheck.close();
+});
+
+/** Counts the HTTP token checks (the SDK's fetch calls) while fn runs. */
+async function countingFetch(fn) {
+  const calls = [];
+  const real = globalThis.fetch;
+  globalThis.fetch = (url, init) => {
+    calls.push({ url: String(url), init });
+    return real(url, init);
+  };
+  try {
+    await fn(calls);
+  } finally {
+    globalThis.fetch = real;
+  }
+  return calls;
+}
+
+test('browser: no HTTP token check when the ws path does not end in /ws or the scheme is unknown; tokenCheckUrl asks where told', { timeout: 30_000 }, async () => {
+  const bad = () => sign({ sub: 'bad-path', secret: 'another-secret-0123456789-0123456789-xyz' });
+  const port = new URL(server.url).port;
+  await countingFetch(async (calls) => {
+    // A gateway path that is not /ws: the check would ask another app (here
+    // the server's own /api/threads, whose 401 would stop the client).
+    const { BrowserLikeWS } = browserLike();
+    const other = client({ WebSocket: BrowserLikeWS, url: `ws://127.0.0.1:${port}/socket`, token: bad() });
+    // A scheme the derivation does not know (the socket class accepts it).
+    const { made, BrowserLikeWS: AnyScheme } = browserLike(server.url);
+    const ftp = client({ WebSocket: AnyScheme, url: `ftp://127.0.0.1:${port}/ws`, token: bad() });
+    const errors = [];
+    other.on('error', (e) => errors.push(e));
+    ftp.on('error', (e) => errors.push(e));
+    other.connect();
+    ftp.connect();
+    await sleep(1200);
+    assert.ok(made.length >= 2, `the ftp: client kept trying: ${made.length}`);
+    assert.deepEqual(calls, [], 'no check made');
+    assert.deepEqual(errors, []);
+    assert.equal(other.state, 'reconnecting');
+    assert.equal(ftp.state, 'reconnecting');
+    other.close();
+    ftp.close();
+    // With tokenCheckUrl the check asks there: the refusal is found.
+    const { BrowserLikeWS: WS3 } = browserLike();
+    const told = client({ WebSocket: WS3, url: `ws://127.0.0.1:${port}/socket`, token: bad(), tokenCheckUrl: server.http + '/api/threads?limit=1' });
+    const err = nextEvent(told, 'error');
+    told.connect();
+    assert.equal((await err).code, 'unauthorized');
+    assert.equal((await err).message, 'token signature is invalid');
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].url, server.http + '/api/threads?limit=1');
+    assert.equal(calls[0].init.credentials, 'omit');
+    assert.equal(calls[0].init.cache, 'no-store');
+    await waitFor(() => told.state === 'closed', 3000, 'closed');
+  });
+});
+
+test('a token with surrounding whitespace is trimmed; one with a character a subprotocol cannot carry is refused locally, never echoed', { timeout: 30_000 }, async () => {
+  // A trailing newline (`(await fetch(...)).text()`): trimmed, it connects.
+  const { made, CountingWS } = counting();
+  const good = sign({ sub: 'newline' });
+  const c = client({ WebSocket: CountingWS, getToken: async () => good + '\r\n' });
+  c.connect();
+  await nextEvent(c, 'connected');
+  assert.deepEqual(made[0].protocols, ['wsgate.v1.json', 'bearer.' + good]);
+  c.close();
+  // A space inside (Chrome's `new WebSocket` would throw a SyntaxError that
+  // quotes the subprotocol, token included): refused as unauthorized before
+  // any socket, the token in no message; getToken once more, then stop.
+  const tried = [];
+  class ChromeLikeWS {
+    constructor(url, protocols) {
+      tried.push(protocols);
+      for (const p of protocols)
+        if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(p)) throw new SyntaxError(`Failed to construct 'WebSocket': The subprotocol '${p}' is invalid.`);
+      throw new Error('not reached in this test');
+    }
+  }
+  const t = sign({ sub: 'space' });
+  const spaced = t.slice(0, -4) + ' ' + t.slice(-4);
+  let calls = 0;
+  const b = client({
+    WebSocket: ChromeLikeWS,
+    getToken: () => {
+      calls++;
+      return spaced;
+    },
+  });
+  const errors = [];
+  b.on('error', (e) => errors.push(e));
+  b.connect();
+  await waitFor(() => b.state === 'closed', 3000, 'closed');
+  await sleep(300);
+  assert.deepEqual(tried, [], 'no WebSocket constructed');
+  assert.equal(calls, 2);
+  assert.equal(errors.length, 2);
+  for (const e of errors) {
+    assert.equal(e.code, 'unauthorized');
+    assert.ok(!e.message.includes(t.slice(-20)) && !e.message.includes(spaced.slice(0, 20)), e.message);
+  }
+  // A fixed token with a newline inside: one refusal, stop.
+  const d = client({ WebSocket: ChromeLikeWS, token: t.replace('.', '.\n') });
+  const ed = nextEvent(d, 'error');
+  d.connect();
+  const e = await ed;
+  assert.equal(e.code, 'unauthorized');
+  assert.ok(!e.message.includes(t.split('.')[1].slice(0, 20)));
+  assert.equal(d.state, 'closed');
+  assert.deepEqual(tried, []);
 });

@@ -1,10 +1,11 @@
 // basic.test.mjs — connect, request/reply, ping, server errors (forbidden,
 // rate_limited with retryAfterMs), request timeouts, subscribe and ordered
-// publications, unsubscribe.
+// publications, unsubscribe (and subscribing again while sending is held),
+// close() with requests queued and in flight.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient, WsgateError } from '../dist/index.js';
-import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers } from './harness.mjs';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers, slowRepliesWS } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -230,4 +231,57 @@ test('close(): pending and queued reject closed; state closed; no reconnect', { 
   await assert.rejects(p, (e) => e.code === 'closed');
   assert.equal(c.state, 'closed');
   await assert.rejects(c.ping(), (e) => e.code === 'closed');
+});
+
+test('close() with a request in flight (sent, not answered) rejects it closed, not disconnected', { timeout: 30_000 }, async () => {
+  const { sent, SlowRepliesWS } = slowRepliesWS((f) => f.type === 'history', Infinity);
+  const c = client({ WebSocket: SlowRepliesWS });
+  c.connect();
+  await nextEvent(c, 'connected');
+  const p = c.history('test:inflight');
+  const q = c.ping(); // sent too (its pong cannot arrive before close())
+  assert.deepEqual(sent.map((s) => s.frame.type).slice(-2), ['history', 'ping'], 'both sent');
+  c.close();
+  await assert.rejects(p, (e) => e.code === 'closed');
+  await assert.rejects(q, (e) => e.code === 'closed');
+});
+
+test('unsubscribe then subscribe of the same channel while sending is held: sent in that order, the new subscription ends subscribed', { timeout: 30_000 }, async () => {
+  const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 3 } });
+  try {
+    const sent = [];
+    class RecordingWS extends WebSocket {
+      send(d) {
+        sent.push(JSON.parse(d));
+        super.send(d);
+      }
+    }
+    const c = new WsgateClient({ url: limited.url, WebSocket: RecordingWS, token: sign({ sub: 'resub' }), requestTimeoutMs: 500 });
+    clients.push(c);
+    c.connect();
+    const sub = c.subscribe('test:resub');
+    await sub.ready();
+    await Promise.all([c.ping(), c.ping()]); // the burst (3) is used up: frames now wait ~1.1 s each
+    const unsubscribed = sub.unsubscribe();
+    const again = c.subscribe('test:resub');
+    assert.notEqual(again, sub);
+    const errors = [];
+    again.on('error', (e) => errors.push(e));
+    // No requestTimeoutMs (500 ms here) for the unsubscribe: it waits its turn.
+    await unsubscribed;
+    await again.ready();
+    assert.equal(again.state, 'subscribed');
+    assert.deepEqual(
+      sent.filter((f) => f.type.endsWith('subscribe')).map((f) => f.type),
+      ['subscribe', 'unsubscribe', 'subscribe'],
+    );
+    // Subscribed on the server too: a publication arrives.
+    const got = nextEvent(again, 'publication');
+    await limited.publish('test:resub', { x: 1 });
+    assert.deepEqual((await got).data, { x: 1 });
+    assert.deepEqual(errors, []);
+    c.close();
+  } finally {
+    await limited.cleanup();
+  }
 });

@@ -243,6 +243,37 @@ export async function startProxy(port) {
   return proxy;
 }
 
+/**
+ * A `ws` WebSocket class whose replies to the commands matching
+ * isSlow(command frame) reach the SDK `delayMs` later (Infinity: never) — a
+ * slow command on a healthy connection (every other frame passes at once).
+ * `sent`: every frame sent, with its time.
+ */
+export function slowRepliesWS(isSlow, delayMs) {
+  const sent = [];
+  class SlowRepliesWS extends WebSocket {
+    send(d) {
+      sent.push({ at: Date.now(), frame: JSON.parse(d) });
+      super.send(d);
+    }
+    set onmessage(fn) {
+      super.onmessage = (ev) => {
+        const f = JSON.parse(String(ev.data));
+        const cmd = f.id === undefined ? undefined : sent.find((s) => s.frame.id === f.id)?.frame;
+        if (cmd && isSlow(cmd)) {
+          if (delayMs < Infinity) setTimeout(() => fn(ev), delayMs);
+          return;
+        }
+        fn(ev);
+      };
+    }
+    get onmessage() {
+      return super.onmessage;
+    }
+  }
+  return { sent, SlowRepliesWS };
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls until fn() is truthy (returns its value) or throws after timeoutMs. */

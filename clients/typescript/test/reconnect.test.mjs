@@ -3,11 +3,11 @@
 // recovery; the offline queue (bounded, flushed in order after the
 // resubscribes); dead-connection detection through the heartbeat; a
 // reconnect with more subscriptions than the server's message burst, paced
-// under its rate limit.
+// under its rate limit; a slow command never taken for a dead connection.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient } from '../dist/index.js';
-import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers } from './harness.mjs';
+import { startServer, startProxy, sign, WebSocket, nextEvent, closeProxies, waitFor, sleep, stopServers, slowRepliesWS } from './harness.mjs';
 
 let server;
 const clients = [];
@@ -34,9 +34,11 @@ after(async () => {
   await stopServers();
 });
 
-test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', { timeout: 30_000 }, async () => {
+test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect; a request in flight rejects closed', { timeout: 30_000 }, async () => {
   let attempts = 0;
-  class CountingWS extends WebSocket {
+  // The history's reply never reaches the SDK: it is in flight at the 4003.
+  const { SlowRepliesWS } = slowRepliesWS((f) => f.type === 'history', Infinity);
+  class CountingWS extends SlowRepliesWS {
     constructor(...a) {
       super(...a);
       attempts++;
@@ -46,6 +48,7 @@ test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', { timeou
   c.connect();
   await nextEvent(c, 'connected');
   const pending = c.request('ping', undefined, { timeoutMs: 60000 });
+  const inflight = c.history('test:kicked').then(() => null, (e) => e);
   const disc = nextEvent(c, 'disconnected');
   const r = await server.disconnectUser('kicked');
   assert.equal(r.disconnected, 1);
@@ -54,6 +57,7 @@ test('(a) POST /api/users/{user}/disconnect → 4003 → no reconnect', { timeou
   assert.equal(d.reconnecting, false);
   assert.equal(c.state, 'closed');
   await pending.catch(() => {}); // the pong may have come first; either way it settled
+  assert.equal((await inflight)?.code, 'closed');
   await sleep(800);
   assert.equal(attempts, 1, 'no reconnect after 4003');
   assert.equal(c.state, 'closed');
@@ -290,6 +294,35 @@ test('reconnect with 20 subscriptions under a tight rate limit (60/min, burst 10
     assert.ok(took >= 9000, `paced: ${took} ms for 22 frames with a burst of 10 at 1/s`);
     assert.equal(c.state, 'connected');
     await proxy.close();
+    c.close();
+  } finally {
+    await limited.cleanup();
+  }
+});
+
+test('a slow command sent after a silence is not the heartbeat probe: a healthy connection is not killed', { timeout: 30_000 }, async () => {
+  // heartbeat 1 s (pong timeout 2 s); the history's reply comes 3.5 s late
+  // (a slow command: a big history, stop_agent waiting for the run's end).
+  const limited = await startServer({ limits: { messages_per_minute: 60, message_burst: 3, heartbeat_secs: 1 } });
+  try {
+    const { sent, SlowRepliesWS } = slowRepliesWS((f) => f.type === 'history', 3500);
+    const c = client({ url: limited.url, WebSocket: SlowRepliesWS, token: sign({ sub: 'slow' }) });
+    const discs = [];
+    c.on('disconnected', (d) => discs.push(d));
+    c.connect();
+    const info = await nextEvent(c, 'connected');
+    assert.equal(info.heartbeat_secs, 1);
+    // The burst used up: the history waits for the rate limit past a
+    // heartbeat of silence, so frames are waiting when the heartbeat looks.
+    await Promise.all([c.ping(), c.ping(), c.ping()]);
+    const t0 = Date.now();
+    const h = await c.history('test:slow');
+    assert.equal(h.channel, 'test:slow');
+    assert.ok(Date.now() - t0 >= 3500);
+    assert.deepEqual(discs, [], 'not taken for dead');
+    assert.equal(c.state, 'connected');
+    const types = sent.map((s) => s.frame.type);
+    assert.ok(types.slice(types.indexOf('history') + 1).includes('ping'), `a ping followed the history: ${types}`);
     c.close();
   } finally {
     await limited.cleanup();

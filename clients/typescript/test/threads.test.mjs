@@ -1,6 +1,7 @@
 // threads.test.mjs — thread helpers and agent runs against the echo agent:
 // CRUD, a run streamed with runEvents (also across a network cut), stopRun,
-// switchThread mid-run replaying the run so far.
+// switchThread mid-run replaying the run so far, runEvents ended by an
+// unsubscribe.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateClient } from '../dist/index.js';
@@ -210,4 +211,22 @@ test('runEvents on a deleted thread rejects (forbidden); after close() it reject
   const t0 = Date.now();
   await assert.rejects(c.runEvents(t2.id, 'r').next(), (e) => e.code === 'closed');
   assert.ok(Date.now() - t0 < 100, 'at once');
+});
+
+test("unsubscribing a thread ends its runEvents iterators with 'closed'", { timeout: 30_000 }, async () => {
+  const c = client('threads-unsub');
+  const { runId, threadId } = await c.sendMessage(words(100));
+  const it = c.runEvents(threadId, runId);
+  assert.equal((await it.next()).value.type, 'agent_started');
+  await c.getSubscription('thread:' + threadId).unsubscribe();
+  // What was already buffered may come first; then 'closed', not a hang.
+  let err;
+  for (;;) {
+    const r = await Promise.race([it.next().then((x) => x, (e) => ({ error: e })), sleep(3000).then(() => ({ hung: true }))]);
+    if (r.error) err = r.error;
+    if (r.error || r.hung || r.done) break;
+  }
+  assert.equal(err?.code, 'closed');
+  assert.deepEqual(await it.next(), { value: undefined, done: true });
+  await c.stopRun(runId).catch(() => {});
 });
