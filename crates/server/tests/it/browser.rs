@@ -3,7 +3,6 @@
 //! `.ci/run` install both; without them this test fails and says how to
 //! install them.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,10 +13,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::harness::*;
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
-}
 
 /// Serves a blank page, so the browser has a real `http://` origin.
 async fn page_server() -> String {
@@ -33,15 +28,7 @@ async fn page_server() -> String {
 
 #[tokio::test]
 async fn chromium_agrees_deflate_and_exchanges_compressed_messages() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "no Chromium at {chromium}: `apt-get install chromium` (scripts/test.sh does it)"
-    );
-    assert!(
-        browser_dir().join("node_modules/playwright-core").is_dir(),
-        "run `npm ci --prefix tests/browser` (scripts/test.sh does it)"
-    );
+    let (chromium, browser) = browser_setup();
     let page = page_server().await;
     let origin = page.clone();
     let server = TestServer::with(|c| {
@@ -51,7 +38,7 @@ async fn chromium_agrees_deflate_and_exchanges_compressed_messages() {
     .await;
 
     let mut child = Command::new("node")
-        .arg(browser_dir().join("deflate.mjs"))
+        .arg(browser.join("deflate.mjs"))
         .args([&page, &server.url("/ws"), &token("browser-user")])
         .env("CHROMIUM", &chromium)
         .stdout(Stdio::piped())

@@ -176,16 +176,7 @@ async fn dev_dashboard_dir_serves_files_from_disk() {
 
 #[tokio::test]
 async fn chromium_runs_the_dashboard_end_to_end() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "no Chromium at {chromium}: `apt-get install chromium` (scripts/test.sh does it)"
-    );
-    let browser = repo_dir().join("tests/browser");
-    assert!(
-        browser.join("node_modules/playwright-core").is_dir(),
-        "run `npm ci --prefix tests/browser` (scripts/test.sh does it)"
-    );
+    let (chromium, browser) = browser_setup();
     let server = TestServer::with(|c| {
         c.metrics_interval_secs = 1;
         c.agent.echo_delay_ms = 30;

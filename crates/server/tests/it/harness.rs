@@ -496,3 +496,20 @@ pub async fn next_report(
     assert_ne!(v[key], "error", "{v}");
     v
 }
+
+/// Debian's Chromium (`CHROMIUM` or /usr/bin/chromium) and `tests/browser`
+/// with playwright-core installed, for the browser tests; fails saying how
+/// to install what is missing (scripts/test.sh does both).
+pub fn browser_setup() -> (String, std::path::PathBuf) {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: `apt-get install chromium` (scripts/test.sh does it)"
+    );
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix tests/browser` (scripts/test.sh does it)"
+    );
+    (chromium, dir)
+}
