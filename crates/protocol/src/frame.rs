@@ -1,8 +1,12 @@
 //! The envelope `{"type", "id"?, "payload"?}` in JSON text or MessagePack.
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// The deepest nesting a client frame may have, in either encoding: the
+/// recursion limit serde_json applies to JSON text.
+pub const MAX_DEPTH: usize = 128;
 
 /// How frames of one connection are encoded, chosen by subprotocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -64,7 +68,15 @@ impl ClientFrame {
                 serde_json::from_slice(bytes).map_err(|_| DecodeError::Syntax("JSON"))?
             }
             Encoding::Msgpack => {
-                rmp_serde::from_slice(bytes).map_err(|_| DecodeError::Syntax("MessagePack"))?
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                // serde_json's own nesting limit. rmp-serde allows 1,024
+                // levels, enough to overflow a 2 MiB tokio worker stack
+                // while decoding (and again while dropping or re-encoding
+                // the value), which aborts the whole process; and data
+                // nested deeper than JSON's limit could not be read back
+                // from history or the broker as JSON.
+                de.set_max_depth(MAX_DEPTH);
+                Value::deserialize(&mut de).map_err(|_| DecodeError::Syntax("MessagePack"))?
             }
         };
         let Value::Object(mut map) = value else {
@@ -175,6 +187,43 @@ mod tests {
         assert_eq!(f.kind, "ping");
         assert_eq!(f.id_str(), Some("7"));
         assert!(f.payload_object().unwrap().is_empty());
+    }
+
+    /// A MessagePack frame nested 1,000 deep (fine for rmp-serde's own
+    /// limit of 1,024) overflowed the stack of a tokio worker thread.
+    #[test]
+    fn messagepack_nesting_is_limited_like_json() {
+        fn nested(depth: usize) -> Vec<u8> {
+            let mut frame = vec![0x82, 0xa4];
+            frame.extend_from_slice(b"type");
+            frame.extend_from_slice(&[0xa4]);
+            frame.extend_from_slice(b"ping");
+            frame.extend_from_slice(&[0xa7]);
+            frame.extend_from_slice(b"payload");
+            frame.extend(std::iter::repeat_n(0x91, depth));
+            frame.push(0xc0);
+            frame
+        }
+        // On a thread with a tokio worker's stack, as the server decodes.
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                (
+                    ClientFrame::decode(Encoding::Msgpack, &nested(100)).is_ok(),
+                    ClientFrame::decode(Encoding::Msgpack, &nested(1000)),
+                    ClientFrame::decode(Encoding::Json, &{
+                        let mut f = br#"{"type":"ping","payload":"#.to_vec();
+                        f.extend(std::iter::repeat_n(b'[', 1000));
+                        f
+                    }),
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(decoded.0, "100 levels are fine");
+        assert_eq!(decoded.1, Err(DecodeError::Syntax("MessagePack")));
+        assert_eq!(decoded.2, Err(DecodeError::Syntax("JSON")));
     }
 
     #[test]
