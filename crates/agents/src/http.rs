@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use wsgate_core::runs::{
     AgentBackend, AgentError, AgentEvent, AgentInput, EventSender, MAX_EVENT_LINE_BYTES,
@@ -48,35 +49,46 @@ impl AgentBackend for HttpAgent {
             .map_err(|e| http_failure("the agent request failed", e))?;
         check_status("the agent", &response)?;
 
-        let mut body = response.bytes_stream();
-        let mut lines = LineBuffer::default();
-        let mut complete = Vec::new();
-        loop {
-            let chunk = until_closed(&events, body.next()).await?;
-            let at_end = match chunk {
-                Some(Ok(bytes)) => {
-                    lines.feed(&bytes, &mut complete)?;
-                    false
-                }
-                Some(Err(e)) => return Err(http_failure("reading the agent's stream failed", e)),
-                // NDJSON's last line may lack its newline: it still counts.
-                None => {
-                    complete.extend(lines.finish());
-                    true
-                }
-            };
-            for line in complete.drain(..) {
-                if let Some(answer) = handle_line(&line, &events).await? {
-                    // The final report ends the run: an upstream that keeps
-                    // the connection open after it does not hold the run.
-                    return Ok(answer);
-                }
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| http_failure("reading the agent's stream failed", e)));
+        read_events(body, &events).await
+    }
+}
+
+/// Reads the NDJSON body, passing each event on, until the final report
+/// (its content is the answer). Separate from the request so that the
+/// parser can be fed arbitrary chunks (`fuzz/`).
+pub(crate) async fn read_events<S>(mut body: S, events: &EventSender) -> Result<String, AgentError>
+where
+    S: Stream<Item = Result<Bytes, AgentError>> + Unpin,
+{
+    let mut lines = LineBuffer::default();
+    let mut complete = Vec::new();
+    loop {
+        let chunk = until_closed(events, body.next()).await?;
+        let at_end = match chunk {
+            Some(bytes) => {
+                lines.feed(&bytes?, &mut complete)?;
+                false
             }
-            if at_end {
-                return Err(AgentError::Upstream(
-                    "the agent's stream ended without a final_report".into(),
-                ));
+            // NDJSON's last line may lack its newline: it still counts.
+            None => {
+                complete.extend(lines.finish());
+                true
             }
+        };
+        for line in complete.drain(..) {
+            if let Some(answer) = handle_line(&line, events).await? {
+                // The final report ends the run: an upstream that keeps
+                // the connection open after it does not hold the run.
+                return Ok(answer);
+            }
+        }
+        if at_end {
+            return Err(AgentError::Upstream(
+                "the agent's stream ended without a final_report".into(),
+            ));
         }
     }
 }

@@ -7,6 +7,8 @@
 //! future, which drops the upstream connection with it.
 
 mod common;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 mod openai;
 

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use reqwest::header::ACCEPT;
 use serde_json::{json, Value};
 use wsgate_core::runs::{AgentBackend, AgentError, AgentEvent, AgentInput, EventSender};
@@ -44,7 +45,7 @@ impl fmt::Debug for OpenAiAgent {
 
 /// Why reading the body stopped, as seen through the SSE parser.
 #[derive(Debug)]
-enum ReadError {
+pub(crate) enum ReadError {
     Http(reqwest::Error),
     /// More than [`MAX_ANSWER_BYTES`] arrived without completing an event.
     TooLong,
@@ -88,61 +89,69 @@ impl AgentBackend for OpenAiAgent {
             .map_err(|e| http_failure("the OpenAI request failed", e))?;
         check_status("the OpenAI server", &response)?;
 
-        // eventsource-stream buffers an unfinished event without limit, so
-        // the bytes fed to it since the last event are counted here and the
-        // read fails past the bound. The counter is reset when an event
-        // comes out; what one chunk brings in beyond that is at most the
-        // chunk itself.
-        let pending = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&pending);
-        let mut stream = response
-            .bytes_stream()
-            .map(move |chunk| match chunk {
-                Ok(bytes) => {
-                    let seen = counted.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
-                    if seen > MAX_ANSWER_BYTES {
-                        Err(ReadError::TooLong)
-                    } else {
-                        Ok(bytes)
-                    }
-                }
-                Err(e) => Err(ReadError::Http(e)),
-            })
-            .eventsource();
+        let body = response.bytes_stream().map(|c| c.map_err(ReadError::Http));
+        read_stream(body, &events).await
+    }
+}
 
-        let mut answer = String::new();
-        loop {
-            let event = match until_closed(&events, stream.next()).await? {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => return Err(read_failure(e)),
-                None => {
-                    return Err(AgentError::Upstream(
-                        "the OpenAI stream ended without [DONE]".into(),
-                    ))
-                }
-            };
-            pending.store(0, Ordering::Relaxed);
-            if event.data.trim() == "[DONE]" {
-                send(
-                    &events,
-                    AgentEvent::FinalReport {
-                        content: answer.clone(),
-                    },
-                )
-                .await?;
-                return Ok(answer);
+/// Reads the SSE body, passing each content delta on, until `[DONE]` (the
+/// concatenation is the answer). Separate from the request so that the
+/// parser can be fed arbitrary chunks (`fuzz/`).
+pub(crate) async fn read_stream<S>(body: S, events: &EventSender) -> Result<String, AgentError>
+where
+    S: Stream<Item = Result<Bytes, ReadError>> + Unpin,
+{
+    // eventsource-stream buffers an unfinished event without limit, so
+    // the bytes fed to it since the last event are counted here and the
+    // read fails past the bound. The counter is reset when an event
+    // comes out; what one chunk brings in beyond that is at most the
+    // chunk itself.
+    let pending = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&pending);
+    let mut stream = body
+        .map(move |chunk| {
+            let bytes = chunk?;
+            let seen = counted.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+            if seen > MAX_ANSWER_BYTES {
+                Err(ReadError::TooLong)
+            } else {
+                Ok(bytes)
             }
-            let Some(delta) = chunk_delta(&event.data)? else {
-                continue;
-            };
-            if answer.len() + delta.len() > MAX_ANSWER_BYTES {
-                return Err(AgentError::Upstream(format!(
-                    "the OpenAI answer is longer than {MAX_ANSWER_BYTES} bytes"
-                )));
+        })
+        .eventsource();
+
+    let mut answer = String::new();
+    loop {
+        let event = match until_closed(events, stream.next()).await? {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => return Err(read_failure(e)),
+            None => {
+                return Err(AgentError::Upstream(
+                    "the OpenAI stream ended without [DONE]".into(),
+                ))
             }
-            answer.push_str(&delta);
-            send(&events, AgentEvent::PartialResult { delta }).await?;
+        };
+        pending.store(0, Ordering::Relaxed);
+        if event.data.trim() == "[DONE]" {
+            send(
+                events,
+                AgentEvent::FinalReport {
+                    content: answer.clone(),
+                },
+            )
+            .await?;
+            return Ok(answer);
         }
+        let Some(delta) = chunk_delta(&event.data)? else {
+            continue;
+        };
+        if answer.len() + delta.len() > MAX_ANSWER_BYTES {
+            return Err(AgentError::Upstream(format!(
+                "the OpenAI answer is longer than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        answer.push_str(&delta);
+        send(events, AgentEvent::PartialResult { delta }).await?;
     }
 }
 

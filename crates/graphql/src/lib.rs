@@ -9,6 +9,8 @@
 
 mod connection;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod mutation;
 mod operation;
 mod protocol;

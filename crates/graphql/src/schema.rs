@@ -59,16 +59,10 @@ impl Graphql {
         settings: GraphqlSettings,
         stats: StatsFn,
     ) -> Arc<Self> {
-        let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
-            .data(Services {
-                shared: services.clone(),
-                stats,
-            })
-            .limit_depth(settings.max_depth)
-            .limit_complexity(settings.max_complexity);
-        if !settings.introspection {
-            builder = builder.disable_introspection();
-        }
+        let builder = limited(&settings).data(Services {
+            shared: services.clone(),
+            stats,
+        });
         let metrics = services.metrics.clone();
         Arc::new(Graphql {
             schema: builder.finish(),
@@ -116,6 +110,21 @@ impl Graphql {
 
     pub(crate) fn count(&self, kind: OperationKind) {
         Metrics::count(&self.metrics().graphql_operations, "type", kind.as_str());
+    }
+}
+
+/// The schema with the document limits of `settings` (depth, complexity,
+/// introspection), before any data is attached.
+pub(crate) fn limited(
+    settings: &GraphqlSettings,
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    let builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .limit_depth(settings.max_depth)
+        .limit_complexity(settings.max_complexity);
+    if settings.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
     }
 }
 

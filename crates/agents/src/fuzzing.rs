@@ -1,0 +1,57 @@
+//! Entry points for `cargo fuzz` (feature `fuzzing`, see `fuzz/`): the two
+//! upstream stream parsers fed arbitrary chunks, exactly as a response body
+//! would arrive.
+
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::sync::mpsc;
+use wsgate_core::runs::{AgentError, AgentEvent};
+
+use crate::openai::ReadError;
+
+/// What a parser made of a body: its result and the events it passed on.
+pub struct Outcome {
+    pub result: Result<String, AgentError>,
+    pub events: Vec<AgentEvent>,
+}
+
+/// The `http` backend's NDJSON reader over `chunks`.
+pub fn ndjson(chunks: Vec<Vec<u8>>) -> Outcome {
+    let body = stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
+    drive(|events| async move { crate::http::read_events(body, &events).await })
+}
+
+/// The `openai` backend's SSE reader over `chunks`.
+pub fn sse(chunks: Vec<Vec<u8>>) -> Outcome {
+    let body = stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, ReadError>(Bytes::from(c))),
+    );
+    drive(|events| async move { crate::openai::read_stream(body, &events).await })
+}
+
+/// Runs a reader on a current-thread runtime while collecting its events
+/// (the channel is small, as the run manager's is, so backpressure is part
+/// of what runs).
+fn drive<F, Fut>(read: F) -> Outcome
+where
+    F: FnOnce(mpsc::Sender<AgentEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, AgentError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let (tx, mut rx) = mpsc::channel(4);
+        let collect = async {
+            let mut events = Vec::new();
+            while let Some(event) = rx.recv().await {
+                events.push(event);
+            }
+            events
+        };
+        let (result, events) = tokio::join!(read(tx), collect);
+        Outcome { result, events }
+    })
+}
