@@ -378,6 +378,7 @@ pub async fn run_with(
     ));
 
     shutdown.cancelled().await;
+    state.sessions.runs.interrupt_all();
     let closing = state.hub.close_all(CloseCode::GoingAway);
     tracing::info!(
         connections = closing,

@@ -97,6 +97,9 @@ pub struct ActiveRun {
     pub replay_from: StreamPosition,
 }
 
+/// How long a run's end is retried while the store is unreachable.
+const RECORD_END_FOR: Duration = Duration::from_secs(30);
+
 pub struct Runs {
     pub store: Arc<dyn ThreadStore>,
     pub channels: Arc<Channels>,
@@ -109,6 +112,10 @@ pub struct Runs {
     /// By thread id: the runs this node executes. A std Mutex: each critical section is a map update or
     /// a scan of the runs in progress, never held across an await.
     active: Mutex<HashMap<Arc<str>, Active>>,
+    /// Cancelled when the server shuts down: every run on this node ends
+    /// as `failed` with `interrupted`, recorded and announced before the
+    /// process exits (see [`Runs::interrupt_all`]).
+    shutdown: CancellationToken,
 }
 
 /// How a run ended.
@@ -135,7 +142,17 @@ impl Runs {
             max_per_user,
             cluster,
             active: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Ends every run of this node as `failed` / `interrupted`: the server
+    /// is stopping. Each is recorded in the store and its thread told, as
+    /// the run tasks end; the server waits for them (its grace period)
+    /// before closing the store. Without this a run longer than the grace
+    /// period was left `running` until the next start.
+    pub fn interrupt_all(&self) {
+        self.shutdown.cancel();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Active>> {
@@ -561,6 +578,7 @@ impl Runs {
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => break Outcome::Stopped,
+                    _ = self.shutdown.cancelled() => break Outcome::Failed("interrupted".into()),
                     _ = tokio::time::sleep_until(deadline) => break Outcome::Failed(format!(
                         "timed out after {} s", self.timeout.as_secs()
                     )),
@@ -597,10 +615,7 @@ impl Runs {
             Outcome::Stopped => (RunStatus::Stopped, None),
             Outcome::Failed(e) => (RunStatus::Failed, Some(e.as_str())),
         };
-        if let Err(e) = self.store.finish_run(&run.id, status, error).await {
-            self.channels.metrics.storage_errors.inc();
-            tracing::warn!(run_id = %run.id, error = %e, "run end not recorded");
-        }
+        self.record_end(&run.id, status, error).await;
         let mut completed = json!({ "status": status });
         if let Some(e) = error {
             completed["error"] = json!(e);
@@ -610,6 +625,29 @@ impl Runs {
             .run_ended(backend, status.as_str(), began.elapsed().as_secs_f64());
         tracing::info!(run_id = %run.id, backend, status = ?status, "run ended");
         self.publish(&run, "agent_completed", completed).await;
+    }
+
+    /// Records how a run ended, retrying while the store fails: a run left
+    /// `running` stays so for every reader until the next start (the
+    /// chaos test cut PostgreSQL under load and found runs stuck). Gives
+    /// up after [`RECORD_END_FOR`]; the next start, or another node's
+    /// orphan check, then marks it `interrupted`.
+    async fn record_end(&self, run_id: &str, status: RunStatus, error: Option<&str>) {
+        let give_up = tokio::time::Instant::now() + RECORD_END_FOR;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let Err(e) = self.store.finish_run(run_id, status, error).await else {
+                return;
+            };
+            self.channels.metrics.storage_errors.inc();
+            if tokio::time::Instant::now() + wait > give_up {
+                tracing::warn!(run_id, error = %e, "run end not recorded; the next start marks it");
+                return;
+            }
+            tracing::debug!(run_id, error = %e, "run end not recorded yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Publishes one backend event; the final report is stored as the

@@ -3,6 +3,7 @@
 
 mod browser;
 mod channels;
+mod chaos;
 mod cluster;
 mod compression;
 mod connection;

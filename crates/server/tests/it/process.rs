@@ -558,3 +558,127 @@ async fn rediss_connects_over_tls_and_verifies_the_certificate() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// SIGTERM under load (issue 11): connections that publish, others with
+/// agent runs in flight, the rest idle subscribers. Every connection gets
+/// 1001, the process exits 0 within the grace period, and the runs in
+/// flight are recorded as ended: none is left `running` in the store.
+#[tokio::test]
+async fn sigterm_under_load_closes_every_connection_1001_and_records_runs_in_flight() {
+    use wsgate_core::threads::ThreadStore;
+    const CLIENTS: usize = 60;
+    const RUNNERS: usize = 8;
+    const PUBLISHERS: usize = 8;
+    let mut s = spawn_serve(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("WSGATE_AUTH__HMAC_SECRET", SECRET),
+            // Each run takes seconds: in flight at the signal.
+            ("WSGATE_AGENT__ECHO_DELAY_MS", "300"),
+            ("WSGATE_SHUTDOWN_GRACE_SECS", "5"),
+            ("WSGATE_LIMITS__HANDSHAKES_PER_MINUTE_PER_IP", "10000"),
+            ("WSGATE_LIMITS__MESSAGES_PER_MINUTE", "100000"),
+            ("WSGATE_LIMITS__MESSAGE_BURST", "10000"),
+        ],
+    )
+    .await;
+    let url = format!("ws://{}/ws", s.addr);
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut req = url.as_str().into_client_request().unwrap();
+        add_header(
+            &mut req,
+            "authorization",
+            &format!("Bearer {}", token(&format!("load-{i}"))),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "connected");
+        clients.push(ws);
+    }
+    let mut threads = Vec::new();
+    for (i, ws) in clients.iter_mut().enumerate() {
+        if i < RUNNERS {
+            let words = vec!["word"; 40].join(" ");
+            let reply = call(ws, "user_message", "m", json!({ "content": words })).await;
+            assert_eq!(reply["type"], "run_started", "{reply}");
+            threads.push(reply["payload"]["thread_id"].as_str().unwrap().to_owned());
+        } else {
+            let s = call(
+                ws,
+                "subscribe",
+                "s",
+                json!({"channel": "user:load-".to_owned() + &i.to_string()}),
+            )
+            .await;
+            assert_eq!(s["type"], "subscribed", "{s}");
+        }
+    }
+    // Publishers keep writing until the server closes them.
+    let mut tasks = Vec::new();
+    for (i, mut ws) in clients.into_iter().enumerate() {
+        let publishes = (RUNNERS..RUNNERS + PUBLISHERS).contains(&i);
+        let channel = format!("user:load-{i}");
+        tasks.push(tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut n = 0u64;
+            loop {
+                if publishes {
+                    n += 1;
+                    let frame =
+                        json!({"type": "publish", "payload": {"channel": channel, "data": n}});
+                    if ws
+                        .send(Message::Text(frame.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                }
+                let next = tokio::time::timeout(Duration::from_millis(2), ws.next()).await;
+                match next {
+                    Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                    Ok(None | Some(Err(_))) => return None,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    sigterm(&s.child);
+    let started = std::time::Instant::now();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let code = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("closed within the grace period")
+            .unwrap();
+        assert_eq!(code, Some(1001), "client {i}");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The runs that were streaming are ended in the store, not `running`.
+    let db = format!("sqlite://{}/wsgate-data/wsgate.db", s.cwd.display());
+    let store = wsgate_storage::Storage::open(&db).await.unwrap();
+    assert_eq!(store.running_runs().await.unwrap().len(), 0);
+    for (i, thread) in threads.iter().enumerate() {
+        let runs = store
+            .list_runs(&format!("load-{i}"), thread)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(runs.len(), 1, "{thread}");
+        assert_ne!(runs[0].status, wsgate_core::threads::RunStatus::Running);
+    }
+    store.close().await;
+    let logs = s.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
