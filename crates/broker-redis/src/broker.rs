@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::scripts::Script;
 use fred::types::Value as RedisValue;
 use serde_json::Value;
@@ -389,6 +389,16 @@ impl Broker for RedisBroker {
                 .publish(self.inner.keys.pubsub(channel), message),
         )
         .await?;
+        Ok(())
+    }
+
+    async fn forget(&self, channel: &str) -> Result<(), BrokerError> {
+        // Both keys carry the channel as hash tag: one slot, one command.
+        let keys = vec![
+            self.inner.keys.meta(channel),
+            self.inner.keys.history(channel),
+        ];
+        let _: i64 = within(self.inner.client.del(keys)).await?;
         Ok(())
     }
 

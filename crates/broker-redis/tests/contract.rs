@@ -44,6 +44,7 @@ on_redis!(
     join_and_leave,
     history_and_recovery,
     history_ttl,
+    forget,
 );
 
 /// Three nodes on one prefix: a command sent by one reaches all three.

@@ -378,6 +378,24 @@ pub async fn history_ttl(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
     assert_eq!(publish(&*b, &ch, json!(2), h).await.offset, 2);
 }
 
+/// A forgotten channel (a deleted thread's) keeps nothing: no history,
+/// its position back to 0; other channels are untouched.
+pub async fn forget(make: impl Fn(Arc<dyn NodeSink>) -> Arc<dyn Broker>) {
+    let b = make(Arc::new(Collected::default()));
+    let (gone, kept) = (unique("contract"), unique("contract"));
+    for i in 0..3 {
+        publish(&*b, &gone, json!(i), KEEP).await;
+        publish(&*b, &kept, json!(i), KEEP).await;
+    }
+    b.forget(&gone).await.unwrap();
+    let page = b.history(&gone, None, 10, KEEP).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position.offset, 0);
+    let page = b.history(&kept, None, 10, KEEP).await.unwrap();
+    assert_eq!(page.publications.len(), 3);
+    assert_eq!(page.position.offset, 3);
+}
+
 /// A node command reaches every node built by `make`, the sender too.
 /// Nodes may start listening a moment after they are built (a networked
 /// broker subscribes in the background), so the command is sent again
@@ -481,6 +499,11 @@ mod memory {
     #[tokio::test(start_paused = true)]
     async fn memory_history_ttl() {
         history_ttl(make).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_forget() {
+        forget(make).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -189,6 +189,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Answers when the broker is reachable (`/ready`).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Drops `channel`'s history and position for good: its name is never
+    /// used again (a deleted thread's `thread:<id>`), so nothing of it
+    /// should outlive it. The default keeps them (a broker whose streams
+    /// expire on their own).
+    async fn forget(&self, channel: &str) -> Result<(), BrokerError> {
+        let _ = channel;
+        Ok(())
+    }
 }
 
 /// One client in a channel's presence.

@@ -193,6 +193,12 @@ impl Threads {
         if !deleted {
             return Err(not_found());
         }
+        // The thread's event stream goes with it (ids are never reused).
+        // Failing here loses nothing: the history then expires by its TTL.
+        let channel = format!("thread:{id}");
+        if let Err(e) = self.channels.broker.forget(&channel).await {
+            tracing::warn!(%channel, error = %e, "could not drop a deleted thread's history");
+        }
         self.announce(&identity.user, "thread_deleted", json!({ "thread_id": id }))
             .await;
         Ok(())
