@@ -284,3 +284,46 @@ async fn framework_rejections_are_json_errors() {
     check(resp, 413, "too_large").await;
     server.stop().await;
 }
+
+/// A 1 MB token, in the `Authorization` header or the subprotocol: refused
+/// at the HTTP layer (the request head is larger than the server reads)
+/// before any decoding, quickly, and the server goes on serving.
+#[tokio::test]
+async fn a_token_with_a_megabyte_header_is_refused_quickly() {
+    let server = TestServer::start().await;
+    let huge = format!("{}.{}.sig", "A".repeat(1 << 20), "B".repeat(16));
+    for header in ["authorization", "sec-websocket-protocol"] {
+        let value = if header == "authorization" {
+            format!("Bearer {huge}")
+        } else {
+            format!("wsgate.v1.json, bearer.{huge}")
+        };
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             {header}: {value}\r\n\r\n"
+        );
+        let started = Instant::now();
+        // The server may close before reading it all: a failed write is
+        // part of being refused.
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{header}: {:?}",
+            started.elapsed()
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 431") || text.starts_with("HTTP/1.1 400"),
+            "{header}: {text}"
+        );
+        assert!(!text.starts_with("HTTP/1.1 101"), "{header}");
+    }
+    // Other clients are unaffected.
+    let (mut ws, _) = server.connect("after-huge").await;
+    assert_eq!(call(&mut ws, "ping", "p", json!({})).await["type"], "pong");
+    server.stop().await;
+}

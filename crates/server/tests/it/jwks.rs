@@ -101,3 +101,25 @@ async fn an_oversized_jwks_is_refused_without_reading_it_whole() {
     assert!(read < 64 << 20, "{read} bytes produced");
     server.abort();
 }
+
+#[tokio::test]
+async fn a_jwks_endpoint_that_never_answers_fails_the_fetch_in_bounded_time() {
+    // Accepts the connection, reads the request, and never writes a byte.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let cache = wsgate::auth::JwksCache::new(format!("http://{addr}/jwks.json"));
+    let started = std::time::Instant::now();
+    let err = cache.refresh().await.unwrap_err().to_string();
+    let took = started.elapsed();
+    // The fetch timeout (3 s) ends it: the refresher does not hang.
+    assert!(took < Duration::from_secs(5), "{took:?}: {err}");
+    assert!(took >= Duration::from_secs(2), "{took:?}: {err}");
+    assert_eq!(cache.key_count(), 0);
+    hung.abort();
+}
