@@ -80,8 +80,12 @@ pub fn clients(url: &str) -> Result<(Client, SubscriberClient), ConnectError> {
         .with_performance_config(|p| {
             p.default_command_timeout = ANSWER_WITHIN;
             // Messages a slow node may lag behind pub/sub before it loses
-            // some (logged): generous, each is one pointer until read.
-            p.broadcast_channel_capacity = 1 << 16;
+            // some (logged). fred gives this capacity to each of a
+            // client's 8 event channels and tokio allocates every slot up
+            // front (~95 B each): 1 << 16 for both clients cost 95 MiB per
+            // node (the soak measured it), so the subscriber gets 1 << 15
+            // and the command client, which receives no messages, 64.
+            p.broadcast_channel_capacity = 1 << 15;
         })
         .with_connection_config(|c| {
             c.connection_timeout = ANSWER_WITHIN;
@@ -91,11 +95,12 @@ pub fn clients(url: &str) -> Result<(Client, SubscriberClient), ConnectError> {
             // The caller gets `unavailable`.
             c.max_command_attempts = 1;
         });
-    let client = builder
-        .build()
-        .map_err(|e| ConnectError::Client(e.details().to_string()))?;
     let subscriber = builder
         .build_subscriber_client()
+        .map_err(|e| ConnectError::Client(e.details().to_string()))?;
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = 64);
+    let client = builder
+        .build()
         .map_err(|e| ConnectError::Client(e.details().to_string()))?;
     client.connect();
     subscriber.connect();
