@@ -3,7 +3,8 @@
 #   scripts/fuzz.sh SECONDS [TARGET...]
 # runs each target (all of them by default) for SECONDS, starting from its
 # committed seeds (fuzz/seeds/TARGET) plus what earlier runs found
-# (fuzz/corpus/TARGET, not committed), and prints executions, coverage and
+# (fuzz/corpus/TARGET, not committed) and every input that once failed
+# (fuzz/regressions/TARGET), and prints executions, coverage and
 # crashes per target. Exits 1 when any target crashed; the crashing input is
 # in fuzz/artifacts/TARGET/ (reproduce with
 # `cargo +nightly fuzz run --fuzz-dir fuzz TARGET fuzz/artifacts/TARGET/crash-…`).
@@ -35,7 +36,11 @@ for t in "${targets[@]}"; do
   set +e
   # -rss_limit_mb: a leak or an unbounded buffer fails the run instead of
   # the machine; -timeout: one input taking 10 s is a hang.
-  "$bin_dir/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
+  # fuzz/regressions/TARGET holds every input that once failed: run first,
+  # with the seeds, on every run.
+  dirs=("fuzz/corpus/$t" "fuzz/seeds/$t")
+  [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
+  "$bin_dir/$t" "${dirs[@]}" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1
   rc=$?
