@@ -73,6 +73,10 @@ pub struct Metrics {
     pub graphql_shared_executions: Gauge,
     /// `wsgate_graphql_shared_subscribers`: subscriptions served by them.
     pub graphql_shared_subscribers: Gauge,
+    /// `wsgate_runtime_alive_tasks`: tasks alive in the tokio runtime, set
+    /// when `/metrics` is read: back to its idle value once clients leave,
+    /// or something leaks (the soak checks it).
+    pub runtime_alive_tasks: Gauge,
     /// `wsgate_connections_total{result="accepted"|"rejected"}`.
     pub connections: Labeled,
     /// `wsgate_handshake_rejections_total{reason}`.
@@ -119,6 +123,7 @@ impl Metrics {
             graphql_errors: Labeled::default(),
             graphql_shared_executions: Gauge::default(),
             graphql_shared_subscribers: Gauge::default(),
+            runtime_alive_tasks: Gauge::default(),
             connections: Labeled::default(),
             handshake_rejections: Labeled::default(),
             messages_in: Labeled::default(),
@@ -160,6 +165,7 @@ impl Metrics {
             "graphql_shared_executions", "Shared GraphQL subscription executions running", graphql_shared_executions;
             "graphql_shared_subscribers", "GraphQL subscriptions served by shared executions", graphql_shared_subscribers;
             "handshake_rejections", "Refused handshakes by reason", handshake_rejections;
+            "runtime_alive_tasks", "Tasks alive in the runtime", runtime_alive_tasks;
             "messages_in", "Frames received by type", messages_in;
             "messages_out", "Frames sent by type", messages_out;
             "errors", "Error frames sent by code", errors;

@@ -63,6 +63,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    state
+        .metrics
+        .runtime_alive_tasks
+        .set(i64::try_from(tasks).unwrap_or(i64::MAX));
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
         return ApiError::new(

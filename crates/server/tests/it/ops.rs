@@ -164,3 +164,36 @@ async fn openapi_lists_every_route() {
         }
     }
 }
+
+/// `wsgate_runtime_alive_tasks` follows the connections: up while clients
+/// are connected, back to its idle value when they leave (what the soak
+/// checks for leaks).
+#[tokio::test]
+async fn alive_tasks_return_to_idle_when_clients_leave() {
+    let server = TestServer::start().await;
+    let tasks = |text: String| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("wsgate_runtime_alive_tasks "))
+            .expect("the gauge is exported")
+            .parse()
+            .unwrap()
+    };
+    let idle = tasks(server.metrics_text().await);
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(server.connect(&format!("tasks-{i}")).await.0);
+    }
+    let busy = tasks(server.metrics_text().await);
+    assert!(busy >= idle + 10, "idle {idle}, with 10 clients {busy}");
+    drop(clients);
+    let mut now = busy;
+    for _ in 0..50 {
+        now = tasks(server.metrics_text().await);
+        if now <= idle {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(now <= idle, "idle {idle}, after the clients left {now}");
+    server.stop().await;
+}
