@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-WARMUP_SHARE, WARMUP_MIN_SECS = 0.20, 180  # as evaluate.py
+WARMUP_SHARE, WARMUP_MIN_SECS = 0.40, 180  # as evaluate.py
 RSS_BAND = 0.05
 
 
