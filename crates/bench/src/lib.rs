@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_deflate::{Deflate, Inflating};
 
 mod agent;
+mod attack;
 mod rtt;
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +46,12 @@ pub enum BenchCommand {
     Agent(agent::AgentArgs),
     /// Request/reply round trips (`ping` → `pong`) at several spacings.
     Rtt(rtt::RttArgs),
+    /// Hostile clients (slowloris, dribbled upgrades, churn, never-reading
+    /// subscribers, frames at the limit, decompression bombs, huge tokens,
+    /// a hostile JWKS) beside a probe of legitimate clients; reports what
+    /// the server did, its RSS, CPU and open files, and the probe's p99
+    /// before and during.
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +208,7 @@ pub fn main(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::TrivialSender(args) => runtime.block_on(trivial_sender(args)),
         BenchCommand::Agent(args) => runtime.block_on(agent::agent(args)),
         BenchCommand::Rtt(args) => runtime.block_on(rtt::rtt(args)),
+        BenchCommand::Attack(args) => runtime.block_on(attack::attack(args)),
     }
 }
 
