@@ -8,14 +8,7 @@ use wsgate_agents::MAX_ANSWER_BYTES;
 use wsgate_core::runs::AgentEvent;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&size, body)) = data.split_first() else {
-        return;
-    };
-    let chunks = body
-        .chunks(usize::from(size).max(1))
-        .map(<[u8]>::to_vec)
-        .collect();
-    let outcome = sse(chunks);
+    let outcome = sse(data);
     let Ok(answer) = outcome.result else {
         return;
     };

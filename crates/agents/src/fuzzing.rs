@@ -15,20 +15,26 @@ pub struct Outcome {
     pub events: Vec<AgentEvent>,
 }
 
-/// The `http` backend's NDJSON reader over `chunks`.
-pub fn ndjson(chunks: Vec<Vec<u8>>) -> Outcome {
-    let body = stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
+/// The `http` backend's NDJSON reader over `data`: its first byte sets the
+/// size of the chunks the rest arrives in.
+pub fn ndjson(data: &[u8]) -> Outcome {
+    let body = stream::iter(chunks(data).map(Ok));
     drive(|events| async move { crate::http::read_events(body, &events).await })
 }
 
-/// The `openai` backend's SSE reader over `chunks`.
-pub fn sse(chunks: Vec<Vec<u8>>) -> Outcome {
-    let body = stream::iter(
-        chunks
-            .into_iter()
-            .map(|c| Ok::<_, ReadError>(Bytes::from(c))),
-    );
+/// The `openai` backend's SSE reader over `data`, chunked as for
+/// [`ndjson`].
+pub fn sse(data: &[u8]) -> Outcome {
+    let body = stream::iter(chunks(data).map(Ok::<_, ReadError>));
     drive(|events| async move { crate::openai::read_stream(body, &events).await })
+}
+
+/// The body after the first byte, in chunks of that many bytes (1–255):
+/// a line or an event split anywhere, as the network may split it.
+fn chunks(data: &[u8]) -> impl Iterator<Item = Bytes> + '_ {
+    let (size, body) = data.split_first().map_or((1, &[][..]), |(s, b)| (*s, b));
+    body.chunks(usize::from(size).max(1))
+        .map(Bytes::copy_from_slice)
 }
 
 /// Runs a reader on a current-thread runtime while collecting its events

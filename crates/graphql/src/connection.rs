@@ -220,7 +220,10 @@ impl GraphqlConnection {
             return Err(CloseCode::GraphqlDuplicateId);
         }
         let limits = &shared.gql.services.limits;
-        if let Err(e) = op.check_size(limits.max_message_bytes) {
+        if let Err(e) = op
+            .check_size(limits.max_message_bytes)
+            .and_then(|()| op.check_maps())
+        {
             shared.refuse(&id, e);
             return Ok(());
         }

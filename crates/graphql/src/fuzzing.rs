@@ -1,8 +1,8 @@
 //! Entry point for `cargo fuzz` (feature `fuzzing`, see `fuzz/`): a
 //! client's graphql-transport-ws message through every check that runs
 //! before a resolver does — the message parse, the size limit, the
-//! operation's shape, and async-graphql's parse and validation with the
-//! server's depth and complexity limits.
+//! variables' shape, the operation's shape, and async-graphql's parse and
+//! validation with the server's depth and complexity limits.
 
 use std::sync::{Arc, OnceLock};
 
@@ -42,6 +42,9 @@ pub fn message(text: &[u8]) -> Verdict {
     };
     if op.check_size(MAX_BYTES).is_err() {
         return Verdict::TooLarge;
+    }
+    if op.check_maps().is_err() {
+        return Verdict::Refused;
     }
     let _ = op.shape();
     let response = runtime().block_on(schema().execute(op.request()));

@@ -50,6 +50,23 @@ impl Operation {
         Ok(())
     }
 
+    /// Refuses `variables` or `extensions` that are not objects (GraphQL
+    /// over HTTP and graphql-ws both say they are maps): async-graphql would
+    /// run the operation as if there were no variables at all.
+    pub fn check_maps(&self) -> Result<(), CommandError> {
+        for (name, value) in [
+            ("variables", &self.variables),
+            ("extensions", &self.extensions),
+        ] {
+            if matches!(value, Some(v) if !v.is_object() && !v.is_null()) {
+                return Err(CommandError::bad_request(format!(
+                    "{name} must be a JSON object"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The type of the operation that would run, `None` when the document
     /// does not parse or names no such operation (execution then reports
     /// why, with async-graphql's own message).

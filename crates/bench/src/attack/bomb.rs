@@ -204,28 +204,9 @@ async fn open_all(
             let connected = raw::read_frame(&mut stream, &mut buf, 64 * 1024)
                 .await?
                 .context("closed before connected")?;
-            let max = serde_json::from_slice::<serde_json::Value>(&connected.payload)?["payload"]
-                ["max_message_bytes"]
-                .as_u64()
-                .context("no max_message_bytes in connected")?;
-            anyhow::Ok((stream, buf, max as usize))
+            let max = raw::max_message_bytes(&connected.payload)?;
+            anyhow::Ok(((stream, buf), max))
         }));
     }
-    let mut sockets = Vec::with_capacity(args.connections);
-    let mut max = None;
-    for t in opening {
-        match t.await? {
-            Ok((stream, buf, m)) => {
-                max = Some(m);
-                sockets.push((stream, buf));
-            }
-            Err(e) => tally.add(format!(
-                "could not connect: {}",
-                raw::first_chars(&format!("{e:#}"), 70)
-            )),
-        }
-    }
-    let max = max.context("no connection opened")?;
-    tally.add_n("connected with permessage-deflate", sockets.len() as u64);
-    Ok((sockets, max))
+    raw::gather(opening, tally, "connected with permessage-deflate").await
 }

@@ -207,28 +207,9 @@ async fn open_all(
                 Message::Text(t) => t.to_string(),
                 other => anyhow::bail!("expected connected, got {other:?}"),
             };
-            let max = serde_json::from_str::<serde_json::Value>(&connected)?["payload"]
-                ["max_message_bytes"]
-                .as_u64()
-                .context("no max_message_bytes in connected")?;
-            anyhow::Ok((ws, max as usize))
+            let max = raw::max_message_bytes(connected.as_bytes())?;
+            anyhow::Ok((ws, max))
         }));
     }
-    let mut sockets = Vec::with_capacity(args.connections);
-    let mut max = None;
-    for t in opening {
-        match t.await? {
-            Ok((ws, m)) => {
-                max = Some(m);
-                sockets.push(ws);
-            }
-            Err(e) => tally.add(format!(
-                "could not connect: {}",
-                raw::first_chars(&format!("{e:#}"), 60)
-            )),
-        }
-    }
-    let max = max.context("no connection opened")?;
-    tally.add_n("connected", sockets.len() as u64);
-    Ok((sockets, max))
+    raw::gather(opening, tally, "connected").await
 }

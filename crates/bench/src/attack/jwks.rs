@@ -79,6 +79,19 @@ struct FetchGuard {
     bytes: u64,
 }
 
+impl FetchGuard {
+    /// Counts a request to `path` and starts timing it.
+    fn start(seen: Arc<Seen>, path: &'static str) -> Self {
+        seen.requests.fetch_add(1, Ordering::Relaxed);
+        FetchGuard {
+            seen,
+            path,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
 impl Drop for FetchGuard {
     fn drop(&mut self) {
         let mut fetches = self.seen.fetches.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,13 +110,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route(
             "/hang",
             get(|State(seen): State<Arc<Seen>>| async move {
-                seen.requests.fetch_add(1, Ordering::Relaxed);
-                let _guard = FetchGuard {
-                    seen,
-                    path: "/hang",
-                    started: Instant::now(),
-                    bytes: 0,
-                };
+                let _guard = FetchGuard::start(seen, "/hang");
                 // Never answers; the guard records when the server gives up.
                 std::future::pending::<()>().await;
                 ""
@@ -112,13 +119,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route(
             "/huge",
             get(move |State(seen): State<Arc<Seen>>| async move {
-                seen.requests.fetch_add(1, Ordering::Relaxed);
-                let guard = FetchGuard {
-                    seen,
-                    path: "/huge",
-                    started: Instant::now(),
-                    bytes: 0,
-                };
+                let guard = FetchGuard::start(seen, "/huge");
                 // A JSON document that never ends within the cap: an open
                 // key list, then spaces.
                 let chunk = Bytes::from(vec![b' '; 64 * 1024]);

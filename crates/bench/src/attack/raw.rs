@@ -10,6 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use anyhow::Context;
+
+use super::report::Tally;
 use super::Target;
 
 /// Source address `i` of a scenario: 127.0.`net`.1 … 127.0.`net`.`count`,
@@ -264,4 +267,40 @@ pub(crate) fn refused_status(e: &anyhow::Error) -> Option<u16> {
         Some(tungstenite::Error::Http(resp)) => Some(resp.status().as_u16()),
         _ => None,
     }
+}
+
+/// `max_message_bytes` of a `connected` frame's payload.
+pub(crate) fn max_message_bytes(connected: &[u8]) -> anyhow::Result<usize> {
+    let frame: serde_json::Value = serde_json::from_slice(connected)?;
+    let max = frame["payload"]["max_message_bytes"]
+        .as_u64()
+        .context("no max_message_bytes in connected")?;
+    Ok(max as usize)
+}
+
+/// Waits for connections being opened, each with the server's
+/// `max_message_bytes`: the open ones and that limit; a connection that
+/// failed is tallied by its reason, and `opened` under `label`.
+pub(crate) async fn gather<S>(
+    opening: Vec<tokio::task::JoinHandle<anyhow::Result<(S, usize)>>>,
+    tally: &Tally,
+    label: &str,
+) -> anyhow::Result<(Vec<S>, usize)> {
+    let mut sockets = Vec::with_capacity(opening.len());
+    let mut max = None;
+    for t in opening {
+        match t.await? {
+            Ok((socket, m)) => {
+                max = Some(m);
+                sockets.push(socket);
+            }
+            Err(e) => tally.add(format!(
+                "could not connect: {}",
+                first_chars(&format!("{e:#}"), 70)
+            )),
+        }
+    }
+    let max = max.context("no connection opened")?;
+    tally.add_n(label, sockets.len() as u64);
+    Ok((sockets, max))
 }

@@ -46,7 +46,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
                 "the body must be a GraphQL request {{\"query\", \"operationName\", \"variables\"}}: {e}"
             ))
         })?;
-        check_maps(&op)?;
+        op.check_maps()?;
         Ok::<_, ApiError>(state.graphql.execute(identity, &op, true).await)
     }
     .await;
@@ -80,46 +80,31 @@ fn query_operation(query: &str) -> Result<Operation, ApiError> {
             "GET /graphql needs ?query= (or an upgrade to graphql-transport-ws)",
         ));
     }
-    check_maps(&op)?;
+    op.check_maps()?;
     Ok(op)
-}
-
-/// `variables` and `extensions` are maps when present (GraphQL over HTTP):
-/// anything else makes the request malformed, a 400, where async-graphql
-/// would run the query with no variables at all.
-fn check_maps(op: &Operation) -> Result<(), ApiError> {
-    for (name, value) in [("variables", &op.variables), ("extensions", &op.extensions)] {
-        if matches!(value, Some(v) if !v.is_object() && !v.is_null()) {
-            return Err(ApiError::bad_request(format!(
-                "{name} must be a JSON object"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{check_maps, query_operation, Operation};
+    use super::{query_operation, ApiError, Operation};
     use axum::http::StatusCode;
     use serde_json::json;
 
     #[test]
     fn variables_and_extensions_are_maps() {
         let post = |body| serde_json::from_value::<Operation>(body).unwrap();
-        assert!(check_maps(&post(json!({"query": "{a}", "variables": {"x": 1}}))).is_ok());
-        assert!(check_maps(&post(json!({"query": "{a}", "variables": null}))).is_ok());
+        let status = |op: Operation| ApiError::from(op.check_maps().unwrap_err()).status;
+        assert!(post(json!({"query": "{a}", "variables": {"x": 1}}))
+            .check_maps()
+            .is_ok());
+        assert!(post(json!({"query": "{a}", "variables": null}))
+            .check_maps()
+            .is_ok());
         for bad in [json!([null]), json!(1), json!("x")] {
             let body = json!({"query": "{a}", "variables": bad.clone()});
-            assert_eq!(
-                check_maps(&post(body)).unwrap_err().status,
-                StatusCode::BAD_REQUEST
-            );
+            assert_eq!(status(post(body)), StatusCode::BAD_REQUEST);
             let body = json!({"query": "{a}", "extensions": bad});
-            assert_eq!(
-                check_maps(&post(body)).unwrap_err().status,
-                StatusCode::BAD_REQUEST
-            );
+            assert_eq!(status(post(body)), StatusCode::BAD_REQUEST);
         }
         assert!(query_operation("query=%7Ba%7D&variables=%7B%7D").is_ok());
         let e = query_operation("query=%7Ba%7D&variables=%5B1%5D").unwrap_err();

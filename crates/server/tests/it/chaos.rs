@@ -5,11 +5,9 @@
 //! restart.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsgate::config::{Config, NamespaceConfig, Secret};
 
@@ -17,15 +15,6 @@ use crate::harness::*;
 
 /// How many clients write at once.
 const WRITERS: usize = 6;
-
-/// A free port for a relay to listen on.
-async fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Polls `/ready` until it answers `want` (within 10 s); how long it took.
 async fn ready_becomes(server: &TestServer, want: u16) -> Duration {
@@ -99,7 +88,7 @@ async fn message_writer(mut ws: Ws, user: String, stop: CancellationToken) -> Ta
 async fn postgres_cut_under_load_loses_no_acknowledged_message() {
     let (url, name) = create_database().await;
     let target = postgres_addr().await;
-    let port = free_port().await;
+    let port = free_addr().await;
     let relay = Relay::start(port, target).await;
     let via_relay = url.replacen("127.0.0.1:5432", &port.to_string(), 1);
     let server = TestServer::with(move |c: &mut Config| {
@@ -212,14 +201,9 @@ async fn publisher(
 #[tokio::test]
 #[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
 async fn redis_cut_under_load_loses_no_acknowledged_publication() {
-    let redis = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL");
-    let host = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap();
-    let target = tokio::net::lookup_host(host).await.unwrap().next().unwrap();
-    let port = free_port().await;
+    let redis = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL (see .ci/run)");
+    let target = redis_addr(&redis).await;
+    let port = free_addr().await;
     let relay = Relay::start(port, target).await;
     let prefix = format!("chaos-{}-{}", std::process::id(), now());
     let node = |url: String| {

@@ -186,19 +186,8 @@ async fn presence_and_join_leave_span_the_nodes() {
 #[cfg_attr(not(wsgate_redis), ignore = "Redis: set TEST_REDIS_URL (.ci/run does)")]
 async fn a_node_that_loses_redis_stays_up_and_misses_nothing() {
     let prefix = cluster();
-    let redis = redis_url();
-    let host = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let target = tokio::net::lookup_host(host).await.unwrap().next().unwrap();
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let target = redis_addr(&redis_url()).await;
+    let port = free_addr().await;
     let relay = Relay::start(port, target).await;
     let a = node_on(&format!("redis://{port}/0"), &prefix).await;
     let c = node(&prefix).await;

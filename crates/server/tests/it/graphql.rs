@@ -506,6 +506,22 @@ async fn refusals_are_errors_with_the_ws_codes() {
         (v["type"].as_str(), &v["payload"][0]["extensions"]["code"]),
         (Some("error"), &json!("bad_request"))
     );
+    // Variables that are not an object: refused, not run without them
+    // (as over HTTP).
+    subscribe(&mut ws, "v", NEWS, json!(["news"])).await;
+    let v = next_for(&mut ws, "v").await;
+    assert_eq!(
+        (v["type"].as_str(), &v["payload"][0]["extensions"]["code"]),
+        (Some("error"), &json!("bad_request")),
+        "{v}"
+    );
+    assert!(
+        v["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("variables must be a JSON object"),
+        "{v}"
+    );
     // Someone else's thread events: forbidden, as subscribing to their
     // `thread:<id>` on /ws is.
     let (_, t) = post(

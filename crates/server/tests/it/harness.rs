@@ -348,6 +348,26 @@ pub async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Val
     resp.json().await.unwrap()
 }
 
+/// A free loopback address for a relay (or anything) to listen on.
+pub async fn free_addr() -> SocketAddr {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The address of the Redis a `redis://host:port/db` URL names.
+pub async fn redis_addr(url: &str) -> SocketAddr {
+    let host = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    tokio::net::lookup_host(host).await.unwrap().next().unwrap()
+}
+
 /// Forwards TCP connections from `listen` to `target` until dropped;
 /// dropping it cuts every relayed connection.
 pub struct Relay {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{Connection, Row};
-use tokio::net::TcpListener;
 use wsgate::config::Secret;
 
 use crate::harness::*;
@@ -81,11 +80,7 @@ async fn postgres_store_is_migrated_and_ready() {
 async fn ready_reports_a_lost_store_and_its_return() {
     let (url, name) = create_database().await;
     let target = postgres_addr().await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = free_addr().await;
     let relay = Relay::start(port, target).await;
     let via_relay = url.replacen("127.0.0.1:5432", &port.to_string(), 1);
     assert_ne!(via_relay, url, "the test URL points at 127.0.0.1:5432");
