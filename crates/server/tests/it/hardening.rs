@@ -85,6 +85,39 @@ async fn connections_not_yet_upgraded_are_capped_per_address() {
 }
 
 #[tokio::test]
+async fn at_the_global_pending_cap_the_oldest_silent_socket_makes_room() {
+    // Issue #11's slowloris from many addresses: silent sockets filled the
+    // global cap and every new client was refused until the header timeout.
+    let server = TestServer::with(|c| {
+        c.limits.max_pending_connections = 8;
+        c.limits.header_timeout_secs = 60;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+        // Admission order is connect order.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A legitimate client still gets through, at once.
+    let started = Instant::now();
+    let (_ws, connected) = server.connect("alice").await;
+    assert_eq!(connected["type"], "connected");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // It took the oldest silent socket's place; the newest is untouched.
+    let oldest = closed_within(&mut silent[0], Duration::from_secs(2)).await;
+    assert!(oldest.is_some(), "the oldest silent socket is closed");
+    let newest = closed_within(&mut silent[7], Duration::from_millis(300)).await;
+    assert!(newest.is_none(), "the newest silent socket stays open");
+    assert!(server
+        .metrics_text()
+        .await
+        .contains("wsgate_handshake_rejections_total{reason=\"pending_evicted\"}"));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_does_not_wait_for_half_sent_requests() {
     let server = TestServer::with(|c| c.shutdown_grace_secs = 20).await;
     let mut half = TcpStream::connect(server.addr).await.unwrap();

@@ -124,7 +124,7 @@ impl TestServer {
         let mut config = base_config();
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = wsgate::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(wsgate::server::run_with(
