@@ -1,6 +1,6 @@
 //! The inbound frame layer as a connection runs it: arbitrary bytes from
 //! the socket through the permessage-deflate inflater (negotiated or not)
-//! and tungstenite, with the server's own WebSocket limits, read until the
+//! and the server's frame codec (`transport::frames`, its own limits), read until the
 //! stream fails or ends. The first byte sets how many bytes each socket
 //! read returns (frames split anywhere), the second whether deflate was
 //! negotiated.
@@ -16,9 +16,7 @@ use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
-use wsgate::transport::{websocket_config, TransportLimits};
+use wsgate::transport::{frames, TransportLimits};
 use wsgate_core::limits::Limits;
 use wsgate_deflate::{Deflate, Inflating};
 
@@ -100,12 +98,7 @@ fuzz_target!(|data: &[u8]| {
         negotiated,
     );
     s.runtime.block_on(async {
-        let mut ws = WebSocketStream::from_raw_socket(
-            io,
-            Role::Server,
-            Some(websocket_config(&s.limits)),
-        )
-        .await;
+        let mut ws = frames(io, Default::default(), &s.limits);
         while let Some(Ok(message)) = ws.next().await {
             // The limit holds for what was inflated, not only for what
             // came off the wire.

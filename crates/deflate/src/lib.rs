@@ -264,6 +264,15 @@ impl<T> Inflating<T> {
         }
     }
 
+    /// The server side with bytes already read past the upgrade request
+    /// (a client frame sent in the same packet), inflated like the rest.
+    pub fn server(io: T, deflate: Negotiated, already_read: &[u8]) -> Self {
+        Inflating {
+            io,
+            state: Some(InflateState::new(deflate.codec, true, already_read)),
+        }
+    }
+
     /// The client side (`wsgate bench`): server frames are unmasked.
     /// `already_read` holds bytes that came after the handshake response.
     pub fn client(io: T, codec: Arc<Deflate>, already_read: &[u8]) -> Self {

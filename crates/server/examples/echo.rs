@@ -14,10 +14,15 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wsgate::transport::upgrade::Upgrade;
 use wsgate::transport::{self, Connection, TransportLimits};
 use wsgate_core::connection::handler::Echo;
 use wsgate_core::connection::outbound::Outbound;
+use wsgate_core::limits::Limits;
+use wsgate_core::metrics::Metrics;
 use wsgate_deflate::Deflate;
 
 const LIMITS: TransportLimits = TransportLimits {
@@ -37,8 +42,7 @@ async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
     };
     let negotiated = deflate.and_then(|d| d.negotiate(&parts.headers));
     let codec = negotiated.clone();
-    let config = transport::websocket_config(&LIMITS);
-    upgrade.respond(config, None, negotiated, move |socket| {
+    upgrade.respond(&LIMITS, None, negotiated, move |socket| {
         let outbound = Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));
         let handler = Echo::new(outbound.clone());
         Box::pin(transport::drive(Box::new(Connection {
@@ -64,9 +68,25 @@ async fn main() -> anyhow::Result<()> {
     }
     // The server's defaults: level 1, frames under 256 bytes uncompressed.
     let deflate = compression.then(|| Deflate::new(1, 256, LIMITS.max_message_bytes));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = wsgate::listener::bind(addr)?;
     eprintln!("echo listening on ws://{addr}/ (permessage-deflate: {compression})");
     let app = Router::new().route("/", get(move |req| echo(deflate.clone(), req)));
-    axum::serve(listener, app).await?;
+    // The server's own accept loop (hyper's HTTP/1 with a header timeout),
+    // so the suite tests the path `/ws` connections take; the suite opens
+    // hundreds of connections from one address, one at a time.
+    let limits = Limits {
+        pending_connections_per_ip: 10_000,
+        ..Limits::default()
+    };
+    let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+    wsgate::listener::serve(
+        listener,
+        app,
+        limits,
+        metrics,
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .await;
     Ok(())
 }

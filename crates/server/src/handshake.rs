@@ -474,7 +474,7 @@ async fn handshake(req: UpgradeRequest, target: Target) -> Response {
         stream = matches!(endpoint, Endpoint::Stream { .. }),
     );
     let negotiated = state.deflate.as_ref().and_then(|d| d.negotiate(&headers));
-    let config = transport::websocket_config(&state.transport);
+    let limits = *state.transport;
     // One box for everything the connection needs: the upgrade callback
     // then captures a pointer, not a few hundred bytes that would stay in
     // the upgrade task for the connection's whole life.
@@ -486,7 +486,7 @@ async fn handshake(req: UpgradeRequest, target: Target) -> Response {
         endpoint,
         deflate: negotiated.clone(),
     });
-    upgrade.respond(config, protocol, negotiated, move |socket| {
+    upgrade.respond(&limits, protocol, negotiated, move |socket| {
         accepted.start(socket)
     })
 }

@@ -1,7 +1,8 @@
 //! The HTTP/1.1 upgrade to WebSocket (RFC 6455 §4.2), done here rather than
-//! by axum's `WebSocketUpgrade` because the socket needs a layer beneath
-//! tungstenite for permessage-deflate ([`super::deflate`]) and a response
-//! header (`Sec-WebSocket-Extensions`) that axum's extractor cannot add.
+//! by axum's `WebSocketUpgrade` because the socket needs a layer beneath the
+//! frame codec for permessage-deflate (`wsgate_deflate::Inflating`), a
+//! response header (`Sec-WebSocket-Extensions`) that axum's extractor cannot
+//! add, and the bare TCP stream back from hyper (no boxed IO, no buffer).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,18 +12,21 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Version};
 use axum::response::Response;
+use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::net::TcpStream;
 
 use wsgate_deflate::{Inflating, Negotiated};
 
-/// The byte stream under tungstenite: the upgraded connection, with
+use super::codec::Frames;
+use super::TransportLimits;
+
+/// The byte stream under the frame codec: the TCP connection, with
 /// compressed frames inflated on the way in when deflate was negotiated.
-pub type Io = Inflating<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Io = Inflating<TcpStream>;
 /// A WebSocket connection as the transport drives it.
-pub type Socket = WebSocketStream<Io>;
+pub type Socket = Frames<Io>;
 
 /// Why a request is not a valid WebSocket upgrade; answered with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +101,7 @@ impl Upgrade {
     /// `deflate` the negotiated permessage-deflate parameters.
     pub fn respond<F>(
         self,
-        config: WebSocketConfig,
+        limits: &TransportLimits,
         protocol: Option<&'static str>,
         deflate: Option<Negotiated>,
         start: F,
@@ -126,6 +130,7 @@ impl Upgrade {
         }
 
         let on_upgrade = self.on_upgrade;
+        let limits = *limits;
         // The switch happens in a boxed future of its own, so the task that
         // lives as long as the connection holds two pointers, not the
         // upgrade's state.
@@ -137,15 +142,34 @@ impl Upgrade {
                     return None;
                 }
             };
-            let io = Inflating::new(TokioIo::new(upgraded), deflate);
-            Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
+            // hyper boxes the connection's IO behind a trait object and
+            // keeps what it read past the request; taking the TcpStream back
+            // saves that box and a layer of dynamic calls per read.
+            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => parts,
+                Err(_) => {
+                    tracing::error!("upgraded connection is not a TCP stream");
+                    return None;
+                }
+            };
+            let tcp = parts.io.into_inner();
+            // Bytes the client sent after its request (a first frame in the
+            // same packet) go through the inflater when there is one.
+            let (io, already_read) = match deflate {
+                Some(d) => (Inflating::server(tcp, d, &parts.read_buf), Bytes::new()),
+                None => (Inflating::new(tcp, None), parts.read_buf),
+            };
+            Some(super::frames(io, already_read, &limits))
         });
         tokio::spawn(async move {
             // A `let` statement, so the finished switch is freed before the
-            // connection runs (an `if let` would keep it to the end).
-            let socket = switch.await;
-            if let Some(socket) = socket {
-                start(socket).await;
+            // connection runs (an `if let` would keep it to the end). The
+            // socket goes to `start` inside `map`: a socket local to this
+            // block would keep its ~370 bytes of space in the task for the
+            // connection's whole life, although moved out.
+            let run = switch.await.map(start);
+            if let Some(run) = run {
+                run.await;
             }
         });
         response
