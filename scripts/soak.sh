@@ -277,6 +277,7 @@ run_mode() { # mode
 
   local title="wsgate soak, $m"
   [ "$m" = sqlite ] && title+=": one node, SQLite, memory broker" || title+=": two nodes, Redis broker, PostgreSQL"
+  python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib >/dev/null 2>&1 || true
   python3 "$ROOT/scripts/soak/plot.py" "$dir/samples.csv" "$dir/soak-$m.png" --title "$title, ${minutes} min" \
     ${warmup_secs:+--warmup-secs "$warmup_secs"} || echo "soak.sh: plot failed" >&2
   local verdict=0
