@@ -155,9 +155,15 @@ impl Upgrade {
             let tcp = parts.io.into_inner();
             // Bytes the client sent after its request (a first frame in the
             // same packet) go through the inflater when there is one.
+            // Copied: `read_buf` is a view of hyper's 8 KiB read buffer and
+            // would keep all of it alive (an empty view too).
             let (io, already_read) = match deflate {
                 Some(d) => (Inflating::server(tcp, d, &parts.read_buf), Bytes::new()),
-                None => (Inflating::new(tcp, None), parts.read_buf),
+                None if parts.read_buf.is_empty() => (Inflating::new(tcp, None), Bytes::new()),
+                None => (
+                    Inflating::new(tcp, None),
+                    Bytes::copy_from_slice(&parts.read_buf),
+                ),
             };
             Some(super::frames(io, already_read, &limits))
         });
