@@ -39,8 +39,14 @@ const READ_CHUNK: usize = 4096;
 /// encodings are legal) and its longest payload. Control frames are parsed
 /// whole, so this is the most an incomplete frame leaves for the next read.
 const MAX_CONTROL_FRAME: usize = 14 + 125;
-/// Frames handed to one vectored write (a header and a payload slice each).
+/// Frames handed to one vectored write from slices on the stack (a header
+/// and a payload slice each): replies and calm streams.
 const WRITE_BATCH: usize = 32;
+/// Frames handed to one vectored write in a fan-out burst, from slices on
+/// the heap: 2 × 512 is Linux's `IOV_MAX`. With 32 a burst of small frames
+/// took a `writev` per ~4 KiB, and cost ~5 % more CPU per delivery than
+/// tungstenite's one 64 KiB write.
+const WRITE_BATCH_MAX: usize = 512;
 
 const OP_CONTINUE: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -435,10 +441,17 @@ where
     /// Writes every queued frame (without flushing `io`).
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+            let mut stack = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+            let mut heap;
+            let slices: &mut [IoSlice<'_>] = if self.out.len() <= WRITE_BATCH {
+                &mut stack
+            } else {
+                heap = vec![IoSlice::new(&[]); 2 * self.out.len().min(WRITE_BATCH_MAX)];
+                &mut heap
+            };
             let mut count = 0;
             let mut skip = self.written as usize;
-            for frame in self.out.iter().take(WRITE_BATCH) {
+            for frame in self.out.iter().take(slices.len() / 2) {
                 for part in [frame.head(), &frame.payload[..]] {
                     // Written already (or an empty payload).
                     if skip >= part.len() {
