@@ -45,14 +45,14 @@ async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
     upgrade.respond(&LIMITS, None, negotiated, move |socket| {
         let outbound = Arc::new(Outbound::new(LIMITS.outbound_queue_bytes));
         let handler = Echo::new(outbound.clone());
-        Box::pin(transport::drive(Box::new(Connection {
+        tokio::spawn(transport::drive(Box::new(Connection {
             socket,
             handler,
             outbound,
             limits: Arc::new(LIMITS),
             deflate: codec,
             on_end: |_| {},
-        })))
+        })));
     })
 }
 

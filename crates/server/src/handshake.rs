@@ -504,11 +504,11 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Builds the handler and returns the connection's one future, boxed so
-    /// its exact size is allocated once. Takes the box the handshake made so
-    /// the upgrade callback only ever held a pointer.
+    /// Builds the handler and spawns the connection's task: its one future,
+    /// exactly sized for the handler, is the task. Takes the box the
+    /// handshake made so the upgrade callback only ever held a pointer.
     #[allow(clippy::boxed_local)]
-    fn start(self: Box<Self>, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn start(self: Box<Self>, socket: Socket) {
         let Accepted {
             state,
             admission,
@@ -542,15 +542,15 @@ impl Accepted {
             limits: Arc<TransportLimits>,
             deflate: Option<Negotiated>,
             end: ConnectionEnd,
-        ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            Box::pin(transport::drive(Box::new(Connection {
+        ) {
+            tokio::spawn(transport::drive(Box::new(Connection {
                 socket,
                 handler,
                 outbound,
                 limits,
                 deflate,
                 on_end: move |ended| end.record(ended),
-            })))
+            })));
         }
         match endpoint {
             Endpoint::Protocol { identity } => {

@@ -3,6 +3,7 @@
 
 mod jwks;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -106,12 +107,15 @@ fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 pub struct JwtVerifier {
-    algorithms: Vec<Algorithm>,
+    /// Each allowed algorithm with its validation settings, made once:
+    /// jsonwebtoken wants a `Validation` naming only the token's algorithm,
+    /// and cloning one per handshake (with its sets of claim names) was a
+    /// handful of allocations on every connect.
+    validations: Vec<(Algorithm, Validation)>,
     hmac: Option<DecodingKey>,
     /// The PEM key with the one algorithm family it may verify.
     public: Option<(AlgorithmFamily, DecodingKey)>,
     jwks: Option<Arc<JwksCache>>,
-    validation: Validation,
     /// `auth.issuer` / `auth.audience`: checked here rather than by
     /// jsonwebtoken, which skips a claim that is missing or not a string.
     issuer: Option<String>,
@@ -160,30 +164,43 @@ impl JwtVerifier {
         // leeway is 0; that is the contract.
         validation.reject_tokens_expiring_in_less_than = 0;
         validation.validate_aud = false;
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = validation.clone();
+                v.algorithms = vec![*alg];
+                (*alg, v)
+            })
+            .collect();
         Ok(JwtVerifier {
-            algorithms,
+            validations,
             hmac,
             public,
             jwks,
-            validation,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
         })
     }
 
-    fn key_for(&self, header: &Header) -> Result<DecodingKey, AuthError> {
+    /// The key for `header`: borrowed when configured, owned when it
+    /// comes from the JWKS cache.
+    fn key_for(&self, header: &Header) -> Result<Cow<'_, DecodingKey>, AuthError> {
         match header.alg.family() {
             // An HMAC token is only ever checked with the HMAC secret, never
             // with a public key's bytes.
-            AlgorithmFamily::Hmac => self.hmac.clone().ok_or(AuthError::NoKey),
+            AlgorithmFamily::Hmac => self
+                .hmac
+                .as_ref()
+                .map(Cow::Borrowed)
+                .ok_or(AuthError::NoKey),
             family => {
                 if let (Some(jwks), Some(kid)) = (&self.jwks, &header.kid) {
                     if let Some(key) = jwks.key(kid, header.alg) {
-                        return Ok(key);
+                        return Ok(Cow::Owned(key));
                     }
                 }
                 match &self.public {
-                    Some((f, key)) if *f == family => Ok(key.clone()),
+                    Some((f, key)) if *f == family => Ok(Cow::Borrowed(key)),
                     _ => Err(AuthError::NoKey),
                 }
             }
@@ -232,13 +249,11 @@ impl TokenVerifier for JwtVerifier {
                 })
             }
         };
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(AuthError::DisallowedAlgorithm);
-        }
+        };
         let key = self.key_for(&header)?;
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![header.alg];
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
+        let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(|e| match e
             .kind()
         {
             ErrorKind::ExpiredSignature => AuthError::Expired,

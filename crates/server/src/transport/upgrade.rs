@@ -4,9 +4,6 @@
 //! response header (`Sec-WebSocket-Extensions`) that axum's extractor cannot
 //! add, and the bare TCP stream back from hyper (no boxed IO, no buffer).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
@@ -96,9 +93,12 @@ impl Upgrade {
         Ok(Upgrade { key, on_upgrade })
     }
 
-    /// Answers 101 and runs `start(socket)` on a task of its own once the
-    /// connection is switched. `protocol` is the selected subprotocol;
-    /// `deflate` the negotiated permessage-deflate parameters.
+    /// Answers 101 and calls `start(socket)` once the connection is
+    /// switched; `start` spawns the connection's task. The switch runs on a
+    /// short task of its own that ends there, so the connection's task is
+    /// exactly its future, allocated once (one tokio task cell, no box and
+    /// no switching state beside it). `protocol` is the selected
+    /// subprotocol; `deflate` the negotiated permessage-deflate parameters.
     pub fn respond<F>(
         self,
         limits: &TransportLimits,
@@ -107,7 +107,7 @@ impl Upgrade {
         start: F,
     ) -> Response
     where
-        F: FnOnce(Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static,
+        F: FnOnce(Socket) + Send + 'static,
     {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -131,15 +131,12 @@ impl Upgrade {
 
         let on_upgrade = self.on_upgrade;
         let limits = *limits;
-        // The switch happens in a boxed future of its own, so the task that
-        // lives as long as the connection holds two pointers, not the
-        // upgrade's state.
-        let switch: Pin<Box<dyn Future<Output = Option<Socket>> + Send>> = Box::pin(async move {
+        tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(error) => {
                     tracing::debug!(%error, "upgrade failed");
-                    return None;
+                    return;
                 }
             };
             // hyper boxes the connection's IO behind a trait object and
@@ -149,7 +146,7 @@ impl Upgrade {
                 Ok(parts) => parts,
                 Err(_) => {
                     tracing::error!("upgraded connection is not a TCP stream");
-                    return None;
+                    return;
                 }
             };
             let tcp = parts.io.into_inner();
@@ -165,18 +162,7 @@ impl Upgrade {
                     Bytes::copy_from_slice(&parts.read_buf),
                 ),
             };
-            Some(super::frames(io, already_read, &limits))
-        });
-        tokio::spawn(async move {
-            // A `let` statement, so the finished switch is freed before the
-            // connection runs (an `if let` would keep it to the end). The
-            // socket goes to `start` inside `map`: a socket local to this
-            // block would keep its ~370 bytes of space in the task for the
-            // connection's whole life, although moved out.
-            let run = switch.await.map(start);
-            if let Some(run) = run {
-                run.await;
-            }
+            start(super::frames(io, already_read, &limits));
         });
         response
     }
