@@ -8,10 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use wsgate_core::auth::Identity;
 
-use super::api::body;
+use super::api::object_body;
 use super::error::ApiError;
 use crate::state::AppState;
 
@@ -70,10 +71,10 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: Result<Json<NewThread>, JsonRejection>,
+    req: Result<Json<Box<RawValue>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let identity = user(&state, &headers)?;
-    let body = body(req)?;
+    let body: NewThread = object_body(req)?;
     let thread = state
         .sessions
         .threads
@@ -98,10 +99,10 @@ pub async fn rename(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    req: Result<Json<Rename>, JsonRejection>,
+    req: Result<Json<Box<RawValue>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let identity = user(&state, &headers)?;
-    let body = body(req)?;
+    let body: Rename = object_body(req)?;
     let thread = state
         .sessions
         .threads
@@ -144,10 +145,10 @@ pub async fn post_message(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    req: Result<Json<NewMessage>, JsonRejection>,
+    req: Result<Json<Box<RawValue>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let identity = user(&state, &headers)?;
-    let body = body(req)?;
+    let body: NewMessage = object_body(req)?;
     let (threads, runs) = (&state.sessions.threads, &state.sessions.runs);
     let max = state.config.limits.max_message_bytes;
     let (_, message) = runs

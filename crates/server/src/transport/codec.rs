@@ -421,20 +421,24 @@ where
 
     /// Queues the answer to a ping. Like tungstenite, at most one unsent
     /// pong waits, answering the latest ping: a client that pings without
-    /// reading cannot grow the queue.
+    /// reading cannot grow the queue. The pong goes ahead of queued data,
+    /// at the next frame boundary (every data frame we send is a whole
+    /// message, so a control frame may go between any two), so the waiting
+    /// one is found in O(1) however long the queue of a stalled client is
+    /// (a scan from the back cost a pass over thousands of frames per ping).
     fn queue_pong(&mut self, payload: Bytes) {
-        let started = usize::from(self.written > 0);
+        // The front frame is partly written: the pong goes after it.
+        let at = usize::from(self.written > 0).min(self.out.len());
         let pong = OutFrame::new(FIN_BIT | OP_PONG, payload);
-        if let Some(waiting) = self
-            .out
-            .iter_mut()
-            .skip(started)
-            .find(|f| f.opcode() == OP_PONG)
-        {
-            self.queued = self.queued - waiting.len() as u32 + pong.len() as u32;
-            *waiting = pong;
-        } else {
-            self.push(pong);
+        match self.out.get_mut(at) {
+            Some(waiting) if waiting.opcode() == OP_PONG => {
+                self.queued = self.queued - waiting.len() as u32 + pong.len() as u32;
+                *waiting = pong;
+            }
+            _ => {
+                self.queued = self.queued.saturating_add(pong.len() as u32);
+                self.out.insert(at, pong);
+            }
         }
     }
 
@@ -749,11 +753,13 @@ fn unmask(buf: &mut [u8], mask: &mut [u8; 4]) {
     mask.rotate_left(buf.len() % 4);
 }
 
-/// Close codes a peer may send (§7.4, and the registry as Autobahn tests
-/// it): 1004–1006 and 1015 are never sent, 1012–1014 and 1016–2999 are
-/// not defined for clients, below 1000 and from 5000 are unassigned.
+/// Close codes a peer may send (§7.4 and the IANA registry, as tungstenite
+/// allows them): 1004–1006 and 1015 are never sent in a close frame,
+/// 1016–2999 are reserved, below 1000 and from 5000 are unassigned.
+/// 1012–1014 (service restart, try again later, bad gateway) are
+/// registered and some clients send them.
 fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn close_payload(close: Option<CloseFrame>) -> Bytes {
@@ -1200,7 +1206,7 @@ mod tests {
         // Close payloads: one byte, codes no one may send, bad UTF-8.
         assert!(is_protocol(&error_for(&client_frame(0x88, &[3])).await));
         for code in [
-            0, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2000, 2999, 5000, 65535,
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
         ] {
             let e = error_for(&close_frame(code, b"")).await;
             assert!(is_protocol(&e), "close code {code}: {e:?}");
@@ -1223,7 +1229,8 @@ mod tests {
     #[tokio::test]
     async fn valid_close_codes_are_accepted() {
         for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ] {
             let (mut frames, mut client) = pair(1024, MAX);
             client.write_all(&close_frame(code, b"r")).await.unwrap();
@@ -1525,6 +1532,44 @@ mod tests {
         assert_eq!(
             within(read_frame(&mut client)).await,
             (0x81, b"reply".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pong_goes_ahead_of_queued_data() {
+        let (mut frames, mut client) = pair(1 << 16, MAX);
+        for text in ["a", "b"] {
+            SinkExt::feed(&mut frames, Message::text(text))
+                .await
+                .unwrap();
+        }
+        client.write_all(&client_frame(0x89, b"p1")).await.unwrap();
+        assert!(matches!(
+            next(&mut frames).await,
+            Some(Ok(Message::Ping(_)))
+        ));
+        SinkExt::feed(&mut frames, Message::text("c"))
+            .await
+            .unwrap();
+        // A second ping replaces the waiting pong rather than adding one.
+        client.write_all(&client_frame(0x89, b"p2")).await.unwrap();
+        assert!(matches!(
+            next(&mut frames).await,
+            Some(Ok(Message::Ping(_)))
+        ));
+        within(frames.flush()).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(within(read_frame(&mut client)).await);
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0x8A, b"p2".to_vec()),
+                (0x81, b"a".to_vec()),
+                (0x81, b"b".to_vec()),
+                (0x81, b"c".to_vec()),
+            ]
         );
     }
 

@@ -99,6 +99,11 @@ impl Upgrade {
     /// exactly its future, allocated once (one tokio task cell, no box and
     /// no switching state beside it). `protocol` is the selected
     /// subprotocol; `deflate` the negotiated permessage-deflate parameters.
+    ///
+    /// The connection must be served by `listener::serve` (hyper's `http1`
+    /// over `TokioIo<TcpStream>`): the socket is taken back by downcasting
+    /// to that type, and any other (hyper-util's auto builder, TLS) is
+    /// refused after the 101 with an error log.
     pub fn respond<F>(
         self,
         limits: &TransportLimits,

@@ -435,6 +435,8 @@ async fn broadcast_and_api_errors() {
         (json!({"channel": "a"}), 400),
         (json!({"channel": "no:such", "data": 1}), 400),
         (json!({"channel": "a", "data": 1, "extra": true}), 400),
+        // The fields as an array: serde's structs would take it.
+        (json!(["a", 1]), 400),
     ] {
         let resp = client
             .post(server.http("/api/publish"))
