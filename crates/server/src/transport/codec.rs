@@ -138,7 +138,9 @@ where
 
     /// Heap bytes the codec holds for its own buffers (not the payloads of
     /// queued frames, which are the caller's): 0 on an idle connection.
-    pub fn buffered_capacity(&self) -> usize {
+    /// Only the tests ask.
+    #[cfg(test)]
+    fn buffered_capacity(&self) -> usize {
         self.pending.len()
             + self.message.capacity()
             + self.out.capacity() * std::mem::size_of::<OutFrame>()
