@@ -17,4 +17,4 @@ source scripts/bench-server.sh
 export RUST_LOG=${RUST_LOG:-info}
 start_bench_server 127.0.0.1:8090 /tmp/wsgate-bench-server.log
 taskset -c 1 ./target/release/wsgate bench conns --url ws://127.0.0.1:8090/ws \
-  -n "$N" --sources "$SOURCES" --pid "$PID" --hold-secs 3 "${EXTRA[@]}"
+  -n "$N" --sources "$SOURCES" --pid "$PID" --hold-secs ${HOLD:-3} "${EXTRA[@]}"

@@ -28,8 +28,8 @@ impl From<&Identity> for Me {
     fn from(i: &Identity) -> Self {
         Me {
             user: i.user.to_string(),
-            roles: i.roles.clone(),
-            name: i.name.clone(),
+            roles: i.roles().to_vec(),
+            name: i.name().map(str::to_owned),
             expires_at: i.expires_at,
         }
     }

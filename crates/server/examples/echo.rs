@@ -34,7 +34,11 @@ const LIMITS: TransportLimits = TransportLimits {
     write_delay: Duration::ZERO,
 };
 
-async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
+async fn echo(
+    transport: Arc<transport::Shared>,
+    deflate: Option<Arc<Deflate>>,
+    request: Request,
+) -> Response {
     let (mut parts, _) = request.into_parts();
     let upgrade = match Upgrade::from_parts(&mut parts) {
         Ok(u) => u,
@@ -49,7 +53,7 @@ async fn echo(deflate: Option<Arc<Deflate>>, request: Request) -> Response {
             socket,
             handler,
             outbound,
-            limits: Arc::new(LIMITS),
+            transport,
             deflate: codec,
             on_end: |_| {},
         })));
@@ -70,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
     let deflate = compression.then(|| Deflate::new(1, 256, LIMITS.max_message_bytes));
     let listener = wsgate::listener::bind(addr)?;
     eprintln!("echo listening on ws://{addr}/ (permessage-deflate: {compression})");
-    let app = Router::new().route("/", get(move |req| echo(deflate.clone(), req)));
+    let transport = transport::Shared::start(LIMITS);
+    let app = Router::new().route(
+        "/",
+        get(move |req| echo(transport.clone(), deflate.clone(), req)),
+    );
     // The server's own accept loop (hyper's HTTP/1 with a header timeout),
     // so the suite tests the path `/ws` connections take; the suite opens
     // hundreds of connections from one address, one at a time.

@@ -34,7 +34,7 @@ use crate::http::error::ApiError;
 use crate::listener::ip_key;
 use crate::state::AppState;
 use crate::transport::upgrade::{Socket, Upgrade, UpgradeError};
-use crate::transport::{self, Connection, Ended, TransportLimits};
+use crate::transport::{self, Connection, Ended, Shared as Transport};
 use wsgate_deflate::Negotiated;
 
 /// A refused handshake: the HTTP error and the bounded reason label.
@@ -474,7 +474,7 @@ async fn handshake(req: UpgradeRequest, target: Target) -> Response {
         stream = matches!(endpoint, Endpoint::Stream { .. }),
     );
     let negotiated = state.deflate.as_ref().and_then(|d| d.negotiate(&headers));
-    let limits = *state.transport;
+    let limits = state.transport.limits;
     // One box for everything the connection needs: the upgrade callback
     // then captures a pointer, not a few hundred bytes that would stay in
     // the upgrade task for the connection's whole life.
@@ -518,14 +518,14 @@ impl Accepted {
             tracked,
         } = *self;
         let outbound = Arc::new(Outbound::with_latency(
-            state.transport.outbound_queue_bytes,
+            state.transport.limits.outbound_queue_bytes,
             state.metrics.clone(),
         ));
         admission.attach(outbound.clone());
         if state.shutdown.is_cancelled() {
             outbound.close(CloseCode::GoingAway);
         }
-        let limits = state.transport.clone();
+        let transport = state.transport.clone();
         let admission = Arc::new(admission);
         let end = ConnectionEnd::new(
             state.clone(),
@@ -539,7 +539,7 @@ impl Accepted {
             socket: Socket,
             handler: H,
             outbound: Arc<Outbound>,
-            limits: Arc<TransportLimits>,
+            transport: Arc<Transport>,
             deflate: Option<Negotiated>,
             end: ConnectionEnd,
         ) {
@@ -547,7 +547,7 @@ impl Accepted {
                 socket,
                 handler,
                 outbound,
-                limits,
+                transport,
                 deflate,
                 on_end: move |ended| end.record(ended),
             })));
@@ -561,7 +561,7 @@ impl Accepted {
                     outbound: outbound.clone(),
                     shared: state.sessions.clone(),
                 });
-                run(socket, session, outbound, limits, deflate, end)
+                run(socket, session, outbound, transport, deflate, end)
             }
             Endpoint::Stream {
                 identity,
@@ -575,7 +575,7 @@ impl Accepted {
                     outbound.clone(),
                     identity.expires_at,
                 );
-                run(socket, handler, outbound, limits, deflate, end)
+                run(socket, handler, outbound, transport, deflate, end)
             }
             Endpoint::Graphql { identity } => {
                 let gate = Arc::new(AdmissionGate {
@@ -589,7 +589,7 @@ impl Accepted {
                     identity,
                     gate,
                 );
-                run(socket, handler, outbound, limits, deflate, end)
+                run(socket, handler, outbound, transport, deflate, end)
             }
         }
     }
@@ -624,7 +624,8 @@ impl Gate for AdmissionGate {
 struct ConnectionEnd {
     state: AppState,
     admission: Arc<Admission>,
-    protocol: &'static str,
+    /// This protocol's open-connections gauge (a pointer; looked up once).
+    open: prometheus_client::metrics::gauge::Gauge,
     started: std::time::Instant,
     _tracked: TaskTrackerToken,
 }
@@ -638,23 +639,19 @@ impl ConnectionEnd {
         tracked: TaskTrackerToken,
     ) -> Self {
         state.metrics.connections_active.inc();
-        Self::open(&state.metrics, protocol).inc();
+        let open = state
+            .metrics
+            .connections_open
+            .get_or_create(&[("protocol", protocol)])
+            .clone();
+        open.inc();
         ConnectionEnd {
             state,
             admission,
-            protocol,
+            open,
             started: std::time::Instant::now(),
             _tracked: tracked,
         }
-    }
-
-    fn open<'m>(
-        metrics: &'m Metrics,
-        protocol: &'static str,
-    ) -> impl std::ops::Deref<Target = prometheus_client::metrics::gauge::Gauge> + 'm {
-        metrics
-            .connections_open
-            .get_or_create(&[("protocol", protocol)])
     }
 
     fn record(self, ended: Ended) {
@@ -682,7 +679,7 @@ impl ConnectionEnd {
 impl Drop for ConnectionEnd {
     fn drop(&mut self) {
         self.state.metrics.connections_active.dec();
-        Self::open(&self.state.metrics, self.protocol).dec();
+        self.open.dec();
     }
 }
 
@@ -712,5 +709,39 @@ fn close_label(ended: &Ended) -> &'static str {
         4409 => "4409",
         4429 => "4429",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// The size of the future `f` returns.
+    fn future_size<A, R: Future>(_: fn(A) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    /// A `/ws` connection's task is its future plus tokio's ~104 bytes of
+    /// task header and trailer, in a cell aligned to 128 bytes: every byte
+    /// here is paid by every idle connection (docs/benchmarks.md, issue
+    /// #12). 664 keeps the cell at 768 bytes (it was 1,024).
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        // The real `on_end` closure holds a `ConnectionEnd`.
+        let size = future_size(transport::drive::<Socket, Session, fn(Ended)>)
+            - size_of::<fn(Ended)>()
+            + size_of::<ConnectionEnd>();
+        assert!(size <= 664, "the /ws connection future is {size} bytes");
+    }
+
+    /// The outbound queue is one allocation per connection: 144 bytes
+    /// plus the `Arc`'s two counters fill jemalloc's 160-byte class.
+    #[test]
+    fn the_outbound_queue_stays_small() {
+        let size = size_of::<Outbound>();
+        assert!(size <= 144, "Outbound is {size} bytes");
     }
 }

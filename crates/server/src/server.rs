@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::http;
 use crate::http::dashboard::DashboardOptions;
 use crate::state::{AppState, ServerState};
-use crate::transport::TransportLimits;
+use crate::transport::{Shared as Transport, TransportLimits};
 use wsgate_deflate::Deflate;
 
 /// How long start-up waits for the first JWKS fetch before serving anyway
@@ -182,7 +182,7 @@ pub async fn build_state(
         sessions,
         metrics,
         registry,
-        transport: Arc::new(transport),
+        transport: Transport::start(transport),
         deflate: config.transport.compression.then(|| {
             Deflate::new(
                 config.transport.compression_level,

@@ -20,7 +20,7 @@ use wsgate_storage::Storage;
 use crate::audit::RejectionLog;
 use crate::config::Config;
 use crate::http::dashboard::DashboardOptions;
-use crate::transport::TransportLimits;
+use crate::transport::Shared as Transport;
 use wsgate_deflate::Deflate;
 use wsgate_graphql::{Graphql, StatsFn};
 
@@ -35,7 +35,7 @@ pub struct ServerState {
     pub handshakes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     /// Which rejected handshakes get an audit line.
     pub rejection_log: RejectionLog,
-    pub transport: Arc<TransportLimits>,
+    pub transport: Arc<Transport>,
     /// permessage-deflate, when `transport.compression` is on.
     pub deflate: Option<Arc<Deflate>>,
     /// What every session shares (verifier, metrics, channels, limits).

@@ -157,7 +157,7 @@ impl Authorizer {
             SubscribePolicy::Owner => Self::owns(identity, channel, thread_owner),
             SubscribePolicy::Role(role) => identity.has_role(role),
             SubscribePolicy::Claim => identity
-                .channels
+                .channels()
                 .iter()
                 .any(|p| pattern_matches(p, channel)),
         };
@@ -186,13 +186,11 @@ mod tests {
     use super::*;
 
     fn id(user: &str, roles: &[&str], channels: &[&str]) -> Identity {
-        Identity {
-            user: user.into(),
-            roles: roles.iter().map(|s| s.to_string()).collect(),
-            channels: channels.iter().map(|s| s.to_string()).collect(),
-            name: None,
-            expires_at: 0,
-        }
+        Identity::new(user.into(), 0).with_claims(
+            roles.iter().map(|s| s.to_string()).collect(),
+            channels.iter().map(|s| s.to_string()).collect(),
+            None,
+        )
     }
 
     const NO_THREAD: Option<&str> = None;

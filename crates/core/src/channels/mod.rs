@@ -419,13 +419,7 @@ mod tests {
     }
 
     fn user(name: &str) -> Identity {
-        Identity {
-            user: name.into(),
-            roles: vec![],
-            channels: vec![],
-            name: None,
-            expires_at: u64::MAX,
-        }
+        Identity::new(name.into(), u64::MAX)
     }
 
     fn client(name: &str) -> ClientInfo {

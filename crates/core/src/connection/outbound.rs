@@ -15,8 +15,11 @@
 //! An idle queue holds no buffer: `VecDeque::new` does not allocate.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -122,7 +125,10 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<OutFrame>,
-    bytes: usize,
+    /// Queued bytes; at most `limit`. (Counters are u32, as is the
+    /// limit: the queue is in every connection, and 4 GiB is beyond any
+    /// sane outbound limit.)
+    bytes: u32,
     close: Option<CloseCode>,
     /// Publish time of the oldest queued publication: one latency sample per
     /// batch instead of one per frame keeps the histogram off the hot path.
@@ -140,15 +146,21 @@ pub struct Outbound {
     // A std Mutex: every critical section is a few pointer moves and never
     // awaits, so an async mutex would only add cost.
     state: Mutex<State>,
-    ready: Notify,
+    /// The one task that drains the queue (the transport), woken when
+    /// frames or a close request arrive. A waker here rather than a
+    /// `Notify`: the writer then polls [`Outbound::poll_ready`] instead of
+    /// keeping a 64-byte `Notified` future in every connection.
+    writer: AtomicWaker,
+    /// Set by a wake, cleared by the `poll_ready` that sees it.
+    signaled: AtomicBool,
     /// Wakes paced producers ([`Outbound::push_paced`]) after a drain or a
     /// close request.
     room: Notify,
-    limit: usize,
+    limit: u32,
     /// Queued bytes that make a batch worth writing without waiting for the
     /// transport's write delay: frames held back to be batched must never
     /// be what fills the queue of a client that reads fine.
-    batch_bytes: usize,
+    batch_bytes: u32,
     latency: Option<Arc<Metrics>>,
 }
 
@@ -167,10 +179,11 @@ impl Outbound {
     pub fn new(limit_bytes: usize) -> Self {
         Outbound {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            writer: AtomicWaker::new(),
+            signaled: AtomicBool::new(false),
             room: Notify::new(),
-            limit: limit_bytes,
-            batch_bytes: (limit_bytes / 4).clamp(1, MAX_BATCH_BYTES),
+            limit: u32::try_from(limit_bytes).unwrap_or(u32::MAX),
+            batch_bytes: (limit_bytes / 4).clamp(1, MAX_BATCH_BYTES) as u32,
             latency: None,
         }
     }
@@ -216,17 +229,19 @@ impl Outbound {
         frame: OutFrame,
         published_at: Option<Instant>,
     ) -> Pushed {
-        if state.bytes + frame.len() > self.limit {
+        let len = frame.len();
+        if state.bytes as usize + len > self.limit as usize {
             state.close = Some(CloseCode::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
             drop(state);
-            self.ready.notify_one();
+            self.wake_writer();
             self.room.notify_waiters();
             return Pushed::Overflow;
         }
         let before = state.bytes;
-        state.bytes += frame.len();
+        // Fits in u32: at most `limit` after the check above.
+        state.bytes += len as u32;
         state.frames.push_back(frame);
         let batch_full = before < self.batch_bytes && state.bytes >= self.batch_bytes;
         let now_urgent = match published_at {
@@ -245,7 +260,7 @@ impl Outbound {
         // waiting to batch publications); the others are picked up by the
         // same drain.
         if first || batch_full || now_urgent {
-            self.ready.notify_one();
+            self.wake_writer();
         }
         Pushed::Queued
     }
@@ -254,12 +269,12 @@ impl Outbound {
     /// limit, so publications of the connection's other subscriptions, which
     /// never wait, still find room behind a backlog.
     pub fn paced_budget(&self) -> usize {
-        (self.limit / 2).max(1)
+        (self.limit as usize / 2).max(1)
     }
 
     /// The most bytes this queue holds.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit as usize
     }
 
     /// Pushes `frame` once the queued bytes plus the frame fit within
@@ -283,7 +298,7 @@ impl Outbound {
                 if state.close.is_some() {
                     return Pushed::Closed;
                 }
-                if state.frames.is_empty() || state.bytes + frame.len() <= budget {
+                if state.frames.is_empty() || state.bytes as usize + frame.len() <= budget {
                     return self.push_locked(state, frame, None);
                 }
                 state.room_wanted = true;
@@ -300,7 +315,7 @@ impl Outbound {
             state.close = Some(code);
         }
         drop(state);
-        self.ready.notify_one();
+        self.wake_writer();
         self.room.notify_waiters();
     }
 
@@ -323,9 +338,29 @@ impl Outbound {
         taken
     }
 
+    fn wake_writer(&self) {
+        self.signaled.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+
+    /// Ready when frames or a close request may be waiting (once per
+    /// wake). One task at a time may wait: the queue's writer.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Checked before and after registering: a wake in between is
+        // either seen here or wakes the waker just registered.
+        if self.signaled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.writer.register(cx.waker());
+        if self.signaled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// Completes when frames or a close request may be waiting.
     pub async fn ready(&self) {
-        self.ready.notified().await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 
     /// Whether frames are waiting.
@@ -347,7 +382,7 @@ impl Outbound {
 
     #[cfg(test)]
     fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().bytes as usize
     }
 }
 

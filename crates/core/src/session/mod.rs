@@ -101,8 +101,10 @@ pub struct Session {
     pub(crate) publish_tail: Option<tokio::sync::oneshot::Receiver<()>>,
     limiter: MessageLimiter,
     dropped_in_a_row: u32,
-    /// When `token_expiring` is due; `None` once sent.
-    warn_at: Option<Instant>,
+    /// Whether `token_expiring` went out for the current token (it is due
+    /// [`TOKEN_WARNING`] before `expire_at`, or at once for a token with
+    /// less left: derived, not stored).
+    warned: bool,
     expire_at: Instant,
 }
 
@@ -137,18 +139,19 @@ pub(crate) fn error_frame(
     out_frame(encoding, "error", id, payload)
 }
 
-/// Converts a Unix `exp` into the instants of the warning and the close.
-pub(crate) fn expiry_instants(expires_at: u64) -> (Option<Instant>, Instant) {
-    let close = expiry_instant(expires_at);
-    let left = close.saturating_duration_since(Instant::now());
-    (Some(close - left.min(TOKEN_WARNING)), close)
-}
-
 impl Session {
+    /// When `token_expiring` is due: [`TOKEN_WARNING`] before the close (in
+    /// the past for a token with less left, so it goes at once).
+    fn warn_at(&self) -> Instant {
+        self.expire_at
+            .checked_sub(TOKEN_WARNING)
+            .unwrap_or(self.expire_at)
+    }
+
     /// Creates the session and queues the `connected` frame.
     pub fn start(ctx: SessionContext) -> Self {
         let limiter = message_limiter(&ctx.shared.limits);
-        let (warn_at, expire_at) = expiry_instants(ctx.identity.expires_at);
+        let expire_at = expiry_instant(ctx.identity.expires_at);
         let connected = json!({
             "connection_id": &*ctx.connection_id,
             "user": &*ctx.identity.user,
@@ -164,7 +167,7 @@ impl Session {
         let session = Session {
             limiter,
             dropped_in_a_row: 0,
-            warn_at,
+            warned: false,
             expire_at,
             ctx,
             subscriptions: Vec::new(),
@@ -274,15 +277,18 @@ impl ConnectionHandler for Session {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.warn_at.unwrap_or(self.expire_at))
+        Some(match self.warned {
+            true => self.expire_at,
+            false => self.warn_at(),
+        })
     }
 
     fn on_deadline(&mut self, now: Instant) -> Result<(), CloseCode> {
         if now >= self.expire_at {
             return Err(CloseCode::TokenExpired);
         }
-        if self.warn_at.is_some_and(|at| now >= at) {
-            self.warn_at = None;
+        if !self.warned && now >= self.warn_at() {
+            self.warned = true;
             self.send(
                 "token_expiring",
                 None,

@@ -298,13 +298,7 @@ impl TokenVerifier for JwtVerifier {
         if let Some(role) = c.role {
             roles.push(role);
         }
-        Ok(Identity {
-            user: sub.into(),
-            roles,
-            channels: c.channels,
-            name: c.name,
-            expires_at: exp,
-        })
+        Ok(Identity::new(sub.into(), exp).with_claims(roles, c.channels, c.name))
     }
 }
 

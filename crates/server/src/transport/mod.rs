@@ -8,16 +8,17 @@
 
 pub mod codec;
 pub mod scheduler;
+pub mod timers;
 pub mod upgrade;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, Stream};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
 use tungstenite::{Error as WsError, Message};
@@ -30,6 +31,7 @@ use wsgate_deflate::Negotiated;
 
 use self::codec::Frames;
 use self::scheduler::WriteScheduler;
+use self::timers::{Tick, Timers};
 
 /// Limits the transport enforces on one connection.
 #[derive(Debug, Clone, Copy)]
@@ -152,13 +154,37 @@ fn to_message(frame: OutFrame, deflate: Option<&Negotiated>) -> Message {
     Message::Frame(out)
 }
 
+/// What every connection of a server shares: one pointer per connection
+/// instead of a copy of each field.
+#[derive(Debug)]
+pub struct Shared {
+    pub limits: TransportLimits,
+    /// Heartbeats, heartbeat timeouts and handler deadlines.
+    pub timers: Arc<Timers>,
+    /// `limits.heartbeat` and `limits.heartbeat_timeout` in timer ticks.
+    heartbeat: Tick,
+    heartbeat_timeout: Tick,
+}
+
+impl Shared {
+    /// Starts the timers' ticker on the current runtime; it ends when the
+    /// last connection and the server let go of this.
+    pub fn start(limits: TransportLimits) -> Arc<Self> {
+        Arc::new(Shared {
+            limits,
+            timers: Timers::start(),
+            heartbeat: Timers::ticks(limits.heartbeat),
+            heartbeat_timeout: Timers::ticks(limits.heartbeat_timeout),
+        })
+    }
+}
+
 /// What one connection task runs: see [`drive`].
 pub struct Connection<S, H, F> {
     pub socket: S,
     pub handler: H,
     pub outbound: Arc<Outbound>,
-    /// Shared by every connection of a server (a pointer, not 56 bytes each).
-    pub limits: Arc<TransportLimits>,
+    pub transport: Arc<Shared>,
     /// Set when permessage-deflate was agreed on this connection.
     pub deflate: Option<Negotiated>,
     pub on_end: F,
@@ -182,10 +208,13 @@ enum Event {
 /// close 4009 instead of blocking anyone.
 ///
 /// Everything the connection owns lives in this one future, because its size
-/// is what an idle connection costs. The parts arrive in one box: an async
-/// fn keeps each by-value argument twice (once as an argument, once as the
-/// local it is moved into), which cost ~800 bytes per connection here. The
-/// box is freed as soon as it is unpacked (see [`unbox`]).
+/// is what an idle connection costs (a test in `handshake` keeps it in
+/// check). The parts arrive in one box: an async fn keeps each by-value
+/// argument twice (once as an argument, once as the local it is moved
+/// into), which cost ~800 bytes per connection here. The box is freed as
+/// soon as it is unpacked (see [`unbox`]). The connection's life and its
+/// close handshake are two futures awaited one after the other over the
+/// same [`Live`] state, so theirs share the same bytes.
 /// `on_end` runs when the close handshake is over.
 pub async fn drive<S, H, F>(parts: Box<Connection<S, H, F>>)
 where
@@ -194,197 +223,289 @@ where
     F: FnOnce(Ended),
 {
     let Connection {
-        mut socket,
-        mut handler,
+        socket,
+        handler,
         outbound,
-        limits,
+        transport,
         deflate,
         on_end,
     } = unbox(parts);
-    let deflate = deflate.as_ref();
-    let mut last_seen = Instant::now();
-    let mut next_ping = last_seen + limits.heartbeat;
-    let mut writes = WriteScheduler::new(limits.write_delay);
-    let timer = tokio::time::sleep_until(next_ping);
-    tokio::pin!(timer);
-    let notified = outbound.ready();
-    tokio::pin!(notified);
+    let now = transport.timers.now();
+    let mut live = Live {
+        socket,
+        handler,
+        outbound,
+        last_seen: now,
+        next_ping: now + transport.heartbeat,
+        woken_at: 0,
+        due: 0,
+        writes: WriteScheduler::new(transport.limits.write_delay),
+        window: None,
+        transport,
+        deflate,
+    };
+    let ended = live.serve().await;
+    if ended != Ended::ByPeer {
+        live.close(ended).await;
+    }
+    on_end(ended);
+}
 
-    let ended = loop {
-        let mut deadline = next_ping.min(last_seen + limits.heartbeat_timeout);
-        if let Some(d) = handler.deadline() {
-            deadline = deadline.min(d);
-        }
-        if let Some(d) = writes.deadline() {
-            deadline = deadline.min(d);
-        }
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
+/// A connection being served: what it owns and the transport's state.
+struct Live<S, H> {
+    socket: S,
+    handler: H,
+    outbound: Arc<Outbound>,
+    transport: Arc<Shared>,
+    deflate: Option<Negotiated>,
+    /// Heartbeat bookkeeping in timer ticks: reading the wheel's clock is
+    /// one atomic load, where `Instant::now()` is a clock call per frame.
+    last_seen: Tick,
+    next_ping: Tick,
+    /// The tick the wheel wakes this task at (one registration at a time:
+    /// a deadline that moved later is asked for after the early wake).
+    woken_at: Tick,
+    /// The next coarse deadline (heartbeat, heartbeat timeout, the
+    /// handler's), as of the latest event.
+    due: Tick,
+    writes: WriteScheduler,
+    /// A burst's write window needs milliseconds, so it has a tokio timer,
+    /// made at the first burst and dropped at a heartbeat with no window
+    /// open: an idle connection holds none.
+    window: Option<Pin<Box<Sleep>>>,
+}
 
-        let event = std::future::poll_fn(|cx| {
-            if notified.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Outbound);
+impl<S, H> Live<S, H>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    H: ConnectionHandler,
+{
+    /// The connection's life, until it is to end.
+    async fn serve(&mut self) -> Ended {
+        loop {
+            self.arm_timers();
+            let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+            if let Err(ended) = self.on_event(event) {
+                return ended;
             }
-            if writes.is_flushing() {
-                if let Poll::Ready(r) = Pin::new(&mut socket).poll_flush(cx) {
-                    return Poll::Ready(Event::Flushed(r.is_ok()));
+        }
+    }
+
+    /// Sets the tick of the next coarse deadline and the burst window's
+    /// timer.
+    fn arm_timers(&mut self) {
+        let timers = &self.transport.timers;
+        let mut due = self
+            .next_ping
+            .min(self.last_seen + self.transport.heartbeat_timeout);
+        if let Some(d) = self.handler.deadline() {
+            due = due.min(timers.tick_at(d));
+        }
+        if let Some(d) = self.writes.deadline() {
+            match &mut self.window {
+                Some(t) if t.deadline() == d => {}
+                Some(t) => t.as_mut().reset(d),
+                None => self.window = Some(Box::pin(tokio::time::sleep_until(d))),
+            }
+        }
+        self.due = due;
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let due = self.due;
+        if self.outbound.poll_ready(cx).is_ready() {
+            return Poll::Ready(Event::Outbound);
+        }
+        if self.writes.is_flushing() {
+            if let Poll::Ready(r) = Pin::new(&mut self.socket).poll_flush(cx) {
+                return Poll::Ready(Event::Flushed(r.is_ok()));
+            }
+        }
+        if let Poll::Ready(m) = Pin::new(&mut self.socket).poll_next(cx) {
+            return Poll::Ready(Event::Read(m));
+        }
+        if self.writes.deadline().is_some() {
+            if let Some(t) = &mut self.window {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
                 }
             }
-            if let Poll::Ready(m) = Pin::new(&mut socket).poll_next(cx) {
-                return Poll::Ready(Event::Read(m));
-            }
-            if timer.as_mut().poll(cx).is_ready() {
+        }
+        let timers = &self.transport.timers;
+        let now = timers.now();
+        if now >= due {
+            return Poll::Ready(Event::Timer);
+        }
+        if due < self.woken_at || now >= self.woken_at {
+            if !timers.wake_at(due, cx.waker()) {
                 return Poll::Ready(Event::Timer);
             }
-            Poll::Pending
-        })
-        .await;
+            self.woken_at = due;
+        }
+        Poll::Pending
+    }
 
+    /// Handles one event; `Err` is how the connection ends.
+    fn on_event(&mut self, event: Event) -> Result<(), Ended> {
+        let deflate = self.deflate.as_ref();
         match event {
             Event::Outbound => {
-                notified.set(outbound.ready());
-                if let Some(code) = outbound.close_requested() {
+                if let Some(code) = self.outbound.close_requested() {
                     // Close requests are never delayed. Frames queued before
                     // it go out first, unless the socket is still busy.
-                    if !writes.is_flushing()
-                        && start_batch(&mut socket, &outbound, deflate).is_err()
+                    if !self.writes.is_flushing()
+                        && start_batch(&mut self.socket, &self.outbound, deflate).is_err()
                     {
-                        break Ended::ByPeer;
+                        return Err(Ended::ByPeer);
                     }
-                    break Ended::Closed(code);
+                    return Err(Ended::Closed(code));
                 }
-                if writes.is_flushing() {
+                if self.writes.is_flushing() {
                     // Written when the flush completes.
-                    continue;
+                    return Ok(());
                 }
-                let now = Instant::now();
-                if writes.on_queued(now, outbound.write_now()) {
-                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
-                        break ended;
-                    }
+                if self
+                    .writes
+                    .on_queued(Instant::now(), self.outbound.write_now())
+                {
+                    self.write_batch()?;
                 }
             }
             Event::Flushed(ok) => {
                 if !ok {
-                    break Ended::ByPeer;
+                    return Err(Ended::ByPeer);
                 }
                 let now = Instant::now();
-                let waiting = outbound.has_frames();
-                writes.on_flushed(now, waiting, waiting && outbound.write_now());
+                let waiting = self.outbound.has_frames();
+                self.writes
+                    .on_flushed(now, waiting, waiting && self.outbound.write_now());
                 // Due now: written here rather than on the next timer tick.
-                if writes.on_timer(now) {
-                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
-                        break ended;
-                    }
+                if self.writes.on_timer(now) {
+                    self.write_batch()?;
                 }
             }
             Event::Read(msg) => {
                 let msg = match msg {
-                    None => break Ended::ByPeer,
-                    Some(Err(e)) => match classify(e) {
-                        ReadError::TooBig => break Ended::Closed(CloseCode::TooBig),
-                        ReadError::Protocol(code) => break Ended::ProtocolError(code),
-                        ReadError::Gone => break Ended::ByPeer,
-                    },
+                    None => return Err(Ended::ByPeer),
+                    Some(Err(e)) => {
+                        return Err(match classify(e) {
+                            ReadError::TooBig => Ended::Closed(CloseCode::TooBig),
+                            ReadError::Protocol(code) => Ended::ProtocolError(code),
+                            ReadError::Gone => Ended::ByPeer,
+                        })
+                    }
                     Some(Ok(m)) => m,
                 };
-                last_seen = Instant::now();
+                self.last_seen = self.transport.timers.now();
                 let result = match msg {
-                    Message::Text(t) => handler.on_message(Incoming::Text(t.into())),
-                    Message::Binary(b) => handler.on_message(Incoming::Binary(b)),
-                    // tungstenite queues the pong (or the close reply)
+                    Message::Text(t) => self.handler.on_message(Incoming::Text(t.into())),
+                    Message::Binary(b) => self.handler.on_message(Incoming::Binary(b)),
+                    // The codec queues the pong (or the close reply)
                     // itself; flushing sends it now rather than with the
                     // next outbound frame.
                     Message::Ping(_) | Message::Close(_) => {
-                        writes.needs_flush();
+                        self.writes.needs_flush();
                         Ok(())
                     }
                     Message::Pong(_) | Message::Frame(_) => Ok(()),
                 };
-                if let Err(code) = result {
-                    break Ended::Closed(code);
-                }
+                result.map_err(Ended::Closed)?;
             }
             Event::Timer => {
                 let now = Instant::now();
-                if writes.on_timer(now) {
-                    if let Err(ended) = write_batch(&mut socket, &outbound, deflate, &mut writes) {
-                        break ended;
-                    }
+                if self.writes.on_timer(now) {
+                    self.write_batch()?;
                 }
-                if now >= last_seen + limits.heartbeat_timeout {
-                    break Ended::Closed(CloseCode::HeartbeatTimeout);
+                let tick = self.transport.timers.now();
+                if tick >= self.last_seen + self.transport.heartbeat_timeout {
+                    return Err(Ended::Closed(CloseCode::HeartbeatTimeout));
                 }
-                if now >= next_ping {
-                    next_ping = now + limits.heartbeat;
-                    if Pin::new(&mut socket)
+                if tick >= self.next_ping {
+                    self.next_ping = tick + self.transport.heartbeat;
+                    Pin::new(&mut self.socket)
                         .start_send(Message::Ping(bytes::Bytes::new()))
-                        .is_err()
-                    {
-                        break Ended::ByPeer;
+                        .map_err(|_| Ended::ByPeer)?;
+                    self.writes.needs_flush();
+                    if self.writes.deadline().is_none() {
+                        self.window = None;
                     }
-                    writes.needs_flush();
                 }
-                if handler.deadline().is_some_and(|d| now >= d) {
-                    if let Err(code) = handler.on_deadline(now) {
-                        break Ended::Closed(code);
-                    }
+                if self.handler.deadline().is_some_and(|d| now >= d) {
+                    self.handler.on_deadline(now).map_err(Ended::Closed)?;
                 }
             }
         }
-    };
+        Ok(())
+    }
 
-    let code = match ended {
-        Ended::Closed(c) => Some((c.code(), c.reason())),
-        Ended::ProtocolError(1007) => Some((1007, "invalid UTF-8")),
-        Ended::ProtocolError(c) => Some((c, "protocol error")),
-        Ended::ByPeer => None,
-    };
-    if let Some((code, reason)) = code {
-        // Send our close frame, then wait for the client's (the close
-        // handshake), bounded as a whole by CLOSE_LINGER: a client that
-        // neither reads nor answers must not keep the task alive. The
-        // heartbeat timer is reused for the deadline.
-        timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+    /// Writes what is queued and tells the scheduler; `Err` is how the
+    /// connection ends (a close request among the frames, or a failed
+    /// socket).
+    fn write_batch(&mut self) -> Result<(), Ended> {
+        match start_batch(&mut self.socket, &self.outbound, self.deflate.as_ref()) {
+            Err(()) => Err(Ended::ByPeer),
+            Ok((_, Some(code))) => Err(Ended::Closed(code)),
+            Ok((sent, None)) => {
+                self.writes.on_written(Instant::now(), sent);
+                Ok(())
+            }
+        }
+    }
+
+    /// The close handshake: sends our close frame, then waits for the
+    /// client's, bounded as a whole by `CLOSE_LINGER`: a client that
+    /// neither reads nor answers must not keep the task alive. (The linger
+    /// timer is boxed: inline, its 112 bytes would count in every idle
+    /// connection's future, which holds room for this one's state.)
+    async fn close(&mut self, ended: Ended) {
+        let (code, reason) = match ended {
+            Ended::Closed(c) => (c.code(), c.reason()),
+            Ended::ProtocolError(1007) => (1007, "invalid UTF-8"),
+            Ended::ProtocolError(c) => (c, "protocol error"),
+            Ended::ByPeer => return,
+        };
+        let mut linger = Box::pin(tokio::time::sleep(CLOSE_LINGER));
         let frame = CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         };
         // Whatever the handler queued before deciding to close (error
         // frames, delayed replies) goes out before the close frame.
-        let _ = start_batch(&mut socket, &outbound, deflate);
-        if Pin::new(&mut socket)
+        let socket = &mut self.socket;
+        let _ = start_batch(socket, &self.outbound, self.deflate.as_ref());
+        if Pin::new(&mut *socket)
             .start_send(Message::Close(Some(frame)))
-            .is_ok()
+            .is_err()
         {
-            // Nothing more is read until the close frame is out: a client
-            // that floods without reading then blocks on its own sends
-            // instead of having them discarded while its close frame waits.
-            let mut sent = false;
-            std::future::poll_fn(|cx| {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                if !sent {
-                    match Pin::new(&mut socket).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => sent = true,
-                        Poll::Ready(Err(_)) => return Poll::Ready(()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                loop {
-                    match Pin::new(&mut socket).poll_next(cx) {
-                        Poll::Ready(Some(Ok(_))) => continue,
-                        Poll::Ready(_) => return Poll::Ready(()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
-            .await;
+            return;
         }
+        // Nothing more is read until the close frame is out: a client that
+        // floods without reading then blocks on its own sends instead of
+        // having them discarded while its close frame waits.
+        let sent = std::future::poll_fn(|cx| {
+            if linger.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Pin::new(&mut *socket).poll_flush(cx).map(|r| r.is_ok())
+        })
+        .await;
+        if !sent {
+            return;
+        }
+        std::future::poll_fn(|cx| {
+            if linger.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            loop {
+                match Pin::new(&mut *socket).poll_next(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
     }
-    on_end(ended);
 }
 
 /// Moves a value out of its box and frees the box now. `let x = *boxed;`
@@ -394,27 +515,6 @@ where
 #[allow(clippy::boxed_local)] // the box is the point: it is freed here
 fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
-}
-
-/// Writes what is queued and tells the scheduler; `Err` is how the
-/// connection ends (a close request among the frames, or a failed socket).
-fn write_batch<S>(
-    socket: &mut S,
-    outbound: &Outbound,
-    deflate: Option<&Negotiated>,
-    writes: &mut WriteScheduler,
-) -> Result<(), Ended>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    match start_batch(socket, outbound, deflate) {
-        Err(()) => Err(Ended::ByPeer),
-        Ok((_, Some(code))) => Err(Ended::Closed(code)),
-        Ok((sent, None)) => {
-            writes.on_written(Instant::now(), sent);
-            Ok(())
-        }
-    }
 }
 
 /// Hands every queued frame to the socket's write buffer without waiting;

@@ -36,8 +36,9 @@ const RATE_PERIOD: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct WriteScheduler {
-    /// The longest a publication waits, at [`BURST_RATE`] and above.
-    delay: Duration,
+    /// The longest a publication waits, at [`BURST_RATE`] and above, in
+    /// microseconds (a `Duration` is 16 bytes, in every connection).
+    delay_micros: u32,
     /// True while written frames (or control frames) wait in the socket's
     /// buffer for a flush.
     flushing: bool,
@@ -56,7 +57,7 @@ pub struct WriteScheduler {
 impl WriteScheduler {
     pub fn new(delay: Duration) -> Self {
         WriteScheduler {
-            delay,
+            delay_micros: u32::try_from(delay.as_micros()).unwrap_or(u32::MAX),
             flushing: false,
             last_write: None,
             due: None,
@@ -81,7 +82,8 @@ impl WriteScheduler {
             return Duration::ZERO;
         }
         let share = (self.rate - CALM_RATE).min(BURST_RATE - CALM_RATE);
-        self.delay * share / (BURST_RATE - CALM_RATE)
+        let micros = u64::from(self.delay_micros) * u64::from(share);
+        Duration::from_micros(micros / u64::from(BURST_RATE - CALM_RATE))
     }
 
     /// Frames were queued (`now_wanted`: a reply or a full batch among

@@ -3,8 +3,9 @@
 use serde_json::json;
 use wsgate_protocol::command::RefreshToken;
 
+use crate::auth::expiry_instant;
 use crate::error::CommandError;
-use crate::session::{expiry_instants, Session};
+use crate::session::Session;
 
 impl Session {
     pub(in crate::session) fn ping(&mut self, id: Option<&str>) -> Result<(), CommandError> {
@@ -45,9 +46,8 @@ impl Session {
                     expires_at = identity.expires_at,
                     "token refreshed"
                 );
-                let (warn_at, expire_at) = expiry_instants(identity.expires_at);
-                self.warn_at = warn_at;
-                self.expire_at = expire_at;
+                self.warned = false;
+                self.expire_at = expiry_instant(identity.expires_at);
                 self.ctx.identity = identity;
                 self.send(
                     "token_refreshed",
