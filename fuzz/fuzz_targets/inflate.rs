@@ -98,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
         negotiated,
     );
     s.runtime.block_on(async {
-        let mut ws = frames(io, Default::default(), &s.limits);
+        let mut ws = frames(io, Default::default(), Default::default(), &s.limits);
         while let Some(Ok(message)) = ws.next().await {
             // The limit holds for what was inflated, not only for what
             // came off the wire.

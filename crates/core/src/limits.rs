@@ -173,6 +173,10 @@ impl Limits {
         if self.max_message_bytes > 64 << 20 {
             return Err(("limits.max_message_bytes", "must be at most 64 MiB"));
         }
+        // The queue counts in u32 (it is in every connection).
+        if self.outbound_queue_bytes > 1 << 30 {
+            return Err(("limits.outbound_queue_bytes", "must be at most 1 GiB"));
+        }
         Ok(())
     }
 }

@@ -31,6 +31,8 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::transport::http_io::HttpIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -270,7 +272,7 @@ pub async fn serve(
             })
         };
         let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(HttpIo::new(tcp)), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {

@@ -7,6 +7,7 @@ use clap::Parser;
 // in size classes without per-allocation headers; the handshake's freed
 // buffers fragment glibc's heap. 1.55 against 1.70 KiB per idle connection
 // in the same run (docs/benchmarks.md).
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -230,7 +230,8 @@ impl Outbound {
         published_at: Option<Instant>,
     ) -> Pushed {
         let len = frame.len();
-        if state.bytes as usize + len > self.limit as usize {
+        // `bytes` never exceeds `limit`: the room left cannot underflow.
+        if len > (self.limit - state.bytes) as usize {
             state.close = Some(CloseCode::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
@@ -356,6 +357,12 @@ impl Outbound {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+
+    /// Lets go of the writer's waker (the writer is gone): a waker keeps
+    /// its task's memory alive as long as anyone holds it.
+    pub fn detach_writer(&self) {
+        drop(self.writer.take());
     }
 
     /// Completes when frames or a close request may be waiting.

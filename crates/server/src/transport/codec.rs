@@ -108,19 +108,22 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     /// `already_read` is what the HTTP server read past the upgrade request
-    /// (usually nothing). Messages over `max_message_bytes` are refused from
-    /// their frame header; `start_send` refuses a frame that would take the
-    /// unwritten bytes over `max_write_buffer`.
+    /// (usually nothing); `unsent`, bytes to write before the first frame
+    /// (the 101 response, held back to share a write with the first
+    /// frames: `transport::http_io`). Messages over `max_message_bytes` are
+    /// refused from their frame header; `start_send` refuses a frame that
+    /// would take the unwritten bytes over `max_write_buffer`.
     pub fn new(
         io: T,
         already_read: Bytes,
+        unsent: Bytes,
         max_message_bytes: usize,
         max_write_buffer: usize,
     ) -> Self {
         // Counters are u32 to keep the struct small; half the range leaves
         // room for a header and a close frame over a limit without overflow.
         let limit = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX / 2);
-        Frames {
+        let mut frames = Frames {
             io,
             pending: already_read,
             message: Vec::new(),
@@ -133,7 +136,11 @@ where
             checked: 0,
             mask: [0; 4],
             flags: 0,
+        };
+        if !unsent.is_empty() {
+            frames.push(OutFrame::raw(unsent));
         }
+        frames
     }
 
     /// Heap bytes the codec holds for its own buffers (not the payloads of
@@ -429,8 +436,10 @@ where
     /// one is found in O(1) however long the queue of a stalled client is
     /// (a scan from the back cost a pass over thousands of frames per ping).
     fn queue_pong(&mut self, payload: Bytes) {
-        // The front frame is partly written: the pong goes after it.
-        let at = usize::from(self.written > 0).min(self.out.len());
+        // The front frame is partly written, or it is the 101 response: the
+        // pong goes after it.
+        let after_front = self.written > 0 || self.out.front().is_some_and(OutFrame::is_raw);
+        let at = usize::from(after_front).min(self.out.len());
         let pong = OutFrame::new(FIN_BIT | OP_PONG, payload);
         match self.out.get_mut(at) {
             Some(waiting) if waiting.opcode() == OP_PONG => {
@@ -815,6 +824,19 @@ impl OutFrame {
         }
     }
 
+    /// Bytes written as they are, not a frame (the held 101 response).
+    fn raw(bytes: Bytes) -> Self {
+        OutFrame {
+            head: [0; 10],
+            head_len: 0,
+            payload: bytes,
+        }
+    }
+
+    fn is_raw(&self) -> bool {
+        self.head_len == 0
+    }
+
     fn head(&self) -> &[u8] {
         &self.head[..usize::from(self.head_len)]
     }
@@ -853,7 +875,10 @@ mod tests {
     /// A codec over an in-memory pipe of `capacity` bytes, and the client end.
     fn pair(capacity: usize, max_message: usize) -> (Frames<DuplexStream>, DuplexStream) {
         let (server, client) = duplex(capacity);
-        (Frames::new(server, Bytes::new(), max_message, MAX), client)
+        (
+            Frames::new(server, Bytes::new(), Bytes::new(), max_message, MAX),
+            client,
+        )
     }
 
     /// A masked client frame, minimal length encoding.
@@ -960,7 +985,7 @@ mod tests {
              Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );
         tcp.write_all(response.as_bytes()).await.unwrap();
-        let frames = Frames::new(tcp, Bytes::new(), MAX, MAX);
+        let frames = Frames::new(tcp, Bytes::new(), Bytes::new(), MAX, MAX);
         (frames, client.await.unwrap())
     }
 
@@ -1097,7 +1122,7 @@ mod tests {
         let (server, mut client) = duplex(1024);
         let mut early = client_frame(0x81, b"early");
         early.extend_from_slice(&client_frame(0x81, b"second")[..4]);
-        let mut frames = Frames::new(server, Bytes::from(early), MAX, MAX);
+        let mut frames = Frames::new(server, Bytes::from(early), Bytes::new(), MAX, MAX);
         assert_eq!(
             next(&mut frames).await.unwrap().unwrap(),
             Message::text("early")
@@ -1488,7 +1513,7 @@ mod tests {
     #[tokio::test]
     async fn the_write_buffer_is_bounded_but_close_gets_through() {
         let (server, mut client) = duplex(16);
-        let mut frames = Frames::new(server, Bytes::new(), MAX, 100);
+        let mut frames = Frames::new(server, Bytes::new(), Bytes::new(), MAX, 100);
         frames
             .start_send_unpin(Message::Binary(Bytes::from(vec![1; 60])))
             .unwrap();
@@ -1534,6 +1559,33 @@ mod tests {
         assert_eq!(
             within(read_frame(&mut client)).await,
             (0x81, b"reply".to_vec())
+        );
+    }
+
+    /// The held 101 response goes out first, with the first frames, and
+    /// a pong never goes ahead of it (a client may ping before it has read
+    /// the 101).
+    #[tokio::test]
+    async fn unsent_bytes_go_first_even_before_a_pong() {
+        let (server, mut client) = duplex(1 << 16);
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let mut frames = Frames::new(server, Bytes::new(), Bytes::from_static(head), MAX, MAX);
+        SinkExt::feed(&mut frames, Message::text("connected"))
+            .await
+            .unwrap();
+        client.write_all(&client_frame(0x89, b"p")).await.unwrap();
+        assert!(matches!(
+            next(&mut frames).await,
+            Some(Ok(Message::Ping(_)))
+        ));
+        within(frames.flush()).await.unwrap();
+        let mut got = vec![0u8; head.len()];
+        within(client.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got[..], head);
+        assert_eq!(within(read_frame(&mut client)).await, (0x8A, b"p".to_vec()));
+        assert_eq!(
+            within(read_frame(&mut client)).await,
+            (0x81, b"connected".to_vec())
         );
     }
 
@@ -1659,7 +1711,7 @@ mod tests {
     #[tokio::test]
     async fn writes_without_vectored_io() {
         let (server, mut client) = duplex(100);
-        let mut frames = Frames::new(Plain(server), Bytes::new(), MAX, MAX);
+        let mut frames = Frames::new(Plain(server), Bytes::new(), Bytes::new(), MAX, MAX);
         let sizes = [0, 3, 125, 5000, 4096, 10];
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();

@@ -7,6 +7,7 @@
 //! `/ws` and for the Autobahn echo example.
 
 pub mod codec;
+pub mod http_io;
 pub mod scheduler;
 pub mod timers;
 pub mod upgrade;
@@ -64,8 +65,14 @@ impl TransportLimits {
 /// one place): messages up to `max_message_bytes`, refused from the frame
 /// header; unwritten bytes bounded by the outbound queue plus one drained
 /// batch and one frame (the outbound queue is the real bound on what waits
-/// for a client). `already_read`: bytes read past the upgrade request.
-pub fn frames<T>(io: T, already_read: bytes::Bytes, limits: &TransportLimits) -> Frames<T>
+/// for a client). `already_read`: bytes read past the upgrade request;
+/// `unsent`: the held 101 response, written with the first frames.
+pub fn frames<T>(
+    io: T,
+    already_read: bytes::Bytes,
+    unsent: bytes::Bytes,
+    limits: &TransportLimits,
+) -> Frames<T>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -73,6 +80,7 @@ where
     Frames::new(
         io,
         already_read,
+        unsent,
         limits.max_message_bytes,
         limits.outbound_queue_bytes + BATCH_BYTES + limits.max_message_bytes,
     )
@@ -215,7 +223,9 @@ enum Event {
 /// soon as it is unpacked (see [`unbox`]). The connection's life and its
 /// close handshake are two futures awaited one after the other over the
 /// same [`Live`] state, so theirs share the same bytes.
-/// `on_end` runs when the close handshake is over.
+/// `on_end` runs when the close handshake is over. Spawn it as a task of
+/// its own (as `tokio::spawn(drive(..))`): the timer wheel keeps the waker
+/// of the first poll that registers, which is the task's.
 pub async fn drive<S, H, F>(parts: Box<Connection<S, H, F>>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -230,7 +240,7 @@ where
         deflate,
         on_end,
     } = unbox(parts);
-    let now = transport.timers.now();
+    let now = transport.timers.tick_at(Instant::now());
     let mut live = Live {
         socket,
         handler,
@@ -244,10 +254,15 @@ where
         transport,
         deflate,
     };
-    let ended = live.serve().await;
-    if ended != Ended::ByPeer {
-        live.close(ended).await;
+    // The socket may hold the 101 response (`http_io`): it goes out with
+    // the handler's first frames (`connected`), in one write, or on its own
+    // at once if the handler has nothing to say first. (Set on `live`: a
+    // separate local would keep its bytes in the future.)
+    if !live.outbound.has_frames() {
+        live.writes.needs_flush();
     }
+    let ended = live.serve().await;
+    live.close(ended).await;
     on_end(ended);
 }
 
@@ -258,8 +273,8 @@ struct Live<S, H> {
     outbound: Arc<Outbound>,
     transport: Arc<Shared>,
     deflate: Option<Negotiated>,
-    /// Heartbeat bookkeeping in timer ticks: reading the wheel's clock is
-    /// one atomic load, where `Instant::now()` is a clock call per frame.
+    /// Heartbeat bookkeeping in timer ticks. `last_seen` is the tick after
+    /// the instant a frame was read (rounded up: the timeout is never early).
     last_seen: Tick,
     next_ping: Tick,
     /// The tick the wheel wakes this task at (one registration at a time:
@@ -282,13 +297,25 @@ where
 {
     /// The connection's life, until it is to end.
     async fn serve(&mut self) -> Ended {
-        loop {
+        let ended = loop {
             self.arm_timers();
             let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
             if let Err(ended) = self.on_event(event) {
-                return ended;
+                break ended;
             }
-        }
+        };
+        // Wakers keep the task's memory alive: the wheel's and the queue's
+        // go now, not when their tick fires (up to ~100 s of churn later)
+        // or the queue's last holder lets go.
+        std::future::poll_fn(|cx| {
+            if self.woken_at > self.transport.timers.now() {
+                self.transport.timers.cancel(self.woken_at, cx.waker());
+            }
+            Poll::Ready(())
+        })
+        .await;
+        self.outbound.detach_writer();
+        ended
     }
 
     /// Sets the tick of the next coarse deadline and the burst window's
@@ -324,7 +351,9 @@ where
         if let Poll::Ready(m) = Pin::new(&mut self.socket).poll_next(cx) {
             return Poll::Ready(Event::Read(m));
         }
-        if self.writes.deadline().is_some() {
+        // Not while flushing: the due batch waits for the flush anyway, and
+        // a completed timer would make every poll an event until then.
+        if self.writes.deadline().is_some() && !self.writes.is_flushing() {
             if let Some(t) = &mut self.window {
                 if t.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Timer);
@@ -336,11 +365,17 @@ where
         if now >= due {
             return Poll::Ready(Event::Timer);
         }
-        if due < self.woken_at || now >= self.woken_at {
-            if !timers.wake_at(due, cx.waker()) {
-                return Poll::Ready(Event::Timer);
+        let registered = now < self.woken_at;
+        if !registered || due < self.woken_at {
+            if registered {
+                // Earlier than asked (a shorter token after a refresh): the
+                // later registration goes, so one is kept at a time.
+                timers.cancel(self.woken_at, cx.waker());
             }
-            self.woken_at = due;
+            match timers.wake_at(due, cx.waker()) {
+                Some(at) => self.woken_at = at,
+                None => return Poll::Ready(Event::Timer),
+            }
         }
         Poll::Pending
     }
@@ -396,7 +431,7 @@ where
                     }
                     Some(Ok(m)) => m,
                 };
-                self.last_seen = self.transport.timers.now();
+                self.last_seen = self.transport.timers.tick_at(Instant::now());
                 let result = match msg {
                     Message::Text(t) => self.handler.on_message(Incoming::Text(t.into())),
                     Message::Binary(b) => self.handler.on_message(Incoming::Binary(b)),
@@ -538,4 +573,78 @@ where
             .map_err(|_| ())?;
     }
     Ok((sent, close))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::sync::oneshot;
+    use wsgate_core::connection::handler::Echo;
+
+    use super::*;
+
+    fn limits(heartbeat_secs: u64, timeout_secs: u64) -> TransportLimits {
+        TransportLimits {
+            max_message_bytes: 1 << 16,
+            outbound_queue_bytes: 1 << 20,
+            heartbeat: Duration::from_secs(heartbeat_secs),
+            heartbeat_timeout: Duration::from_secs(timeout_secs),
+            write_delay: Duration::ZERO,
+        }
+    }
+
+    /// An echo connection over an in-memory pipe: the client's end, the
+    /// transport it shares, and how it ended.
+    fn connect(limits: TransportLimits) -> (DuplexStream, Arc<Shared>, oneshot::Receiver<Ended>) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let transport = Shared::start(limits);
+        let outbound = Arc::new(Outbound::new(limits.outbound_queue_bytes));
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(drive(Box::new(Connection {
+            socket: frames(server, Bytes::new(), Bytes::new(), &limits),
+            handler: Echo::new(outbound.clone()),
+            outbound,
+            transport: transport.clone(),
+            deflate: None,
+            on_end: move |ended| {
+                let _ = tx.send(ended);
+            },
+        })));
+        (client, transport, rx)
+    }
+
+    /// A heartbeat longer than the timer wheel's ~102 s ring: the
+    /// connection is woken at the ring's end and must ask again.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_beyond_the_wheel_pings_and_times_out() {
+        let (mut client, transport, ended) = connect(limits(120, 300));
+        let mut ping = [0u8; 2];
+        let early = tokio::time::timeout(Duration::from_secs(119), client.read_exact(&mut ping));
+        assert!(early.await.is_err(), "no ping before the heartbeat");
+        tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut ping))
+            .await
+            .expect("a ping at the heartbeat")
+            .unwrap();
+        assert_eq!(ping, [0x89, 0x00]);
+        // The client never answers: 4002 once 300 s pass in silence.
+        let started = Instant::now();
+        let ended = ended.await.unwrap();
+        assert_eq!(ended, Ended::Closed(CloseCode::HeartbeatTimeout));
+        // 300 s from the start, 179 of them after the ping, plus the 2 s
+        // the close handshake waits for the silent client.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(180) && waited <= Duration::from_secs(182));
+        assert_eq!(transport.timers.registered(), 0, "the waker was let go");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ends_leaves_no_waker_in_the_wheel() {
+        let (client, transport, ended) = connect(limits(30, 75));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(transport.timers.registered(), 1, "its heartbeat");
+        drop(client);
+        assert_eq!(ended.await.unwrap(), Ended::ByPeer);
+        assert_eq!(transport.timers.registered(), 0);
+    }
 }

@@ -146,7 +146,7 @@ impl WriteScheduler {
         }
     }
 
-    /// Whether the waiting batch is due now (the connection's timer fired,
+    /// Whether the waiting batch is due now (the write window's timer fired,
     /// or a flush completed); if so it is no longer waiting.
     pub fn on_timer(&mut self, now: Instant) -> bool {
         if !self.flushing && self.due.is_some_and(|d| now >= d) {

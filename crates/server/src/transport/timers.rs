@@ -12,10 +12,12 @@
 //! only while the connection bursts.
 //!
 //! The wheel is a ring of [`SLOTS`] slots, one per tick, ~100 s ahead; a
-//! deadline further out is woken at the ring's far end and asks again. A
-//! connection woken for a tick it no longer needs (its deadline moved
-//! later) just asks for the next one; nothing is ever removed from a slot
-//! but by its tick.
+//! deadline further out is woken at the ring's far end ([`Timers::wake_at`]
+//! says which tick it took) and asks again. A connection woken for a tick
+//! it no longer needs (its deadline moved later) just asks for the next
+//! one. A waker keeps its task's memory alive, so a connection that ends,
+//! or moves its deadline earlier, takes its waker out of the slot it left
+//! ([`Timers::cancel`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -96,18 +98,37 @@ impl Timers {
     }
 
     /// Wakes `waker` once tick `at` has fired, or at the farthest tick the
-    /// ring holds if `at` is further. Returns `false` (and keeps nothing)
-    /// when tick `at` has fired already: the caller is due now.
-    pub fn wake_at(&self, at: Tick, waker: &Waker) -> bool {
+    /// ring holds if `at` is further: returns the tick it will be woken at.
+    /// `None` (and nothing kept) when tick `at` has fired already: the
+    /// caller is due now.
+    pub fn wake_at(&self, at: Tick, waker: &Waker) -> Option<Tick> {
         let at = at.min(self.now().saturating_add(SLOTS - 1));
         let mut slot = self.slot(at);
         // The slot's own record, read under its lock, says whether `at` has
         // fired: the global `now` may be read just before the ticker fires.
         if slot.fired >= at {
-            return false;
+            return None;
         }
         slot.wakers.push(waker.clone());
-        true
+        Some(at)
+    }
+
+    /// Takes `waker`'s registration for tick `at` back, if that tick has
+    /// not fired. A scan of one slot: done when a connection ends, or in
+    /// the rare case its deadline moves earlier.
+    pub fn cancel(&self, at: Tick, waker: &Waker) {
+        let mut slot = self.slot(at);
+        if slot.fired < at {
+            if let Some(i) = slot.wakers.iter().position(|w| w.will_wake(waker)) {
+                slot.wakers.swap_remove(i);
+            }
+        }
+    }
+
+    /// Wakers waiting in the ring.
+    #[cfg(test)]
+    pub fn registered(&self) -> usize {
+        (0..SLOTS).map(|t| self.slot(t).wakers.len()).sum()
     }
 
     fn slot(&self, tick: Tick) -> std::sync::MutexGuard<'_, Slot> {
@@ -179,7 +200,7 @@ mod tests {
         let timers = Timers::new(start);
         let (count, waker) = counter();
         assert_eq!(timers.tick_at(start + Duration::from_millis(250)), 3);
-        assert!(timers.wake_at(3, &waker));
+        assert_eq!(timers.wake_at(3, &waker), Some(3));
         timers.advance(start + Duration::from_millis(299));
         assert_eq!(timers.now(), 2);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
@@ -190,8 +211,27 @@ mod tests {
         timers.advance(start + Duration::from_secs(1));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         // A tick that has fired is due at once: nothing is kept.
-        assert!(!timers.wake_at(3, &waker));
-        assert!(!timers.wake_at(10, &waker));
+        assert_eq!(timers.wake_at(3, &waker), None);
+        assert_eq!(timers.wake_at(10, &waker), None);
+    }
+
+    #[test]
+    fn a_cancelled_waker_is_let_go_and_not_woken() {
+        let start = Instant::now();
+        let timers = Timers::new(start);
+        let (count, waker) = counter();
+        let (other, other_waker) = counter();
+        assert_eq!(timers.wake_at(5, &waker), Some(5));
+        assert_eq!(timers.wake_at(5, &other_waker), Some(5));
+        // `count`, `waker` and the slot's clone.
+        assert_eq!(Arc::strong_count(&count), 3, "the slot holds a clone");
+        timers.cancel(5, &waker);
+        assert_eq!(Arc::strong_count(&count), 2, "and lets it go");
+        timers.advance(start + TICK * 5);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        // Cancelling after the tick is a no-op.
+        timers.cancel(5, &other_waker);
     }
 
     #[test]
@@ -199,7 +239,8 @@ mod tests {
         let start = Instant::now();
         let timers = Timers::new(start);
         let (count, waker) = counter();
-        assert!(timers.wake_at(SLOTS * 5, &waker));
+        // The tick it will really be woken at is the one to ask again at.
+        assert_eq!(timers.wake_at(SLOTS * 5, &waker), Some(SLOTS - 1));
         timers.advance(start + TICK * (SLOTS as u32 - 2));
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         timers.advance(start + TICK * (SLOTS as u32 - 1));
@@ -212,13 +253,13 @@ mod tests {
         let timers = Timers::new(start);
         let (count, waker) = counter();
         for at in [1, 500, SLOTS - 1] {
-            assert!(timers.wake_at(at, &waker));
+            assert_eq!(timers.wake_at(at, &waker), Some(at));
         }
         timers.advance(start + TICK * (SLOTS as u32 * 3));
         assert_eq!(count.0.load(Ordering::SeqCst), 3);
         assert_eq!(timers.now(), SLOTS * 3);
         // The ring goes on from there.
-        assert!(timers.wake_at(SLOTS * 3 + 1, &waker));
+        assert_eq!(timers.wake_at(SLOTS * 3 + 1, &waker), Some(SLOTS * 3 + 1));
         timers.advance(start + TICK * (SLOTS as u32 * 3 + 1));
         assert_eq!(count.0.load(Ordering::SeqCst), 4);
     }
@@ -228,7 +269,7 @@ mod tests {
         let timers = Timers::start();
         let (count, waker) = counter();
         let at = timers.tick_at(Instant::now() + Duration::from_secs(2));
-        assert!(timers.wake_at(at, &waker));
+        assert_eq!(timers.wake_at(at, &waker), Some(at));
         tokio::time::sleep(Duration::from_millis(1_950)).await;
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         tokio::time::sleep(Duration::from_millis(100)).await;

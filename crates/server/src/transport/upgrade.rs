@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use wsgate_deflate::{Inflating, Negotiated};
 
 use super::codec::Frames;
+use super::http_io::HttpIo;
 use super::TransportLimits;
 
 /// The byte stream under the frame codec: the TCP connection, with
@@ -101,7 +102,7 @@ impl Upgrade {
     /// subprotocol; `deflate` the negotiated permessage-deflate parameters.
     ///
     /// The connection must be served by `listener::serve` (hyper's `http1`
-    /// over `TokioIo<TcpStream>`): the socket is taken back by downcasting
+    /// over `TokioIo<HttpIo>`): the socket is taken back by downcasting
     /// to that type, and any other (hyper-util's auto builder, TLS) is
     /// refused after the 101 with an error log.
     pub fn respond<F>(
@@ -147,14 +148,14 @@ impl Upgrade {
             // hyper boxes the connection's IO behind a trait object and
             // keeps what it read past the request; taking the TcpStream back
             // saves that box and a layer of dynamic calls per read.
-            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            let parts = match upgraded.downcast::<TokioIo<HttpIo>>() {
                 Ok(parts) => parts,
                 Err(_) => {
                     tracing::error!("upgraded connection is not a TCP stream");
                     return;
                 }
             };
-            let tcp = parts.io.into_inner();
+            let (tcp, held_101) = parts.io.into_inner().into_parts();
             // Bytes the client sent after its request (a first frame in the
             // same packet) go through the inflater when there is one.
             // Copied: `read_buf` is a view of hyper's 8 KiB read buffer and
@@ -167,7 +168,7 @@ impl Upgrade {
                     Bytes::copy_from_slice(&parts.read_buf),
                 ),
             };
-            start(super::frames(io, already_read, &limits));
+            start(super::frames(io, already_read, held_101, &limits));
         });
         response
     }
