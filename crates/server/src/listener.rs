@@ -258,10 +258,12 @@ pub async fn serve(
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
         let in_flight = slot.in_flight.clone();
+        let (io, switch) = HttpIo::new(tcp);
         let service = {
             let (app, in_flight) = (app.clone(), in_flight.clone());
             hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req.extensions_mut().insert(switch.clone());
                 let guard = InFlight::enter(&in_flight);
                 let mut app = app.clone();
                 async move {
@@ -272,7 +274,7 @@ pub async fn serve(
             })
         };
         let conn = http
-            .serve_connection(TokioIo::new(HttpIo::new(tcp)), service)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {

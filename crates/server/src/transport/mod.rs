@@ -274,7 +274,9 @@ struct Live<S, H> {
     transport: Arc<Shared>,
     deflate: Option<Negotiated>,
     /// Heartbeat bookkeeping in timer ticks. `last_seen` is the tick after
-    /// the instant a frame was read (rounded up: the timeout is never early).
+    /// the instant a frame was read (rounded up: the timeout is never early;
+    /// the wheel's own clock, one atomic load, could lag by a tick, so a
+    /// clock call per read buys the exactness).
     last_seen: Tick,
     next_ping: Tick,
     /// The tick the wheel wakes this task at (one registration at a time:
@@ -369,8 +371,11 @@ where
         if !registered || due < self.woken_at {
             if registered {
                 // Earlier than asked (a shorter token after a refresh): the
-                // later registration goes, so one is kept at a time.
+                // later registration goes, so one is kept at a time. Nothing
+                // is registered until `wake_at` says so: if `due` fires
+                // meanwhile, the next poll must register afresh.
                 timers.cancel(self.woken_at, cx.waker());
+                self.woken_at = 0;
             }
             match timers.wake_at(due, cx.waker()) {
                 Some(at) => self.woken_at = at,

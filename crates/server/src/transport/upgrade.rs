@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use wsgate_deflate::{Inflating, Negotiated};
 
 use super::codec::Frames;
-use super::http_io::HttpIo;
+use super::http_io::{HttpIo, Switch};
 use super::TransportLimits;
 
 /// The byte stream under the frame codec: the TCP connection, with
@@ -49,6 +49,9 @@ pub enum UpgradeError {
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// Lets the 101 wait for the first frames (`http_io`); absent when the
+    /// connection is not served by `listener::serve`.
+    switch: Option<Switch>,
 }
 
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -91,7 +94,11 @@ impl Upgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(UpgradeError::NotUpgradable)?;
-        Ok(Upgrade { key, on_upgrade })
+        Ok(Upgrade {
+            key,
+            on_upgrade,
+            switch: parts.extensions.remove::<Switch>(),
+        })
     }
 
     /// Answers 101 and calls `start(socket)` once the connection is
@@ -135,6 +142,9 @@ impl Upgrade {
             headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, deflate.response_header());
         }
 
+        if let Some(switch) = &self.switch {
+            switch.arm();
+        }
         let on_upgrade = self.on_upgrade;
         let limits = *limits;
         tokio::spawn(async move {
